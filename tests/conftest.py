@@ -1,0 +1,62 @@
+"""Shared fixtures: every test gets its own home and no real credentials; servers are real
+uvicorn servers on 127.0.0.1, spoken to by the real ``openai`` SDK."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTDATA = ROOT / "testdata"
+SHARED = ROOT.parent / "shared"
+
+_CREDENTIAL_VARS = (
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "OPENAI_ORG_ID",
+    "AZURE_OPENAI_API_KEY",
+    "AZURE_OPENAI_ENDPOINT",
+    "OPENAI_API_VERSION",
+    "PORTFOLIO_BATCH_ENGINE",
+)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A fresh PORTFOLIO_BATCH_HOME per test and no way to reach a real API."""
+    monkeypatch.setenv("PORTFOLIO_BATCH_HOME", str(tmp_path / "pb-home"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    for var in _CREDENTIAL_VARS:
+        monkeypatch.delenv(var, raising=False)
+    yield
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
+
+
+@pytest.fixture
+def local_server(tmp_path: Path) -> Iterator[Any]:
+    """A local Files + Batches server (rules engine) on a random loopback port."""
+    from portfolio_batch.local import serve
+
+    with serve(engine="rules", data_dir=tmp_path / "server-data") as server:
+        yield server
+
+
+@pytest.fixture
+def openai_client(local_server: Any) -> Any:
+    """The real ``openai.OpenAI`` client pointed at ``local_server``."""
+    return local_server.client()
+
+
+@pytest.fixture
+def testdata() -> Path:
+    return TESTDATA
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"portfolio_batch tests; PORTFOLIO_BATCH_HOME per test; PB_REQUIRE_BROWSER={os.environ.get('PB_REQUIRE_BROWSER', '')}"
