@@ -8,6 +8,7 @@ Every error a user can act on is a ``PortfolioBatchError``; its message names th
     ├── PricingError            no price for a model; how to pass one
     ├── BudgetExceededError     an estimate over ``budget_usd``, raised before anything is sent
     ├── BatchFailedError        a batch ended ``failed``; lists ``errors.data`` with line numbers
+    ├── DownloadError           a result file could not be downloaded completely after retries
     ├── RegistryError           the local job registry cannot be read or written
     ├── LocalServerError        the embedded OpenAI-compatible server could not start
     └── MissingDependencyError  an optional extra is not installed; says which ``pip install``
@@ -20,6 +21,7 @@ from typing import Any
 __all__ = [
     "BatchFailedError",
     "BudgetExceededError",
+    "DownloadError",
     "InputError",
     "LocalServerError",
     "MissingDependencyError",
@@ -60,6 +62,10 @@ class BatchFailedError(PortfolioBatchError):
         super().__init__(message)
         self.jobs = jobs
         self.errors = errors or []
+
+
+class DownloadError(PortfolioBatchError):
+    """A batch output or error file could not be downloaded completely, even after retries."""
 
 
 class RegistryError(PortfolioBatchError):
