@@ -1,0 +1,165 @@
+"""The job registry: migrations from empty, WAL, round trips of shards and batches."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pandas as pd
+import pytest
+
+import portfolio_batch as pb
+from portfolio_batch.errors import RegistryError
+from portfolio_batch.registry import JOBS_COLUMNS, MIGRATIONS, open_registry, registry_path
+
+
+def _shard(run_id: str, shard: int, **extra: object) -> dict[str, object]:
+    return {
+        "run_id": run_id,
+        "shard": shard,
+        "idem_key": f"key-{run_id}-{shard}",
+        "sha256": f"sha-{shard}",
+        "path": f"/tmp/shard-{shard}.jsonl",
+        "n_requests": 10 + shard,
+        "est_input_tokens": 1000,
+        "max_output_tokens": 500,
+        "est_cost_usd": 0.01,
+        "model": "gpt-4.1-mini",
+        "endpoint": "/v1/chat/completions",
+        "backend": "local:test",
+        "status": "queued",
+        **extra,
+    }
+
+
+def _run(reg, run_id: str, **extra: object) -> None:
+    reg.ensure_run(
+        run_id,
+        backend="local:test",
+        model="gpt-4.1-mini",
+        endpoint="/v1/chat/completions",
+        pb_version=pb.__version__,
+        metadata={"project": "q3"},
+        max_enqueued_tokens=extra.get("max_enqueued_tokens"),
+        budget_usd=None,
+        est_cost_usd=0.02,
+    )
+
+
+def test_migrations_from_empty_are_recorded_and_wal_is_on() -> None:
+    path = registry_path()
+    assert not path.exists()
+    with open_registry() as reg:
+        assert reg.migrations() == [name for name, _ in MIGRATIONS]
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"_migrations", "runs", "shards", "batches", "files"} <= tables
+    finally:
+        conn.close()
+    # Re-opening applies nothing twice.
+    with open_registry() as reg:
+        assert reg.migrations() == [name for name, _ in MIGRATIONS]
+
+
+def test_jobs_empty_has_the_contract_columns() -> None:
+    frame = pb.jobs()
+    assert list(frame.columns) == JOBS_COLUMNS
+    assert frame.empty
+
+
+def test_shard_and_batch_round_trip_into_the_jobs_frame() -> None:
+    with open_registry() as reg:
+        _run(reg, "run-a")
+        reg.upsert_shard(_shard("run-a", 0))
+        reg.upsert_shard(_shard("run-a", 1))
+        batch = {
+            "id": "batch_1",
+            "status": "validating",
+            "input_file_id": "file-1",
+            "created_at": 1_700_000_000,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+        }
+        reg.record_batch(
+            batch,
+            backend="local:test",
+            run_id="run-a",
+            shard=0,
+            idem_key="key-run-a-0",
+            sha256="sha-0",
+        )
+        reg.update_batch(
+            {
+                **batch,
+                "status": "completed",
+                "output_file_id": "file-out",
+                "request_counts": {"total": 10, "completed": 9, "failed": 1},
+                "errors": None,
+                "usage": {"input_tokens": 900, "output_tokens": 300},
+            },
+            actual_cost_usd=0.005,
+        )
+        frame = reg.jobs_frame(run_id="run-a")
+        assert reg.live_shard("key-run-a-0")["batch_id"] == "batch_1"
+        assert reg.batch("batch_1")["actual_cost_usd"] == pytest.approx(0.005)
+    assert list(frame.columns) == JOBS_COLUMNS
+    assert frame["shard"].tolist() == [0, 1]
+    first, second = frame.iloc[0], frame.iloc[1]
+    assert (first["batch_id"], first["status"], first["output_file_id"]) == (
+        "batch_1",
+        "completed",
+        "file-out",
+    )
+    assert (first["completed"], first["failed"], first["n_requests"]) == (9, 1, 10)
+    assert first["created_at"] == pd.Timestamp(1_700_000_000, unit="s", tz="UTC")
+    assert second["batch_id"] is None and second["status"] == "queued"
+    assert pd.isna(second["created_at"])
+
+
+def test_failed_and_cancelled_shards_are_not_live() -> None:
+    with open_registry() as reg:
+        _run(reg, "run-b")
+        reg.upsert_shard(_shard("run-b", 0, status="failed", batch_id="batch_x"))
+        reg.upsert_shard(_shard("run-b", 1, status="cancelled"))
+        reg.upsert_shard(_shard("run-b", 2, status="expired", batch_id="batch_y"))
+        assert reg.live_shard("key-run-b-0") is None
+        assert reg.live_shard("key-run-b-1") is None
+        assert reg.live_shard("key-run-b-2")["status"] == "expired"
+
+
+def test_jobs_lists_newest_first_and_filters_by_run() -> None:
+    with open_registry() as reg:
+        _run(reg, "run-old")
+        reg.upsert_shard(_shard("run-old", 0, created_at=1000.0))
+        _run(reg, "run-new")
+        reg.upsert_shard(_shard("run-new", 0, created_at=2000.0))
+    assert pb.jobs()["run_id"].tolist() == ["run-new", "run-old"]
+    assert pb.jobs("run-old")["run_id"].tolist() == ["run-old"]
+
+
+def test_a_failed_write_rolls_back_and_raises_registry_error() -> None:
+    with open_registry() as reg:
+        _run(reg, "run-c")
+        reg.upsert_shard(_shard("run-c", 0))
+        reg.conn.execute(
+            "CREATE TRIGGER no_batches BEFORE INSERT ON batches "
+            "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+        with pytest.raises(RegistryError, match="batch_z.*disk full"):
+            reg.record_batch(
+                {"id": "batch_z", "status": "validating", "input_file_id": "f"},
+                backend="local:test",
+                run_id="run-c",
+                shard=0,
+                idem_key="key-run-c-0",
+                sha256="sha-0",
+            )
+        # The shard was not attached to a batch that was never stored.
+        assert reg.shard("run-c", 0)["batch_id"] is None
+
+
+def test_unwritable_home_names_the_path(tmp_path, monkeypatch) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    with pytest.raises(RegistryError, match="not-a-dir"):
+        open_registry(blocker / "registry.sqlite")
