@@ -145,7 +145,7 @@ def test_a_failed_write_rolls_back_and_raises_registry_error() -> None:
             "CREATE TRIGGER no_batches BEFORE INSERT ON batches "
             "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
         )
-        with pytest.raises(RegistryError, match="batch_z.*disk full"):
+        with pytest.raises(RegistryError, match=r"batch_z.*disk full"):
             reg.record_batch(
                 {"id": "batch_z", "status": "validating", "input_file_id": "f"},
                 backend="local:test",
