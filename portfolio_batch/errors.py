@@ -9,6 +9,8 @@ Every error a user can act on is a ``PortfolioBatchError``; its message names th
     ├── BudgetExceededError     an estimate over ``budget_usd``, raised before anything is sent
     ├── BatchFailedError        a batch ended ``failed``; lists ``errors.data`` with line numbers
     ├── DownloadError           a result file could not be downloaded completely after retries
+    ├── SubmitError             a file upload or batch creation failed; nothing runs untracked
+    ├── PollTimeoutError        ``poll(timeout=)`` ran out; the batches keep running, resumable
     ├── RegistryError           the local job registry cannot be read or written
     ├── LocalServerError        the embedded OpenAI-compatible server could not start
     └── MissingDependencyError  an optional extra is not installed; says which ``pip install``
@@ -25,9 +27,11 @@ __all__ = [
     "InputError",
     "LocalServerError",
     "MissingDependencyError",
+    "PollTimeoutError",
     "PortfolioBatchError",
     "PricingError",
     "RegistryError",
+    "SubmitError",
 ]
 
 
@@ -66,6 +70,18 @@ class BatchFailedError(PortfolioBatchError):
 
 class DownloadError(PortfolioBatchError):
     """A batch output or error file could not be downloaded completely, even after retries."""
+
+
+class SubmitError(PortfolioBatchError):
+    """Uploading a shard or creating its batch failed after the SDK's retries."""
+
+
+class PollTimeoutError(PortfolioBatchError, TimeoutError):
+    """``poll`` reached its ``timeout``; the batches keep running on the server."""
+
+    def __init__(self, message: str, *, jobs: Any = None) -> None:
+        super().__init__(message)
+        self.jobs = jobs
 
 
 class RegistryError(PortfolioBatchError):
