@@ -1,0 +1,140 @@
+"""Steps the commands share: choosing the backend, polling with live progress and Ctrl-C handling,
+and aggregating a run from the registry."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.text import Text
+
+from portfolio_batch.cli._console import EXIT_INTERRUPTED, err
+from portfolio_batch.cli._progress import BatchProgress
+from portfolio_batch.cli._runs import load_run_info, requests_from_shards
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "aggregate_run",
+    "client_for_run",
+    "engine_of",
+    "has_api_key",
+    "make_client",
+    "poll_run",
+    "resume_command",
+]
+
+
+def has_api_key() -> bool:
+    """A real backend is configured: requests leave this machine (and cost money)."""
+    azure = os.environ.get("AZURE_OPENAI_ENDPOINT") and os.environ.get("AZURE_OPENAI_API_KEY")
+    return bool(os.environ.get("OPENAI_API_KEY") or azure)
+
+
+def engine_of(jobs: pd.DataFrame) -> str | None:
+    """The embedded engine a run was submitted to (``backend`` ``local:embedded:<engine>``)."""
+    for backend in jobs["backend"].dropna().astype(str):
+        if backend.startswith("local:embedded:"):
+            return backend.removeprefix("local:embedded:")
+    return None
+
+
+def make_client(engine: str | None, *, default_engine: str | None = None) -> Any:
+    """``pb.client()``; ``--engine`` only picks the embedded server's engine, so with a key it is
+    ignored (and we say so). ``default_engine`` is the engine of the run being resumed."""
+    import portfolio_batch as pb
+
+    if has_api_key():
+        if engine is not None:
+            err.print(
+                Text(
+                    f"--engine {engine} is ignored: an API key is set, so requests go to "
+                    f"{os.environ.get('OPENAI_BASE_URL') or 'the API'}, not the embedded server.",
+                    style="yellow",
+                )
+            )
+        return pb.client()
+    engine = engine or default_engine
+    name = engine or os.environ.get("PORTFOLIO_BATCH_ENGINE") or "rules"
+    err.print(
+        Text(f"No API key set: using the embedded local server (engine {name}).", style="dim")
+    )
+    return pb.client(engine=engine) if engine else pb.client()
+
+
+def client_for_run(jobs: pd.DataFrame, engine: str | None) -> Any:
+    """A client for resuming ``jobs``; warns when it talks to another backend than the run used."""
+    from portfolio_batch.backend import backend_name
+
+    client = make_client(engine, default_engine=engine_of(jobs))
+    used = sorted(set(jobs["backend"].dropna().astype(str)))
+    now = backend_name(client)
+    if used and now not in used:
+        err.print(
+            Text(
+                f"Warning: run {jobs['run_id'].iloc[0]} was submitted to {', '.join(used)} but this "
+                f"process talks to {now}; its batches will not be found there. Set OPENAI_BASE_URL / "
+                "OPENAI_API_KEY (or --engine) as when the run was submitted.",
+                style="yellow",
+            )
+        )
+    return client
+
+
+def resume_command(run_id: str, out_dir: Path | None) -> str:
+    parts = ["portfolio-batch", "jobs", "resume", run_id]
+    if out_dir is not None:
+        parts += ["--out", str(out_dir)]
+    return shlex.join(parts)
+
+
+def poll_run(jobs: pd.DataFrame, *, client: Any, out_dir: Path | None) -> pd.DataFrame:
+    """Poll to the end with a live status per batch; on Ctrl-C print how to resume, exit 130."""
+    import portfolio_batch as pb
+
+    run_id = str(jobs["run_id"].iloc[0])
+    try:
+        with BatchProgress(err) as progress:
+            progress.update(jobs)
+            return pb.poll(
+                jobs,
+                client=client,
+                progress=False,
+                on_update=progress.update,
+                raise_on_failed=False,
+            )
+    except KeyboardInterrupt:
+        err.print()
+        err.print(
+            Text.assemble(
+                "Interrupted. The batches keep running on the server; nothing was lost. Resume with:\n  ",
+                (resume_command(run_id, out_dir), "bold"),
+            )
+        )
+        if not has_api_key():
+            err.print(
+                Text(
+                    "Note: the embedded local server stopped with this process. To resume a run after "
+                    "a restart, use a server that outlives it (`portfolio-batch serve` with "
+                    "OPENAI_BASE_URL and OPENAI_API_KEY set) or a real API key.",
+                    style="yellow",
+                )
+            )
+        raise SystemExit(EXIT_INTERRUPTED) from None
+
+
+def aggregate_run(
+    jobs: pd.DataFrame, *, client: Any
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Rebuild the run's requests from its shard files and aggregate: results, requests, costs."""
+    import portfolio_batch as pb
+
+    paths = [str(p) for p in jobs.sort_values("shard")["path"].tolist()]
+    info = load_run_info(Path(paths[0]).parent)
+    requests = requests_from_shards(paths, info=info)
+    costs = pb.estimate_cost(requests)
+    results = pb.aggregate_df(jobs, requests, client=client)
+    return results, requests, costs, info

@@ -1,0 +1,122 @@
+"""Live progress of a run's batches on stderr.
+
+On a terminal: a Rich Live table, one line per batch (status, completed/failed/total, a bar).
+Otherwise (a log file, CI): one plain line whenever a batch's status or counts change, so the log
+records the run without control characters. ``finalizing`` is its own state, never shown as done.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from rich import box
+from rich.console import Console
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from portfolio_batch.cli._render import status_text
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["BatchProgress", "progress_lines"]
+
+_TERMINAL = {"completed", "failed", "expired", "cancelled"}
+
+
+def _num(value: Any) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return 0
+    return 0 if math.isnan(number) else int(number)
+
+
+def _rows(jobs: pd.DataFrame) -> list[tuple[str, str, str, int, int, int]]:
+    rows = []
+    for row in jobs.sort_values("shard").itertuples(index=False):
+        batch_id = row.batch_id if isinstance(row.batch_id, str) else "(waiting for capacity)"
+        rows.append(
+            (
+                str(row.shard),
+                batch_id,
+                str(row.status),
+                _num(row.completed),
+                _num(row.failed),
+                _num(row.n_requests),
+            )
+        )
+    return rows
+
+
+def progress_lines(jobs: pd.DataFrame) -> list[str]:
+    """One plain status line per batch, e.g. ``batch 0 batch_abc: finalizing 40/40 done, 0 failed``."""
+    lines = []
+    for shard, batch_id, status, done, failed, total in _rows(jobs):
+        label = status
+        if status == "finalizing":
+            label = "finalizing (writing result files, not done yet)"
+        lines.append(f"shard {shard} {batch_id}: {label} {done}/{total} completed, {failed} failed")
+    return lines
+
+
+def progress_table(jobs: pd.DataFrame, *, elapsed: float) -> Table:
+    table = Table(
+        title=f"Batches ({elapsed:.0f}s)", box=box.SIMPLE_HEAD, title_justify="left", expand=False
+    )
+    for name in ("shard", "batch", "status", "completed", "failed", "total", "progress"):
+        table.add_column(
+            name, justify="right" if name in ("completed", "failed", "total") else "left"
+        )
+    for shard, batch_id, status, done, failed, total in _rows(jobs):
+        bar = ProgressBar(total=max(total, 1), completed=done + failed, width=24)
+        if status == "finalizing":
+            # All requests ran but the result files are not written: show it, never as complete.
+            bar = ProgressBar(total=None, width=24, pulse=True)
+        table.add_row(shard, batch_id, status_text(status), str(done), str(failed), str(total), bar)
+    return table
+
+
+class BatchProgress:
+    """Context manager whose ``update(jobs)`` is ``poll``'s ``on_update`` callback.
+
+    >>> with BatchProgress(console) as progress:  # doctest: +SKIP
+    ...     pb.poll(jobs, progress=False, on_update=progress.update)
+    """
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.started = time.monotonic()
+        self.live: Live | None = None
+        self._seen: dict[str, str] = {}
+        self.last: pd.DataFrame | None = None
+
+    def __enter__(self) -> BatchProgress:
+        if self.console.is_terminal:
+            self.live = Live(console=self.console, refresh_per_second=4, transient=False)
+            self.live.__enter__()
+        return self
+
+    def update(self, jobs: pd.DataFrame) -> None:
+        self.last = jobs
+        if self.live is not None:
+            self.live.update(progress_table(jobs, elapsed=time.monotonic() - self.started))
+            return
+        for (shard, *_), line in zip(_rows(jobs), progress_lines(jobs), strict=True):
+            if self._seen.get(shard) != line:
+                self._seen[shard] = line
+                self.console.print(Text(line), soft_wrap=True)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.live is not None:
+            self.live.__exit__(exc_type, exc, tb)

@@ -1,0 +1,239 @@
+"""Rich renderings of the pipeline's frames: the cost estimate, the model comparison, the jobs
+list and the aggregated report (summary, positions by risk, errors)."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "compare_table",
+    "errors_table",
+    "estimate_table",
+    "frame_table",
+    "positions_table",
+    "summary_table",
+]
+
+_LEVEL_STYLE = {"high": "bold red", "medium": "yellow", "low": "green"}
+_STATUS_STYLE = {
+    "succeeded": "green",
+    "completed": "green",
+    "finalizing": "bold cyan",
+    "in_progress": "cyan",
+    "validating": "cyan",
+    "queued": "dim",
+    "failed": "bold red",
+    "invalid_output": "red",
+    "expired": "magenta",
+    "cancelled": "magenta",
+    "cancelling": "magenta",
+    "missing": "red",
+}
+
+
+def usd(value: Any) -> str:
+    """Dollars with enough digits for sub-cent batch costs."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    value = float(value)
+    return f"${value:,.2f}" if abs(value) >= 10 else f"${value:,.4f}"
+
+
+def _int(value: Any) -> str:
+    try:
+        if value is None or math.isnan(float(value)):
+            return "-"
+    except (TypeError, ValueError):
+        return str(value)
+    return f"{int(value):,}"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4g}"
+    if isinstance(value, list | tuple):
+        return "; ".join(str(v) for v in value)
+    return str(value)
+
+
+def status_text(status: Any) -> Text:
+    return Text(str(status), style=_STATUS_STYLE.get(str(status), ""))
+
+
+def estimate_table(costs: pd.DataFrame, manifest: pd.DataFrame | None = None) -> RenderableType:
+    """The estimate shown before anything is sent: requests, tokens, batch vs sync, shards."""
+    batch = float(costs["batch_cost_usd"].sum())
+    sync = float(costs["sync_cost_usd"].sum())
+    models = ", ".join(sorted({str(m) for m in costs["model"].unique()}))
+    table = Table(title="Cost estimate", box=box.SIMPLE, show_header=False, title_justify="left")
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+    table.add_row("Model", models)
+    table.add_row("Requests", _int(len(costs)))
+    table.add_row("Input tokens", _int(costs["input_tokens"].sum()))
+    mode = costs.attrs.get("output_tokens", "max")
+    table.add_row(f"Output tokens (est., {mode})", _int(costs["output_tokens_est"].sum()))
+    table.add_row("Batch cost", usd(batch))
+    table.add_row("Sync cost", usd(sync))
+    saved = sync - batch
+    pct = f" ({saved / sync:.0%})" if sync else ""
+    table.add_row("Batch saves", f"{usd(saved)}{pct}")
+    source = costs.attrs.get("price_source")
+    if source:
+        version = costs.attrs.get("price_version")
+        table.add_row("Prices", f"{source} {version}" if version else str(source))
+    parts: list[RenderableType] = [table]
+    if manifest is not None and len(manifest) > 1:
+        shards = Table(title=f"{len(manifest)} shards", box=box.SIMPLE, title_justify="left")
+        for name in ("Shard", "Requests", "Bytes", "Input tokens (est.)", "File"):
+            shards.add_column(name, justify="left" if name == "File" else "right")
+        for row in manifest.itertuples(index=False):
+            shards.add_row(
+                str(row.shard),
+                _int(row.n_requests),
+                _int(row.n_bytes),
+                _int(row.est_input_tokens),
+                str(row.path),
+            )
+        parts.append(shards)
+    return Group(*parts)
+
+
+def frame_table(frame: pd.DataFrame, *, title: str | None = None) -> Table:
+    """Any frame as a table: numbers right-aligned, ``*_usd`` columns as dollars."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    columns = list(frame.columns)
+    for name in columns:
+        numeric = frame[name].dtype.kind in "iuf"
+        table.add_column(str(name), justify="right" if numeric else "left", overflow="fold")
+    for row in frame.itertuples(index=False):
+        cells = []
+        for name, value in zip(columns, row, strict=True):
+            if str(name).endswith("_usd"):
+                cells.append(usd(value))
+            elif (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and "token" in str(name)
+            ):
+                cells.append(_int(value))
+            else:
+                cells.append(_cell(value))
+        table.add_row(*cells)
+    return table
+
+
+def compare_table(comparison: pd.DataFrame) -> Table:
+    """``compare_models`` as a table, one row per model."""
+    frame = comparison.reset_index() if comparison.index.name else comparison
+    return frame_table(frame, title="Batch vs sync, per model")
+
+
+def summary_table(results: pd.DataFrame, costs: pd.DataFrame | None) -> Table:
+    """``pb.summarize``: successes, failures by status and code, estimated vs actual cost."""
+    import portfolio_batch as pb
+
+    summary = pb.summarize(results, costs=costs)
+    table = Table(title="Summary", box=box.SIMPLE, show_header=False, title_justify="left")
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+    table.add_row("Requests", _int(summary.items))
+    table.add_row("Succeeded", Text(_int(summary.successes), style="green"))
+    for row in summary.failures.itertuples(index=False):
+        code = _cell(row.error_code)
+        label = f"  {row.status}" + (f" ({code})" if code else "")
+        table.add_row(label, Text(_int(row.count), style=_STATUS_STYLE.get(str(row.status), "red")))
+    table.add_row("Estimated cost", usd(summary.est_cost_usd))
+    table.add_row("Actual cost", usd(summary.actual_cost_usd))
+    table.add_row("Input tokens", _int(summary.prompt_tokens))
+    table.add_row("Output tokens", _int(summary.completion_tokens))
+    return table
+
+
+def positions_table(results: pd.DataFrame, *, key: str | None = None) -> Table:
+    """Every position, highest risk first; positions without an answer come last."""
+    key = key or next((c for c in results.columns if c not in ("custom_id",)), results.columns[0])
+    ranked = results.assign(
+        _missing=results["risk_score"].isna() if "risk_score" in results else True
+    )
+    sort_cols = ["_missing"] + (["risk_score"] if "risk_score" in results else [])
+    ranked = ranked.sort_values(sort_cols, ascending=[True, False][: len(sort_cols)], kind="stable")
+    table = Table(title="Positions by risk", box=box.SIMPLE_HEAD, title_justify="left")
+    wanted = [key, "name", "sector", "weight", "risk_score", "risk_level", "drivers", "status"]
+    columns = [c for c in dict.fromkeys(wanted) if c in ranked.columns]
+    for name in columns:
+        numeric = name in ("weight", "risk_score")
+        table.add_column(name, justify="right" if numeric else "left", overflow="fold")
+    for row in ranked[columns].itertuples(index=False):
+        cells: list[Text | str] = []
+        for name, value in zip(columns, row, strict=True):
+            if name == "weight":
+                cells.append(f"{float(value):.1%}" if value is not None else "")
+            elif name == "risk_score":
+                cells.append(_int(value))
+            elif name == "risk_level":
+                cells.append(Text(_cell(value), style=_LEVEL_STYLE.get(str(value), "")))
+            elif name == "status":
+                cells.append(status_text(value))
+            else:
+                cells.append(_cell(value))
+        table.add_row(*cells)
+    return table
+
+
+def errors_table(results: pd.DataFrame) -> Table | Text:
+    """The requests that did not succeed, with their code and message."""
+    bad = results[results["status"] != "succeeded"]
+    if not len(bad):
+        return Text("No errors.", style="green")
+    table = Table(title=f"Errors ({len(bad)})", box=box.SIMPLE_HEAD, title_justify="left")
+    for name in ("custom_id", "status", "http_status", "error_code", "error_message"):
+        table.add_column(name, overflow="fold")
+    for row in bad.itertuples(index=False):
+        table.add_row(
+            str(row.custom_id),
+            status_text(row.status),
+            _int(getattr(row, "http_status", None)),
+            _cell(getattr(row, "error_code", None)),
+            _cell(getattr(row, "error_message", None)),
+        )
+    return table
+
+
+def jobs_table(jobs: pd.DataFrame, *, title: str = "Jobs") -> Table:
+    """The registry's jobs, one row per shard."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    for name in (
+        "run_id",
+        "shard",
+        "batch_id",
+        "status",
+        "done/failed/total",
+        "est. cost",
+        "created",
+        "backend",
+    ):
+        table.add_column(name, overflow="fold")
+    for row in jobs.itertuples(index=False):
+        table.add_row(
+            str(row.run_id),
+            str(row.shard),
+            _cell(row.batch_id) or "-",
+            status_text(row.status),
+            f"{_int(row.completed)}/{_int(row.failed)}/{_int(row.n_requests)}",
+            usd(row.est_cost_usd),
+            _cell(row.created_at),
+            _cell(row.backend),
+        )
+    return table

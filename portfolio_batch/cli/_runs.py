@@ -1,0 +1,143 @@
+"""What a CLI run leaves in ``--out`` so another process can finish it.
+
+``analyze-risk`` writes the request shards and ``run.json`` (run id, model, key column, column
+order) into ``--out``; the registry records the shard paths. ``jobs resume`` / ``jobs results``
+rebuild the requests frame from those shard files (custom_id, method, url, body, and the row's
+fields from the last line of the user message), so aggregation after a restart sees the same
+requests as the original run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from portfolio_batch.errors import InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["RUN_FILE", "find_run", "load_run_info", "requests_from_shards", "write_run_info"]
+
+RUN_FILE = "run.json"
+_REQUEST_COLUMNS = ("custom_id", "method", "url", "body")
+
+
+def write_run_info(
+    out_dir: Path, *, run_id: str | None, requests: pd.DataFrame, mode: str, portfolio: Path
+) -> Path:
+    """Record the run in ``out_dir/run.json`` (never the API key: nothing secret is in here)."""
+    data_columns = [c for c in requests.columns if c not in _REQUEST_COLUMNS]
+    attrs = requests.attrs
+    info = {
+        "run_id": run_id,
+        "mode": mode,
+        "portfolio": str(portfolio),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "model": attrs.get("model"),
+        "endpoint": attrs.get("endpoint"),
+        "key": attrs.get("key"),
+        "prompt_version": attrs.get("prompt_version"),
+        "columns": data_columns,
+        "n_requests": len(requests),
+    }
+    path = out_dir / RUN_FILE
+    path.write_bytes(orjson.dumps(info, option=orjson.OPT_INDENT_2, default=str))
+    return path
+
+
+def load_run_info(shard_dir: Path) -> dict[str, Any]:
+    """``run.json`` next to the shards, or ``{}`` for a run submitted from Python."""
+    path = shard_dir / RUN_FILE
+    if not path.is_file():
+        return {}
+    try:
+        info = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise InputError(
+            f"{path} is not valid JSON ({exc}); delete it to rebuild from the shards."
+        ) from exc
+    return info if isinstance(info, dict) else {}
+
+
+def _row_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """The row's fields: the user message's last line is the row as one JSON object."""
+    messages = body.get("messages") or []
+    user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
+    content = user.get("content") if user else None
+    if not isinstance(content, str):
+        return {}
+    last = content.rstrip().rsplit("\n", 1)[-1]
+    try:
+        fields = orjson.loads(last)
+    except orjson.JSONDecodeError:
+        return {}
+    return fields if isinstance(fields, dict) else {}
+
+
+def requests_from_shards(paths: list[str], *, info: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Rebuild a requests frame (design.md's columns and attrs) from the JSONL shard files.
+
+    >>> requests_from_shards(["demo-out/requests-00000.jsonl"])  # doctest: +SKIP
+    """
+    import pandas as pd
+
+    info = info or {}
+    records: list[dict[str, Any]] = []
+    fields: list[dict[str, Any]] = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise InputError(
+                f"request shard {path} is missing; the run's results cannot be matched to its "
+                "positions without it. Restore the --out directory of the original run."
+            )
+        with open(path, "rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    item = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    raise InputError(f"{path} line {number} is not valid JSON: {exc}") from exc
+                records.append({name: item.get(name) for name in _REQUEST_COLUMNS})
+                fields.append(_row_fields(item.get("body") or {}))
+    if not records:
+        raise InputError(f"the request shards {paths} hold no requests.")
+
+    data = pd.DataFrame.from_records(fields)
+    order = [c for c in info.get("columns") or [] if c in data.columns]
+    data = data[order + [c for c in data.columns if c not in order]]
+    frame = pd.concat([pd.DataFrame.from_records(records), data], axis=1)
+    frame.index = pd.Index(frame["custom_id"], name="custom_id")
+
+    first = records[0]
+    body = first["body"] or {}
+    schema = (body.get("response_format") or {}).get("json_schema", {}).get("schema")
+    frame.attrs.update(
+        model=info.get("model") or body.get("model"),
+        endpoint=info.get("endpoint") or first["url"],
+        key=info.get("key") or (data.columns[0] if len(data.columns) else None),
+        prompt_version=info.get("prompt_version") or str(first["custom_id"]).rsplit("-", 1)[-1],
+        schema=schema,
+    )
+    return frame
+
+
+def find_run(ident: str) -> pd.DataFrame:
+    """The registry's jobs of the run ``ident`` (a run id, or one of its batch ids)."""
+    import portfolio_batch as pb
+    from portfolio_batch.home import home
+
+    jobs = pb.jobs()
+    if len(jobs):
+        match = jobs[(jobs["run_id"] == ident) | (jobs["batch_id"] == ident)]
+        if len(match):
+            run_id = match["run_id"].iloc[0]
+            return jobs[jobs["run_id"] == run_id].sort_values("shard").reset_index(drop=True)
+    raise InputError(
+        f"no run or batch {ident!r} in the registry at {home()}; list them with "
+        "`portfolio-batch jobs list` (and check PORTFOLIO_BATCH_HOME)."
+    )

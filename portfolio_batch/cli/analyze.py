@@ -1,0 +1,126 @@
+"""``portfolio-batch analyze-risk``: estimate, confirm, submit, poll, aggregate, report."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.text import Text
+
+from portfolio_batch.cli._console import confirm, err
+
+__all__ = ["Engine", "analyze_risk"]
+
+
+class Engine(StrEnum):
+    rules = "rules"
+    smollm2 = "smollm2"
+
+
+def analyze_risk(
+    portfolio: Annotated[
+        Path,
+        typer.Argument(
+            metavar="PORTFOLIO",
+            help="The portfolio: a CSV or Parquet file with ticker and weight columns.",
+        ),
+    ],
+    batch: Annotated[
+        bool,
+        typer.Option(
+            "--batch/--sync",
+            help="Batch API (half price, results within 24 h) or synchronous requests now.",
+        ),
+    ] = True,
+    model: Annotated[str, typer.Option("--model", "-m", help="The model to ask.")] = "gpt-4o-mini",
+    budget: Annotated[
+        float | None,
+        typer.Option(
+            "--budget", help="Refuse the run if its estimated cost in USD is over this.", min=0
+        ),
+    ] = None,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes", "-y", help="Do not ask for confirmation (needed without a terminal)."
+        ),
+    ] = False,
+    out_dir: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Directory for the request shards, results.csv/.parquet and report.html.",
+        ),
+    ] = Path("portfolio-batch-out"),
+    engine: Annotated[
+        Engine | None,
+        typer.Option(
+            "--engine",
+            help="Engine of the embedded local server, used when no API key is set; ignored with a key. "
+            "[default: $PORTFOLIO_BATCH_ENGINE or rules]",
+            show_default=False,
+        ),
+    ] = None,
+    max_requests: Annotated[
+        int,
+        typer.Option("--max-requests", help="Most requests per shard (batch).", min=1, max=50_000),
+    ] = 50_000,
+    max_tokens: Annotated[
+        int,
+        typer.Option(
+            "--max-tokens", help="Most output tokens per answer (longer answers are cut).", min=1
+        ),
+    ] = 400,
+) -> None:
+    """Review the risk of every position of PORTFOLIO with an LLM and write a report.
+
+    Prints the cost estimate, asks for confirmation, submits the batches, shows their progress,
+    then prints the summary, the positions sorted by risk and the errors. Exit codes: 0 all
+    succeeded, 3 partial results (still written), 2 usage or input error, 1 unexpected error,
+    130 interrupted (the batches keep running; the resume command is printed).
+
+    Example:
+
+        portfolio-batch analyze-risk testdata/portfolio.csv --batch --yes --out demo-out/
+    """
+    import portfolio_batch as pb
+    from portfolio_batch.cli._outputs import finish
+    from portfolio_batch.cli._pipeline import make_client, poll_run
+    from portfolio_batch.cli._render import estimate_table
+    from portfolio_batch.cli._runs import write_run_info
+
+    engine_name = engine.value if engine is not None else None
+    frame = pb.load_portfolio(portfolio)
+    requests = pb.build_requests(frame, model=model, max_tokens=max_tokens)
+    costs = pb.estimate_cost(requests)
+    out_dir = out_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = pb.to_jsonl(requests, out_dir, max_requests=max_requests, costs=costs)
+    err.print(estimate_table(costs, manifest))
+
+    cost_column = "batch_cost_usd" if batch else "sync_cost_usd"
+    if budget is not None:
+        pb.check_budget(costs, budget_usd=budget, column=cost_column)
+    mode = "batch" if batch else "sync"
+    confirm(
+        f"Send {len(requests)} requests ({mode}, estimated {float(costs[cost_column].sum()):.4f} USD)?",
+        yes=yes,
+    )
+
+    client = make_client(engine_name)
+    key = requests.attrs.get("key")
+    if not batch:
+        write_run_info(out_dir, run_id=None, requests=requests, mode=mode, portfolio=portfolio)
+        results = pb.run_sync(requests, client=client)
+        raise typer.Exit(finish(results, costs=costs, jobs=None, out_dir=out_dir, key=key))
+
+    jobs = pb.submit(manifest, client=client, budget_usd=budget)
+    run_id = str(jobs["run_id"].iloc[0])
+    write_run_info(out_dir, run_id=run_id, requests=requests, mode=mode, portfolio=portfolio)
+    err.print(Text.assemble("Run ", (run_id, "bold"), f": {len(jobs)} batch(es) submitted."))
+    jobs = poll_run(jobs, client=client, out_dir=out_dir)
+    results = pb.aggregate_df(jobs, requests, client=client)
+    raise typer.Exit(finish(results, costs=costs, jobs=jobs, out_dir=out_dir, key=key))

@@ -1,0 +1,71 @@
+"""``portfolio-batch estimate``: what a run would cost on each model, batch vs sync."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from portfolio_batch.cli._console import out
+from portfolio_batch.errors import InputError
+
+__all__ = ["estimate"]
+
+
+class Format(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+def estimate(
+    portfolio: Annotated[
+        Path,
+        typer.Argument(
+            metavar="PORTFOLIO",
+            help="The portfolio: a CSV or Parquet file with ticker and weight columns.",
+        ),
+    ],
+    models: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Comma-separated models to compare, e.g. gpt-4o-mini,gpt-4.1-mini.",
+        ),
+    ] = "gpt-4o-mini",
+    max_tokens: Annotated[
+        int,
+        typer.Option(
+            "--max-tokens", help="Most output tokens per answer, as in analyze-risk.", min=1
+        ),
+    ] = 400,
+    fmt: Annotated[
+        Format, typer.Option("--format", help="table (for people), csv or json (for pipes).")
+    ] = Format.table,
+) -> None:
+    """Compare what reviewing PORTFOLIO would cost on each model, batch vs sync; nothing is sent.
+
+    Example:
+
+        portfolio-batch estimate testdata/portfolio.csv --model gpt-4o-mini,gpt-4.1-mini,gpt-4.1
+    """
+    import portfolio_batch as pb
+    from portfolio_batch.cli._render import compare_table
+
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    if not names:
+        raise InputError(
+            "--model is empty: give one or more models, e.g. --model gpt-4o-mini,gpt-4.1"
+        )
+    frame = pb.load_portfolio(portfolio)
+    requests = pb.build_requests(frame, model=names[0], max_tokens=max_tokens)
+    comparison = pb.compare_models(requests, models=names)
+    if fmt is Format.csv:
+        out.file.write(comparison.to_csv(index=comparison.index.name is not None))
+    elif fmt is Format.json:
+        out.file.write(comparison.reset_index().to_json(orient="records", indent=2) + "\n")
+    else:
+        out.print(compare_table(comparison))

@@ -1,0 +1,192 @@
+"""``portfolio-batch jobs``: the runs in the job registry: list, show, resume, cancel, results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.text import Text
+
+from portfolio_batch.cli._console import err, out
+from portfolio_batch.cli.analyze import Engine
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="jobs",
+    help="The runs in the job registry ($PORTFOLIO_BATCH_HOME/registry.sqlite).\n\n"
+    "Example:\n\n    portfolio-batch jobs list",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
+
+_Ident = Annotated[str, typer.Argument(help="A run id (from `jobs list`) or one of its batch ids.")]
+_Engine = Annotated[
+    Engine | None,
+    typer.Option(
+        "--engine",
+        help="Embedded server engine when no API key is set; ignored with a key.",
+        show_default=False,
+    ),
+]
+
+
+def _out_dir(jobs_paths: list[str], out_dir: Path | None) -> Path:
+    # By default, write next to the run's request shards: the original --out.
+    return (out_dir or Path(jobs_paths[0]).parent).resolve()
+
+
+@app.command("list")
+def list_jobs(
+    running: Annotated[
+        bool, typer.Option("--running", help="Only runs with batches not finished yet.")
+    ] = False,
+) -> None:
+    """List every run and its batches, newest first (one line per batch).
+
+    Example:
+
+        portfolio-batch jobs list
+    """
+    import portfolio_batch as pb
+    from portfolio_batch.cli._render import jobs_table
+
+    jobs = pb.jobs()
+    if not len(jobs):
+        err.print("No runs yet. Start one with `portfolio-batch analyze-risk PORTFOLIO`.")
+        return
+    if running:
+        jobs = jobs[~jobs["status"].isin(["completed", "failed", "expired", "cancelled"])]
+    out.print(jobs_table(jobs, title=f"Jobs ({jobs['run_id'].nunique()} runs)"))
+
+
+@app.command("show")
+def show(ident: _Ident) -> None:
+    """Show one run: its batches, statuses, counts, files and where its shards are.
+
+    Example:
+
+        portfolio-batch jobs show run_2f1c0a
+    """
+    from portfolio_batch.cli._render import frame_table, jobs_table
+    from portfolio_batch.cli._runs import find_run
+
+    jobs = find_run(ident)
+    out.print(jobs_table(jobs, title=f"Run {jobs['run_id'].iloc[0]}"))
+    details = [
+        c
+        for c in (
+            "shard",
+            "batch_id",
+            "input_file_id",
+            "output_file_id",
+            "error_file_id",
+            "model",
+            "path",
+        )
+        if c in jobs
+    ]
+    out.print(frame_table(jobs[details], title="Files"))
+
+
+@app.command("resume")
+def resume(
+    ident: _Ident,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Where to write the results [default: the run's own --out]."
+        ),
+    ] = None,
+    engine: _Engine = None,
+) -> None:
+    """Carry a run to the end after an interruption: poll, aggregate, write the report.
+
+    Never creates a second batch: it follows the run's existing batches from the registry.
+
+    Example:
+
+        portfolio-batch jobs resume run_2f1c0a --out demo-out/
+    """
+    import portfolio_batch as pb
+    from portfolio_batch.cli._outputs import finish
+    from portfolio_batch.cli._pipeline import aggregate_run, client_for_run, poll_run
+    from portfolio_batch.cli._runs import find_run
+
+    found = find_run(ident)
+    run_id = str(found["run_id"].iloc[0])
+    client = client_for_run(found, engine.value if engine else None)
+    jobs = pb.resume(run_id, client=client)
+    target = _out_dir(jobs["path"].tolist(), out_dir)
+    err.print(Text.assemble("Resuming run ", (run_id, "bold"), f": {len(jobs)} batch(es)."))
+    jobs = poll_run(jobs, client=client, out_dir=target)
+    results, requests, costs, _ = aggregate_run(jobs, client=client)
+    raise typer.Exit(
+        finish(results, costs=costs, jobs=jobs, out_dir=target, key=requests.attrs.get("key"))
+    )
+
+
+@app.command("results")
+def results(
+    ident: _Ident,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Where to write the results [default: the run's own --out]."
+        ),
+    ] = None,
+    engine: _Engine = None,
+) -> None:
+    """Aggregate a finished run again and write results.csv, results.parquet and report.html.
+
+    Example:
+
+        portfolio-batch jobs results run_2f1c0a --out again/
+    """
+    import portfolio_batch as pb
+    from portfolio_batch.cli._outputs import finish
+    from portfolio_batch.cli._pipeline import aggregate_run, client_for_run, resume_command
+    from portfolio_batch.cli._runs import find_run
+    from portfolio_batch.errors import InputError
+
+    found = find_run(ident)
+    run_id = str(found["run_id"].iloc[0])
+    client = client_for_run(found, engine.value if engine else None)
+    jobs = pb.resume(run_id, client=client)
+    running = jobs[~jobs["status"].isin(["completed", "failed", "expired", "cancelled"])]
+    if len(running):
+        raise InputError(
+            f"run {run_id} is not finished ({len(running)} of {len(jobs)} batches still "
+            f"{', '.join(sorted(set(running['status'].astype(str))))}); wait for it with "
+            f"`{resume_command(run_id, out_dir)}`."
+        )
+    target = _out_dir(jobs["path"].tolist(), out_dir)
+    results_frame, requests, costs, _ = aggregate_run(jobs, client=client)
+    raise typer.Exit(
+        finish(results_frame, costs=costs, jobs=jobs, out_dir=target, key=requests.attrs.get("key"))
+    )
+
+
+@app.command("cancel")
+def cancel(ident: _Ident, engine: _Engine = None) -> None:
+    """Cancel a run's batches that are still running; finished requests keep their results.
+
+    Example:
+
+        portfolio-batch jobs cancel run_2f1c0a
+    """
+    import portfolio_batch as pb
+    from portfolio_batch.cli._pipeline import client_for_run
+    from portfolio_batch.cli._render import jobs_table
+    from portfolio_batch.cli._runs import find_run
+
+    found = find_run(ident)
+    run_id = str(found["run_id"].iloc[0])
+    client = client_for_run(found, engine.value if engine else None)
+    jobs = pb.cancel(pb.resume(run_id, client=client), client=client)
+    out.print(jobs_table(jobs, title=f"Run {run_id}"))
+    err.print(
+        f"Cancel requested. Collect what finished with `portfolio-batch jobs results {run_id}` "
+        "once the batches are cancelled."
+    )
