@@ -19,9 +19,18 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+import numpy as np
+import orjson
 import tiktoken
 
-__all__ = ["count_chat_tokens", "count_text_tokens", "encoding_for_model", "encoding_name_for_model"]
+__all__ = [
+    "count_body_tokens",
+    "count_chat_tokens",
+    "count_text_tokens",
+    "encoding_for_model",
+    "encoding_name_for_model",
+    "response_format_tokens",
+]
 
 # sha256 of the decompressed vocabulary files, as published by OpenAI (see shared/choices.md).
 _SHA256 = {
@@ -92,9 +101,7 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # content parts: count the text ones
-        return "".join(
-            str(part.get("text", "")) for part in content if isinstance(part, Mapping)
-        )
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, Mapping))
     return "" if content is None else str(content)
 
 
@@ -115,3 +122,97 @@ def count_chat_tokens(messages: Iterable[Mapping[str, Any]], *, model: str = "gp
             if field == "name":
                 total += 1
     return total
+
+
+# Structured outputs: OpenAI renders the ``response_format`` schema into the prompt in a form it
+# does not publish. We count the schema's compact JSON, its name and this fixed frame (the
+# "# Response Formats / ## name" header such renderings use). An estimate; aggregation reports the
+# billed ``prompt_tokens`` so the two can be compared.
+RESPONSE_FORMAT_FRAME_TOKENS = 10
+
+
+def response_format_tokens(
+    response_format: Mapping[str, Any] | None, *, model: str = "gpt-4o-mini"
+) -> int:
+    """Estimated prompt tokens a ``response_format`` adds (0 for none or plain ``text``).
+
+    ``json_schema``: tokens of the schema as compact JSON + tokens of its name + 10.
+    ``json_object``: the 10-token frame only.
+
+        >>> response_format_tokens({"type": "json_object"})
+        10
+    """
+    if not response_format:
+        return 0
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return RESPONSE_FORMAT_FRAME_TOKENS
+    if kind != "json_schema":
+        return 0
+    spec = response_format.get("json_schema") or {}
+    enc = encoding_for_model(model)
+    schema = orjson.dumps(spec.get("schema") or {}, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    name = str(spec.get("name", ""))
+    return (
+        len(enc.encode_ordinary(schema))
+        + len(enc.encode_ordinary(name))
+        + RESPONSE_FORMAT_FRAME_TOKENS
+    )
+
+
+def count_body_tokens(
+    bodies: Iterable[Mapping[str, Any]], *, model: str = "gpt-4o-mini"
+) -> np.ndarray:
+    """Input tokens of many request bodies at once, as an int64 array (one entry per body).
+
+    Chat bodies (``messages``) use the cookbook formula of :func:`count_chat_tokens` plus
+    :func:`response_format_tokens`; ``input`` / ``prompt`` / ``instructions`` strings (responses,
+    completions, embeddings) are counted as plain text. Every distinct string is encoded once, so a
+    system prompt and schema shared by 50,000 requests cost one encoding, not 50,000.
+
+        >>> count_body_tokens([{"messages": [{"role": "user", "content": "Hello"}]}] * 2).tolist()
+        [8, 8]
+    """
+    enc = encoding_for_model(model)
+    encode = enc.encode_ordinary
+    text_tokens: dict[str, int] = {}
+    format_tokens: dict[bytes, int] = {}
+    last_format: tuple[Any, int] | None = None  # bodies built together share one response_format
+
+    def count(text: str) -> int:
+        n = text_tokens.get(text)
+        if n is None:
+            n = text_tokens[text] = len(encode(text))
+        return n
+
+    counts: list[int] = []
+    for body in bodies:
+        total = 0
+        messages = body.get("messages")
+        if messages is not None:
+            total = 3
+            for message in messages:
+                total += 3
+                for field, value in message.items():
+                    total += count(_content_text(value) if field == "content" else str(value))
+                    if field == "name":
+                        total += 1
+        for field in ("instructions", "prompt", "input"):
+            value = body.get(field)
+            if isinstance(value, str):
+                total += count(value)
+            elif isinstance(value, list):
+                total += sum(count(v) for v in value if isinstance(v, str))
+        response_format = body.get("response_format")
+        if response_format:
+            if last_format is not None and last_format[0] is response_format:
+                total += last_format[1]
+            else:
+                key = orjson.dumps(response_format, option=orjson.OPT_SERIALIZE_NUMPY)
+                n = format_tokens.get(key)
+                if n is None:
+                    n = format_tokens[key] = response_format_tokens(response_format, model=model)
+                last_format = (response_format, n)
+                total += n
+        counts.append(total)
+    return np.asarray(counts, dtype=np.int64)

@@ -1,0 +1,437 @@
+"""From a DataFrame to a requests frame: one Batch API request per row, with a stable ``custom_id``.
+
+    >>> import pandas as pd
+    >>> portfolio = pd.DataFrame({"ticker": ["NVDA"], "weight": [0.06]})
+    >>> requests = build_requests(portfolio)
+    >>> requests.index[0]
+    'risk-NVDA-...'
+    >>> requests.body.iloc[0]["messages"][1]["content"].splitlines()[-1]
+    '{"ticker":"NVDA","weight":0.06}'
+
+The frame follows docs/design.md: index ``custom_id``; columns ``custom_id``, ``method``, ``url``,
+``body`` (a dict), then the input columns, key first. Every body of one frame shares the same
+system-message and ``response_format`` objects (one copy in memory, and ``to_jsonl`` serialises
+them once): treat bodies as read-only, ``copy.deepcopy`` one before editing it.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import re
+import string
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from portfolio_batch.errors import InputError
+
+__all__ = [
+    "DEFAULT_SYSTEM_PROMPT",
+    "DEFAULT_USER_PROMPT",
+    "RISK_SCHEMA",
+    "SUPPORTED_ENDPOINTS",
+    "build_requests",
+    "custom_id_for",
+]
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a portfolio risk analyst. You review one position of an equity portfolio at a time "
+    "and assess the risk it adds to the portfolio over the next 12 months. Use the fields you are "
+    "given: weight is the position's fraction of the portfolio, beta its market beta, volatility "
+    "its annualised volatility as a fraction (0.35 means 35 %), plus its sector and any notes. "
+    "Answer only with the requested JSON: risk_score from 0 (negligible) to 100 (severe); "
+    "risk_level low (score below 34), medium (34 to 66) or high (above 66); at most three short "
+    "risk drivers; and a rationale of one or two sentences. Do not invent facts that are not in "
+    "the input."
+)
+DEFAULT_USER_PROMPT = "Review the risk of this portfolio position. Its fields, as JSON:"
+
+RISK_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "risk_score": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 100,
+            "description": "0 = negligible risk, 100 = severe risk",
+        },
+        "risk_level": {"type": "string", "enum": ["low", "medium", "high"]},
+        "drivers": {
+            "type": "array",
+            "items": {"type": "string"},
+            "maxItems": 3,
+            "description": "the main risk drivers, most important first",
+        },
+        "rationale": {"type": "string", "description": "one or two sentences"},
+    },
+    "required": ["risk_score", "risk_level", "drivers", "rationale"],
+    "additionalProperties": False,
+}
+_RISK_SCHEMA_NAME = "position_risk"
+
+# OpenAI needs the /v1 prefix; Azure OpenAI's batch files use the bare path.
+SUPPORTED_ENDPOINTS = ("/v1/chat/completions", "/chat/completions")
+_RESERVED = ("custom_id", "method", "url", "body")
+_SAFE_ID = re.compile(r"[A-Za-z0-9._-]+")
+_MAX_ID_KEY = 64
+_DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def _json_default(value: Any) -> Any:
+    """orjson fallback for pandas / numpy / stdlib scalars found in a row."""
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    if isinstance(value, pd.Timedelta):
+        return value.isoformat()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Creating a million small dicts triggers the cyclic GC over and over (it scans the whole
+    growing heap each time): pause it while they are built; none of them form cycles."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def custom_id_for(key_value: Any, prompt_version: str, *, prefix: str = "risk") -> str:
+    """The ``custom_id`` of a row: ``{prefix}-{escaped key}-{prompt_version}``.
+
+    Characters outside ``A-Z a-z 0-9 . _ -`` are percent-escaped (UTF-8), so distinct keys always
+    give distinct ids; keys longer than 64 escaped characters keep 40 and add ``~`` and a hash.
+
+        >>> custom_id_for("BRK/B", "3f9a1c2e")
+        'risk-BRK%2FB-3f9a1c2e'
+    """
+    text = str(key_value)
+    if not _SAFE_ID.fullmatch(text):
+        text = quote(text, safe="").replace("~", "%7E")
+    if len(text) > _MAX_ID_KEY:
+        digest = hashlib.sha256(str(key_value).encode()).hexdigest()[:8]
+        text = f"{text[:40]}~{digest}"
+    return f"{prefix}-{text}-{prompt_version}"
+
+
+def _schema_from(schema: Any) -> tuple[str, dict[str, Any]]:
+    """(name, JSON schema dict) from None, a pydantic model class, a json_schema wrapper or a dict."""
+    if schema is None:
+        return _RISK_SCHEMA_NAME, RISK_SCHEMA
+    if isinstance(schema, type):
+        from pydantic import BaseModel
+
+        if issubclass(schema, BaseModel):
+            from openai.lib._pydantic import to_strict_json_schema
+
+            return schema.__name__, to_strict_json_schema(schema)
+    if not isinstance(schema, Mapping):
+        raise InputError(
+            f"schema= must be a JSON schema dict or a pydantic model class, got {type(schema).__name__}; "
+            "pass e.g. schema=MyAnswer (a pydantic.BaseModel subclass) or schema={'type': 'object', ...}"
+        )
+    if "schema" in schema and "type" not in schema:  # a {"name", "schema", "strict"} wrapper
+        name = str(schema.get("name") or "response")
+        return name, dict(schema["schema"])
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", str(schema.get("title") or "response"))[:64]
+    return name, dict(schema)
+
+
+def _check_strict(node: Any, path: str) -> None:
+    """Strict structured outputs reject objects with optional or extra properties: catch that
+    here, before a whole batch fails with 400s."""
+    if not isinstance(node, Mapping):
+        return
+    if node.get("type") == "object" or "properties" in node:
+        props = node.get("properties") or {}
+        if node.get("additionalProperties", True) is not False:
+            raise InputError(
+                f"schema at {path}: strict structured outputs need "
+                '"additionalProperties": false on every object; add it to that object'
+            )
+        missing = [p for p in props if p not in (node.get("required") or [])]
+        if missing:
+            raise InputError(
+                f"schema at {path}: strict structured outputs need every property in 'required'; "
+                f"add {missing} to its 'required' list (make a field optional with a null type: "
+                '"type": ["string", "null"])'
+            )
+        for prop, sub in props.items():
+            _check_strict(sub, f"{path}.properties.{prop}")
+    for word in ("items", "additionalProperties", "not"):
+        if isinstance(node.get(word), Mapping):
+            _check_strict(node[word], f"{path}.{word}")
+    for word in ("anyOf", "allOf", "oneOf", "prefixItems"):
+        for i, sub in enumerate(node.get(word) or []):
+            _check_strict(sub, f"{path}.{word}[{i}]")
+    for word in ("$defs", "definitions"):
+        for name, sub in (node.get(word) or {}).items():
+            _check_strict(sub, f"{path}.{word}.{name}")
+
+
+def _prompts(prompt: Any) -> tuple[str, str]:
+    if prompt is None:
+        return DEFAULT_SYSTEM_PROMPT, DEFAULT_USER_PROMPT
+    if isinstance(prompt, str):
+        return prompt, DEFAULT_USER_PROMPT
+    if isinstance(prompt, Mapping) and set(prompt) <= {"system", "user"}:
+        return str(prompt.get("system", DEFAULT_SYSTEM_PROMPT)), str(
+            prompt.get("user", DEFAULT_USER_PROMPT)
+        )
+    raise InputError(
+        "prompt= must be a string (the system prompt) or a dict with 'system' and/or 'user' "
+        "(a template such as 'Review {name} ({ticker}).'); "
+        f"got {type(prompt).__name__}{' with keys ' + str(sorted(prompt)) if isinstance(prompt, Mapping) else ''}"
+    )
+
+
+def _row_label(df: pd.DataFrame, pos: int) -> str:
+    return f"row {pos} (index {df.index[pos]!r})"
+
+
+def _fragments(df: pd.DataFrame, column: Any) -> list[str]:
+    """``,"column":value`` for each row, or ``""`` where the value is missing (NaN/None/NA/NaT)."""
+    series = df[column]
+    head = "," + orjson.dumps(str(column)).decode() + ":"
+    missing = series.isna().to_numpy()
+    dtype = series.dtype
+    if isinstance(dtype, np.dtype) and dtype.kind in "biuf":
+        values = series.to_numpy()
+        if dtype.kind == "f" and np.isinf(values).any():
+            pos = int(np.flatnonzero(np.isinf(values))[0])
+            raise InputError(
+                f"{_row_label(df, pos)}, column {column!r}: {values[pos]} is not valid JSON; "
+                "replace infinite values (e.g. df.replace([np.inf, -np.inf], np.nan))"
+            )
+        # One orjson call per column; numbers contain no commas, so splitting is exact.
+        texts = orjson.dumps(values, option=_DUMPS_OPTIONS)[1:-1].decode().split(",")
+        if not len(values):
+            return []
+        if missing.any():
+            return [("" if m else head + t) for t, m in zip(texts, missing.tolist(), strict=True)]
+        return [head + t for t in texts]
+    values = series.to_numpy(dtype=object)
+    dumps = orjson.dumps
+    try:
+        if not missing.any():
+            return [
+                head + dumps(v, default=_json_default, option=_DUMPS_OPTIONS).decode()
+                for v in values
+            ]
+        return [
+            "" if m else head + dumps(v, default=_json_default, option=_DUMPS_OPTIONS).decode()
+            for v, m in zip(values, missing.tolist(), strict=True)
+        ]
+    except TypeError:
+        pass
+    for pos, value in enumerate(values):  # find the row to name in the error
+        try:
+            dumps(value, default=_json_default, option=_DUMPS_OPTIONS)
+        except TypeError as exc:
+            raise InputError(
+                f"{_row_label(df, pos)}, column {column!r}: {type(value).__name__} value {value!r} "
+                f"cannot be written as JSON ({exc}); convert the column to str or a number first"
+            ) from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _key_strings(df: pd.DataFrame, key: Any) -> list[str]:
+    series = df[key]
+    if series.dtype == object or pd.api.types.is_string_dtype(series.dtype):
+        texts = series.to_numpy(dtype=object, na_value="").tolist()
+        keys = [t.strip() if isinstance(t, str) else str(t).strip() for t in texts]
+    else:
+        missing = series.isna().to_numpy()
+        keys = ["" if m else str(v).strip() for v, m in zip(series.tolist(), missing, strict=True)]
+    if not all(keys):
+        pos = keys.index("")
+        raise InputError(
+            f"{_row_label(df, pos)}: the key column {key!r} is empty; every row needs a "
+            f"unique, non-empty {key!r} (drop the row or fill in its {key})"
+        )
+    return keys
+
+
+def build_requests(
+    df: pd.DataFrame,
+    *,
+    model: str = "gpt-4o-mini",
+    prompt: str | Mapping[str, str] | None = None,
+    schema: Any = None,
+    key: str = "ticker",
+    max_tokens: int = 400,
+    endpoint: str = "/v1/chat/completions",
+    id_prefix: str = "risk",
+) -> pd.DataFrame:
+    """One chat-completions request per row of ``df``, indexed by a stable ``custom_id``.
+
+    ``prompt``: the system prompt as a string, or ``{"system": ..., "user": ...}`` where ``user``
+    is a template filled from the row (``"Review {name} ({ticker})."``). The row's fields are
+    always appended as the user message's last line, as one compact JSON object (column order,
+    key first, missing values dropped). ``schema``: a JSON schema dict or a pydantic model class
+    for strict structured output (default :data:`RISK_SCHEMA`). ``endpoint``: ``/v1/chat/completions``
+    for OpenAI, ``/chat/completions`` for Azure (with your deployment name as ``model``).
+
+        >>> requests = build_requests(pd.DataFrame({"ticker": ["AAPL"], "weight": [0.5]}))
+        >>> list(requests.columns)
+        ['custom_id', 'method', 'url', 'body', 'ticker', 'weight']
+
+    ``custom_id`` = ``{id_prefix}-{key}-{prompt_version}``, where ``prompt_version`` is a short hash
+    of prompt, schema and model: the same row gets the same id whatever its position.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise InputError(f"build_requests() takes a DataFrame first, got {type(df).__name__}")
+    if endpoint not in SUPPORTED_ENDPOINTS:
+        raise InputError(
+            f"endpoint={endpoint!r} is not supported; use '/v1/chat/completions' (OpenAI) or "
+            "'/chat/completions' (Azure OpenAI, with your deployment name as model=)"
+        )
+    if not isinstance(model, str) or not model.strip():
+        raise InputError("model= must be a non-empty model name (or an Azure deployment name)")
+    if (
+        isinstance(max_tokens, bool)
+        or not isinstance(max_tokens, (int, np.integer))
+        or max_tokens < 1
+    ):
+        raise InputError(
+            f"max_tokens={max_tokens!r} must be a positive integer, e.g. max_tokens=400"
+        )
+    if not re.fullmatch(r"[A-Za-z0-9_.]+", id_prefix):
+        raise InputError(f"id_prefix={id_prefix!r} may only use letters, digits, '_' and '.'")
+    if key not in df.columns:
+        hint = " It is the index: pass df.reset_index()." if key in (df.index.names or []) else ""
+        raise InputError(
+            f"The key column {key!r} is missing; the frame has columns {list(map(str, df.columns))}. "
+            f"Pass key='<your id column>'.{hint}"
+        )
+    clash = [c for c in df.columns if c in _RESERVED]
+    if clash:
+        raise InputError(
+            f"Input column(s) {clash} clash with the requests frame's own columns {list(_RESERVED)}; "
+            "rename them first, e.g. df.rename(columns={'url': 'source_url'})"
+        )
+    if df.columns.duplicated().any():
+        raise InputError(
+            f"Duplicate column names {sorted(set(map(str, df.columns[df.columns.duplicated()])))}; "
+            "rename them so each column has one name"
+        )
+
+    system_prompt, user_prompt = _prompts(prompt)
+    schema_name, schema_dict = _schema_from(schema)
+    if schema is not None:  # jsonschema takes ~1 s to import: only for a user's own schema
+        from jsonschema.exceptions import SchemaError
+        from jsonschema.validators import validator_for
+
+        try:
+            validator_for(schema_dict).check_schema(schema_dict)
+        except SchemaError as exc:
+            raise InputError(
+                f"schema= is not a valid JSON schema: {exc.message} (at {exc.json_path}); fix that keyword"
+            ) from None
+    _check_strict(schema_dict, "$")
+    placeholders = [f for _, f, _, _ in string.Formatter().parse(user_prompt) if f]
+    unknown = [f for f in placeholders if f not in df.columns]
+    if unknown:
+        raise InputError(
+            f"The user prompt template uses {{{unknown[0]}}}, which is not a column; "
+            f"columns are {list(map(str, df.columns))} (write literal braces as '{{{{' and '}}}}')"
+        )
+
+    json_schema = {"name": schema_name, "strict": True, "schema": schema_dict}
+    version_src = [system_prompt, user_prompt, json_schema, model]
+    prompt_version = hashlib.sha256(
+        orjson.dumps(version_src, option=orjson.OPT_SORT_KEYS)
+    ).hexdigest()[:8]
+
+    columns = [key, *[c for c in df.columns if c != key]]
+    keys = _key_strings(df, key)
+    safe = _SAFE_ID.fullmatch
+    ids = [
+        f"{id_prefix}-{k}-{prompt_version}"
+        if len(k) <= _MAX_ID_KEY and safe(k)
+        else custom_id_for(k, prompt_version, prefix=id_prefix)
+        for k in keys
+    ]
+    if len(set(ids)) != len(ids):
+        seen: dict[str, int] = {}
+        for pos, cid in enumerate(ids):
+            first = seen.setdefault(cid, pos)
+            if first != pos:
+                raise InputError(
+                    f"{_row_label(df, first)} and {_row_label(df, pos)} have the same key "
+                    f"{keys[pos]!r} in column {key!r} (custom_id {cid!r}); keys must be unique: "
+                    "drop or merge the duplicate rows"
+                )
+
+    frags = [_fragments(df, c) for c in columns]
+    row_json = ["{" + "".join(parts)[1:] + "}" for parts in zip(*frags, strict=True)]
+    if placeholders:
+        filled = _fill_template(df, user_prompt, placeholders)
+        contents = [f"{head}\n{line}" for head, line in zip(filled, row_json, strict=True)]
+    else:
+        head = user_prompt + "\n"
+        contents = [head + line for line in row_json]
+
+    # One shared system message and response_format for every body (see module docstring).
+    system_message = {"role": "system", "content": system_prompt}
+    response_format = {"type": "json_schema", "json_schema": json_schema}
+    limit = int(max_tokens)
+    with _gc_paused():
+        bodies = [
+            {
+                "model": model,
+                "messages": [system_message, {"role": "user", "content": content}],
+                "max_tokens": limit,
+                "response_format": response_format,
+            }
+            for content in contents
+        ]
+
+    index = pd.Index(ids, name="custom_id", dtype=object)
+    frame: dict[Any, Any] = {
+        "custom_id": pd.Series(ids, index=index, dtype=object),
+        "method": pd.Series(["POST"] * len(ids), index=index, dtype=object),
+        "url": pd.Series([endpoint] * len(ids), index=index, dtype=object),
+        "body": pd.Series(bodies, index=index, dtype=object),
+    }
+    for column in columns:  # copy-on-write: the caller's frame is never touched
+        frame[column] = df[column].set_axis(index)
+    out = pd.DataFrame(frame, index=index)
+    out.attrs = {
+        "model": model,
+        "endpoint": endpoint,
+        "key": key,
+        "prompt_version": prompt_version,
+        "schema": schema_dict,
+        "max_tokens": limit,
+    }
+    return out
+
+
+def _fill_template(df: pd.DataFrame, template: str, fields: list[str]) -> list[str]:
+    """The user template filled from each row (missing values as empty strings)."""
+    cols = {}
+    for f in dict.fromkeys(fields):
+        series = df[f]
+        values = series.astype(object).where(series.notna(), "")
+        cols[f] = values.tolist()
+    names = list(cols)
+    return [
+        template.format_map(dict(zip(names, row, strict=True)))
+        for row in zip(*cols.values(), strict=True)
+    ]
