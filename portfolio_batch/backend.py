@@ -1,0 +1,148 @@
+"""``client()``: the one place that decides where requests go.
+
+- ``OPENAI_API_KEY`` set → ``openai.OpenAI``.
+- ``AZURE_OPENAI_ENDPOINT`` + ``AZURE_OPENAI_API_KEY`` + ``OPENAI_API_VERSION`` → ``openai.AzureOpenAI``
+  (request urls have no ``/v1``; the model is the deployment name).
+- Neither, or ``engine=`` given → the embedded local server (engine from ``PORTFOLIO_BATCH_ENGINE``,
+  default ``rules``), started once per process and engine, data under ``home()/local/<engine>``.
+
+    >>> import portfolio_batch as pb
+    >>> c = pb.client()                       # no key in the environment: the local server
+    >>> str(c.base_url).startswith("http://127.0.0.1:")
+    True
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from typing import Any
+
+import openai
+
+from portfolio_batch.errors import LocalServerError
+from portfolio_batch.home import home
+
+__all__ = ["backend_name", "client", "embedded_server", "poll_interval_bounds", "reset_client"]
+
+log = logging.getLogger("portfolio_batch")
+
+_AZURE_VARS = ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY", "OPENAI_API_VERSION")
+# The embedded servers' client is authenticated by nothing; the SDK insists on a non-empty key.
+_LOCAL_KEY = "local-no-key"
+
+_lock = threading.Lock()
+_servers: dict[str, Any] = {}  # engine -> running LocalServer
+_embedded_urls: dict[str, str] = {}  # base_url -> engine
+_logged: set[str] = set()
+
+
+def _log_once(name: str, detail: str) -> None:
+    if name not in _logged:
+        _logged.add(name)
+        log.info("portfolio_batch backend: %s", detail)
+
+
+def embedded_server(engine: str | None = None) -> Any:
+    """The embedded local server for ``engine``, started on first use and stopped at exit."""
+    engine = engine or os.environ.get("PORTFOLIO_BATCH_ENGINE") or "rules"
+    with _lock:
+        server = _servers.get(engine)
+        if server is not None:
+            return server
+        try:
+            from portfolio_batch.local import LocalServer
+        except ImportError as exc:
+            raise LocalServerError(
+                f"The embedded local server cannot be imported ({exc}); set OPENAI_API_KEY to use "
+                "OpenAI instead."
+            ) from exc
+        data_dir = home() / "local" / engine
+        data_dir.mkdir(parents=True, exist_ok=True)
+        server = LocalServer(engine=engine, data_dir=data_dir)
+        try:
+            server.start()
+        except LocalServerError:
+            raise
+        except Exception as exc:
+            raise LocalServerError(
+                f"The embedded local server (engine={engine!r}, data in {data_dir}) did not start: "
+                f"{exc}. Set OPENAI_API_KEY to use OpenAI, or try PORTFOLIO_BATCH_ENGINE=rules."
+            ) from exc
+        if not _servers:
+            atexit.register(reset_client)
+        _servers[engine] = server
+        _embedded_urls[str(server.base_url).rstrip("/")] = engine
+        return server
+
+
+def client(**overrides: Any) -> openai.OpenAI:
+    """An ``openai`` client for the backend the environment selects.
+
+    ``overrides`` go to the client's constructor (``max_retries=``, ``timeout=`` …);
+    ``engine="smollm2"`` (the CLI's ``--engine``) always selects the embedded local server.
+
+    >>> pb.client(max_retries=5).max_retries   # doctest: +SKIP
+    5
+    """
+    engine = overrides.pop("engine", None)
+    if engine is None and os.environ.get("OPENAI_API_KEY"):
+        _log_once("openai", "OpenAI (OPENAI_API_KEY is set)")
+        return openai.OpenAI(**overrides)
+    if engine is None and all(os.environ.get(v) for v in _AZURE_VARS):
+        _log_once("azure", f"Azure OpenAI at {os.environ['AZURE_OPENAI_ENDPOINT']}")
+        return openai.AzureOpenAI(**overrides)
+    server = embedded_server(engine)
+    _log_once(
+        f"local:{server.base_url}",
+        f"embedded local server (engine={server.engine if hasattr(server, 'engine') else engine}) "
+        f"at {server.base_url}; set OPENAI_API_KEY to use OpenAI",
+    )
+    overrides.setdefault("api_key", _LOCAL_KEY)
+    return openai.OpenAI(base_url=str(server.base_url), **overrides)
+
+
+def reset_client() -> None:
+    """Stop the embedded local servers this process started, so the next ``client()`` decides
+    afresh (for tests, and at interpreter exit)."""
+    with _lock:
+        servers = list(_servers.values())
+        _servers.clear()
+        _embedded_urls.clear()
+        _logged.clear()
+    for server in servers:
+        server.stop()
+
+
+def backend_name(c: Any) -> str:
+    """A stable name of the backend a client talks to: ``"openai"``, ``"azure"``,
+    ``"local:embedded:<engine>"`` for the embedded server, else ``"local:<base_url>"``.
+
+    It is part of the idempotency key, so that the same file sent to two backends makes two batches.
+
+    >>> backend_name(openai.OpenAI(api_key="x"))
+    'openai'
+    """
+    if isinstance(c, openai.AzureOpenAI):
+        return "azure"
+    base = str(c.base_url).rstrip("/")
+    engine = _embedded_urls.get(base)
+    if engine is not None:
+        # The port changes per process; the data directory (and so the batches) does not.
+        return f"local:embedded:{engine}"
+    host = c.base_url.host
+    if host == "api.openai.com":
+        return "openai"
+    if host.endswith(".openai.azure.com") or host.endswith(".cognitiveservices.azure.com"):
+        return "azure"
+    return f"local:{base}"
+
+
+def poll_interval_bounds(c: Any) -> tuple[float, float]:
+    """(first, largest) seconds between status checks: quick on loopback, about a minute on
+    OpenAI and Azure, where a batch takes minutes to hours."""
+    if c.base_url.host in ("127.0.0.1", "localhost", "::1"):
+        return 0.05, 1.0
+    return 5.0, 60.0

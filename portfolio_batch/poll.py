@@ -1,0 +1,343 @@
+"""``poll``: refresh every batch of a jobs frame until all are terminal.
+
+    >>> import portfolio_batch as pb
+    >>> jobs = pb.poll(pb.submit(manifest))          # doctest: +SKIP
+    >>> jobs = pb.poll(pb.resume("run-…"))           # after a restart, or Ctrl-C
+
+Each round updates the job registry first, so an interrupted poll (Ctrl-C, a killed kernel) loses
+nothing: ``poll(resume(run_id))`` carries on. ``finalizing`` is its own state: a batch counts as done
+only once terminal (``completed``, ``failed``, ``expired``, ``cancelled``), because its output file
+does not exist before. ``expired`` and ``cancelled`` are not errors: their partial results are
+collected by ``aggregate_df``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import openai
+import pandas as pd
+
+from portfolio_batch.backend import client as default_client
+from portfolio_batch.backend import poll_interval_bounds
+from portfolio_batch.errors import (
+    BatchFailedError,
+    InputError,
+    PollTimeoutError,
+    PricingError,
+    RegistryError,
+    SubmitError,
+)
+from portfolio_batch.registry import TERMINAL, Registry, open_registry
+from portfolio_batch.submit import (
+    ServerIndex,
+    _adopt,
+    _dump,
+    check_backend,
+    job_keys,
+    submit_ready,
+)
+
+__all__ = ["poll", "progress_state"]
+
+log = logging.getLogger("portfolio_batch")
+
+# API errors worth another round rather than aborting a poll that may run for hours.
+TRANSIENT = (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)
+# Rounds in a row in which creating a queued shard may fail before poll gives up.
+MAX_SUBMIT_FAILURES = 5
+
+
+def progress_state(jobs: pd.DataFrame) -> tuple[int, int, str]:
+    """``(done, total, postfix)`` of a jobs frame, in requests plus one unit per batch for its
+    end: a batch's last unit counts only when it is terminal, so a ``finalizing`` batch (all its
+    requests counted) never shows as done and the whole never reaches 100 % early.
+
+    >>> frame = pd.DataFrame({"status": ["finalizing"], "n_requests": [4], "completed": [4],
+    ...                       "failed": [0]})
+    >>> progress_state(frame)
+    (4, 5, 'finalizing=1 | requests ok=4 failed=0 of 4')
+    """
+    done = total = 0
+    for status, n, ok, bad in zip(
+        jobs["status"], jobs["n_requests"], jobs["completed"], jobs["failed"], strict=True
+    ):
+        total += int(n) + 1
+        done += int(n) + 1 if status in TERMINAL else min(int(ok) + int(bad), int(n))
+    by_status = jobs["status"].value_counts()
+    order = [
+        "queued",
+        "validating",
+        "in_progress",
+        "finalizing",
+        "cancelling",
+        "completed",
+        "expired",
+        "cancelled",
+        "failed",
+    ]
+    parts = [f"{s}={int(by_status[s])}" for s in order if s in by_status.index]
+    parts += [f"{s}={int(n)}" for s, n in by_status.items() if s not in order]
+    postfix = (
+        " ".join(parts) + f" | requests ok={int(jobs['completed'].sum())} "
+        f"failed={int(jobs['failed'].sum())} of {int(jobs['n_requests'].sum())}"
+    )
+    return done, total, postfix
+
+
+class _Display:
+    """The notebook panel when in a Jupyter kernel, else a tqdm bar, else nothing."""
+
+    def __init__(self, jobs: pd.DataFrame, *, enabled: bool) -> None:
+        self.panel: Any = None
+        self.bar: Any = None
+        if not enabled:
+            return
+        try:
+            from portfolio_batch import widgets
+
+            if widgets.in_notebook():
+                est = jobs["est_cost_usd"].sum(min_count=1)
+                self.panel = widgets.ProgressPanel(
+                    jobs, est_cost_usd=None if pd.isna(est) else float(est)
+                )
+                return
+        except ImportError:
+            pass
+        from tqdm.auto import tqdm
+
+        done, total, _ = progress_state(jobs)
+        self.bar = tqdm(total=total, initial=done, unit="req", desc="batches", mininterval=0)
+
+    def update(self, jobs: pd.DataFrame) -> None:
+        if self.panel is not None:
+            self.panel.update(jobs)
+        if self.bar is not None:
+            done, total, postfix = progress_state(jobs)
+            self.bar.total = total
+            self.bar.n = done
+            self.bar.set_postfix_str(postfix, refresh=False)
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.panel is not None:
+            self.panel.close()
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _token_limit(batch: dict[str, Any]) -> bool:
+    errors = (batch.get("errors") or {}).get("data") or []
+    return any(e.get("code") == "token_limit_exceeded" for e in errors)
+
+
+def _actual_cost(batch: dict[str, Any], model: str) -> float | None:
+    usage = batch.get("usage") or {}
+    if not usage:
+        return None
+    from portfolio_batch.cost import cost_usd
+
+    try:
+        return float(
+            cost_usd(
+                batch.get("model") or model,
+                int(usage.get("input_tokens") or 0),
+                int(usage.get("output_tokens") or 0),
+                int((usage.get("input_tokens_details") or {}).get("cached_tokens") or 0),
+                batch=True,
+            )
+        )
+    except PricingError:
+        return None
+
+
+def _refresh(
+    reg: Registry,
+    c: openai.OpenAI,
+    keys: list[tuple[str, int]],
+    index: ServerIndex,
+    *,
+    requeue_after: float,
+) -> pd.DataFrame:
+    runs = list(dict.fromkeys(r for r, _ in keys))
+    for row in reg.jobs_frame(keys=keys).to_dict("records"):
+        if not row["batch_id"] or row["status"] in TERMINAL:
+            continue
+        try:
+            batch = _dump(c.batches.retrieve(row["batch_id"]))
+        except TRANSIENT as exc:
+            log.warning("checking batch %s failed (%s); trying again", row["batch_id"], exc)
+            continue
+        terminal = batch["status"] in TERMINAL
+        reg.update_batch(
+            batch, actual_cost_usd=_actual_cost(batch, row["model"]) if terminal else None
+        )
+        run = reg.run(row["run_id"]) or {}
+        if (
+            batch["status"] == "failed"
+            and _token_limit(batch)
+            and run.get("max_enqueued_tokens") is not None
+        ):
+            # Queue-aware: the server's limit was tighter than ours. Wait for capacity, then
+            # resubmit the same file; the failed batch stays in the registry's history.
+            log.info(
+                "batch %s (shard %s) hit the enqueued-token limit: queued again",
+                batch["id"],
+                row["shard"],
+            )
+            reg.update_shard(
+                row["run_id"],
+                row["shard"],
+                status="queued",
+                batch_id=None,
+                not_before=time.time() + requeue_after,
+            )
+    submit_ready(reg, c, runs, index=index)
+    for run_id in runs:
+        reg.set_run_actual_cost(run_id)
+    return reg.jobs_frame(keys=keys)
+
+
+def _resume_hint(run_ids: list[str]) -> str:
+    arg = repr(run_ids[0]) if len(run_ids) == 1 else repr(run_ids)
+    cli = " ".join(run_ids)
+    return (
+        "The batches keep running on the server and the job registry has every one of them. "
+        f"Resume with:\n    pb.poll(pb.resume({arg}))\nor in a terminal:\n"
+        f"    portfolio-batch jobs resume {cli}\n"
+    )
+
+
+def _failure_error(frame: pd.DataFrame, reg: Registry) -> BatchFailedError:
+    lines: list[str] = []
+    errors: list[dict[str, Any]] = []
+    token_limit = False
+    failed = frame[frame["status"] == "failed"]
+    for row in failed.to_dict("records"):
+        stored = reg.batch(row["batch_id"]) if row["batch_id"] else None
+        data = stored["errors"] if stored else []
+        lines.append(
+            f"batch {row['batch_id']} (run {row['run_id']}, shard {row['shard']}, {row['path']}):"
+        )
+        for e in data or [{"code": None, "message": "no errors.data given"}]:
+            where = f"line {e['line']}" if e.get("line") is not None else "file"
+            lines.append(f"  {where}: {e.get('code')}: {e.get('message')}")
+            errors.append(
+                {"batch_id": row["batch_id"], "run_id": row["run_id"], "shard": row["shard"], **e}
+            )
+            token_limit = token_limit or e.get("code") == "token_limit_exceeded"
+    advice = (
+        "Fix those lines of the shard files and submit again."
+        if not token_limit
+        else "The organisation's enqueued-token limit was reached. Make smaller shards "
+        "(to_jsonl(requests, out_dir, max_input_tokens=...)), or wait for running batches to "
+        "finish and submit again, or submit(..., max_enqueued_tokens=...) so that shards wait "
+        "their turn instead of failing."
+    )
+    return BatchFailedError(
+        f"{len(failed)} batch(es) failed:\n" + "\n".join(lines) + "\n" + advice,
+        jobs=frame,
+        errors=errors,
+    )
+
+
+def poll(
+    jobs: pd.DataFrame,
+    *,
+    client: openai.OpenAI | None = None,
+    interval: float | str = "auto",
+    timeout: float | None = None,
+    progress: bool = True,
+    on_update: Callable[[pd.DataFrame], Any] | None = None,
+    raise_on_failed: bool = True,
+) -> pd.DataFrame:
+    """Refresh every batch until all are terminal; returns the final jobs frame.
+
+    ``interval="auto"`` starts short and grows (0.05 s to 1 s on the local server, 5 s to 60 s on
+    OpenAI/Azure); a number fixes it. ``on_update(jobs)`` gets each refreshed frame. Queued shards
+    (``submit(max_enqueued_tokens=)``) are created as capacity frees. A ``failed`` batch raises
+    ``BatchFailedError`` (``raise_on_failed=False``: return the frame); ``timeout`` raises
+    ``PollTimeoutError`` while the batches keep running.
+
+    >>> jobs = poll(submit(manifest), timeout=3600)      # doctest: +SKIP
+    >>> jobs["status"].unique()                          # doctest: +SKIP
+    array(['completed'], dtype=object)
+    """
+    keys = job_keys(jobs)
+    if not keys:
+        raise InputError("poll() got an empty jobs frame: submit() or resume() first.")
+    if interval != "auto" and (not isinstance(interval, int | float) or interval < 0):
+        raise InputError(f"interval={interval!r}: pass 'auto' or a number of seconds >= 0.")
+    c = client if client is not None else default_client()
+    first, largest = poll_interval_bounds(c)
+    wait = first if interval == "auto" else float(interval)
+    run_ids = list(dict.fromkeys(r for r, _ in keys))
+    started = time.monotonic()
+    with open_registry() as reg:
+        _adopt_unknown(reg, c, jobs, keys)
+        frame = reg.jobs_frame(keys=keys)
+        check_backend(frame, c)
+        index = ServerIndex(c)
+        display = _Display(frame, enabled=progress)
+        submit_failures = 0
+        try:
+            while True:
+                try:
+                    frame = _refresh(reg, c, keys, index, requeue_after=largest)
+                    submit_failures = 0
+                except SubmitError as exc:
+                    submit_failures += 1
+                    if submit_failures >= MAX_SUBMIT_FAILURES:
+                        raise
+                    log.warning("creating a queued shard failed (%s); trying again", exc)
+                    frame = reg.jobs_frame(keys=keys)
+                if on_update is not None:
+                    on_update(frame.copy())
+                display.update(frame)
+                if frame["status"].isin(TERMINAL).all():
+                    break
+                elapsed = time.monotonic() - started
+                if timeout is not None and elapsed >= timeout:
+                    raise PollTimeoutError(
+                        f"poll() stopped after timeout={timeout} s with batches still running "
+                        f"({progress_state(frame)[2]}). " + _resume_hint(run_ids),
+                        jobs=frame,
+                    )
+                pause = wait if timeout is None else min(wait, timeout - elapsed)
+                time.sleep(max(pause, 0.0))
+                if interval == "auto":
+                    wait = min(wait * 1.5, largest)
+        except KeyboardInterrupt:
+            sys.stderr.write("\nInterrupted. " + _resume_hint(run_ids))
+            sys.stderr.flush()
+            raise
+        finally:
+            display.close()
+        if raise_on_failed and (frame["status"] == "failed").any():
+            raise _failure_error(frame, reg)
+    return frame
+
+
+def _adopt_unknown(
+    reg: Registry, c: openai.OpenAI, jobs: pd.DataFrame, keys: list[tuple[str, int]]
+) -> None:
+    """Rows of a hand-made frame whose batch the registry does not know are recorded first."""
+    known = set(zip(*[reg.jobs_frame(keys=keys)[col] for col in ("run_id", "shard")], strict=True))
+    if len(known) == len(set(keys)):
+        return
+    batch_ids = jobs["batch_id"] if "batch_id" in jobs.columns else [None] * len(jobs)
+    for key, batch_id in zip(keys, batch_ids, strict=True):
+        if key in known:
+            continue
+        if not batch_id:
+            raise RegistryError(
+                f"Run {key[0]} shard {key[1]} is not in the job registry ({reg.path}) and has no "
+                "batch_id. Use the frame submit() or resume() returned."
+            )
+        from portfolio_batch.backend import backend_name
+
+        _adopt(reg, _dump(c.batches.retrieve(batch_id)), backend=backend_name(c))

@@ -1,0 +1,678 @@
+"""``submit``: upload each shard and create its batch, exactly once; ``resume`` and ``cancel``.
+
+    >>> import portfolio_batch as pb
+    >>> jobs = pb.submit(manifest, budget_usd=1.0)          # doctest: +SKIP
+    >>> jobs[["shard", "batch_id", "status"]]               # doctest: +SKIP
+
+Never pay twice: a shard is identified by its file's sha256 with the endpoint, model and backend.
+Submitting it again returns the batch already made, found in the registry or, with the registry
+gone, on the server through the batch's ``metadata["pb_sha256"]``. The SDK retries POSTs without
+an idempotency key, so after a retried upload or create we look for the duplicates it may have
+made and keep exactly one per shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import openai
+import pandas as pd
+
+from portfolio_batch._version import __version__
+from portfolio_batch.backend import backend_name
+from portfolio_batch.backend import client as default_client
+from portfolio_batch.errors import (
+    BudgetExceededError,
+    InputError,
+    PortfolioBatchError,
+    PricingError,
+    RegistryError,
+    SubmitError,
+)
+from portfolio_batch.registry import TERMINAL, Registry, open_registry
+
+__all__ = ["cancel", "idempotency_key", "resume", "submit"]
+
+log = logging.getLogger("portfolio_batch")
+
+MANIFEST_COLUMNS = (
+    "shard",
+    "path",
+    "n_requests",
+    "sha256",
+    "est_input_tokens",
+    "model",
+    "endpoint",
+)
+# Server-side statuses whose batch must not be reused: a new batch is made instead.
+DEAD = frozenset({"failed", "cancelled", "cancelling"})
+MAX_METADATA_KEYS = 16
+PB_KEYS = ("pb_sha256", "pb_version", "pb_run_id", "pb_shard")
+# How far back batches.list is read when looking for a batch by its metadata.
+MAX_LISTED = 10_000
+
+
+def idempotency_key(sha256: str, endpoint: str, model: str, backend: str) -> str:
+    """The key under which a shard is submitted at most once.
+
+    >>> idempotency_key("ab" * 32, "/v1/chat/completions", "gpt-4.1-mini", "openai")[:12]
+    '2938ea3f1693'
+    """
+    return hashlib.sha256(f"{sha256}\n{endpoint}\n{model}\n{backend}".encode()).hexdigest()
+
+
+def new_run_id() -> str:
+    return time.strftime("run-%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(3)
+
+
+def _file_name(sha256: str) -> str:
+    # The upload's name carries the content hash so that files.list can find it again.
+    return f"pb-{sha256}.jsonl"
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _dump(obj: Any) -> dict[str, Any]:
+    return obj.model_dump() if hasattr(obj, "model_dump") else dict(obj)
+
+
+# -- inputs ----------------------------------------------------------------------------------------
+def _as_manifest(data: pd.DataFrame, out_dir: str | Path | None) -> pd.DataFrame:
+    if not isinstance(data, pd.DataFrame):
+        raise InputError(
+            f"submit() takes the manifest frame from to_jsonl() or a requests frame from "
+            f"build_requests(), not {type(data).__name__}."
+        )
+    if "sha256" not in data.columns and "body" in data.columns:
+        from portfolio_batch.jsonl import to_jsonl
+
+        target = Path(out_dir) if out_dir is not None else _default_out_dir()
+        data = to_jsonl(data, target)
+    missing = [c for c in MANIFEST_COLUMNS if c not in data.columns]
+    if missing:
+        raise InputError(
+            f"submit() needs a manifest with columns {list(MANIFEST_COLUMNS)}; missing {missing}. "
+            "Pass the frame to_jsonl() returns (or the requests frame itself)."
+        )
+    if data.empty:
+        raise InputError("submit() got an empty manifest: there is nothing to send.")
+    return data
+
+
+def _default_out_dir() -> Path:
+    from portfolio_batch.home import cache_dir
+
+    return cache_dir("jsonl") / (
+        time.strftime("%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(2)
+    )
+
+
+def _user_metadata(metadata: dict[str, Any] | None) -> dict[str, str]:
+    if not metadata:
+        return {}
+    if len(metadata) > MAX_METADATA_KEYS - len(PB_KEYS):
+        raise InputError(
+            f"metadata has {len(metadata)} keys; a batch takes {MAX_METADATA_KEYS} and "
+            f"portfolio_batch uses {len(PB_KEYS)} ({', '.join(PB_KEYS)}): pass at most "
+            f"{MAX_METADATA_KEYS - len(PB_KEYS)}."
+        )
+    out: dict[str, str] = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key or len(key) > 64 or key.startswith("pb_"):
+            raise InputError(
+                f"metadata key {key!r} is not usable: keys are strings of 1-64 characters and "
+                "the prefix 'pb_' is reserved for portfolio_batch."
+            )
+        text = value if isinstance(value, str) else str(value)
+        if len(text) > 512:
+            raise InputError(f"metadata[{key!r}] has {len(text)} characters; the limit is 512.")
+        out[key] = text
+    return out
+
+
+def _shard_costs(manifest: pd.DataFrame, prices: Any, *, required: bool) -> list[float | None]:
+    """Estimated batch cost per shard: the manifest's ``est_cost_usd`` if it has one, else its
+    tokens at batch prices with every request using its whole ``max_tokens`` (an upper bound)."""
+    if "est_cost_usd" in manifest.columns:
+        return [None if pd.isna(v) else float(v) for v in manifest["est_cost_usd"]]
+    from portfolio_batch.cost import cost_usd
+
+    out: list[float | None] = []
+    for row in manifest.to_dict("records"):
+        output = row.get("max_output_tokens", 0)
+        try:
+            out.append(
+                float(
+                    cost_usd(
+                        str(row["model"]),
+                        int(row["est_input_tokens"]),
+                        0 if pd.isna(output) else int(output),
+                        batch=True,
+                        prices=prices,
+                    )
+                )
+            )
+        except PricingError:
+            if required:
+                raise
+            log.warning("no price for model %r: the jobs' est_cost_usd is left empty", row["model"])
+            out.append(None)
+    return out
+
+
+# -- the server's view -----------------------------------------------------------------------------
+class ServerIndex:
+    """The server's batches and uploaded files, listed at most once per call and indexed by the
+    content hash our metadata and file names carry."""
+
+    def __init__(self, client: openai.OpenAI) -> None:
+        self.client = client
+        self._batches: list[dict[str, Any]] | None = None
+        self._files: dict[str, list[dict[str, Any]]] | None = None
+
+    def batches(self, *, refresh: bool = False) -> list[dict[str, Any]]:
+        if self._batches is None or refresh:
+            found = []
+            for n, batch in enumerate(self.client.batches.list(limit=100)):
+                if n >= MAX_LISTED:
+                    break
+                found.append(_dump(batch))
+            self._batches = found
+        return self._batches
+
+    def batches_for(
+        self, sha256: str, *, run_id: str | None = None, shard: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Reusable batches (not failed/cancelled) carrying this hash, oldest first."""
+        out = []
+        for b in self.batches():
+            md = b.get("metadata") or {}
+            if md.get("pb_sha256") != sha256 or b["status"] in DEAD:
+                continue
+            if run_id is not None and md.get("pb_run_id") != run_id:
+                continue
+            if shard is not None and md.get("pb_shard") != str(shard):
+                continue
+            out.append(b)
+        return sorted(out, key=lambda b: (b.get("created_at") or 0, b["id"]))
+
+    def files_named(self, name: str, *, refresh: bool = False) -> list[dict[str, Any]]:
+        if self._files is None or refresh:
+            index: dict[str, list[dict[str, Any]]] = {}
+            for f in self.client.files.list(purpose="batch"):
+                d = _dump(f)
+                index.setdefault(d.get("filename") or "", []).append(d)
+            self._files = index
+        return sorted(
+            (f for f in self._files.get(name, []) if f.get("status") != "error"),
+            key=lambda f: (f.get("created_at") or 0, f["id"]),
+        )
+
+    def forget(self) -> None:
+        self._batches = None
+        self._files = None
+
+
+# -- one shard -------------------------------------------------------------------------------------
+def _ensure_file(reg: Registry, c: openai.OpenAI, index: ServerIndex, shard: dict[str, Any]) -> str:
+    """The id of an uploaded copy of the shard's file, uploading it only if none exists."""
+    backend, sha = shard["backend"], shard["sha256"]
+    for file_id in reg.files_for(backend=backend, sha256=sha):
+        try:
+            c.files.retrieve(file_id)
+            return file_id
+        except openai.NotFoundError:
+            reg.forget_file(file_id)
+    name = _file_name(sha)
+    path = Path(shard["path"])
+    existing = index.files_named(name)
+    if existing:
+        found = existing[0]
+        reg.record_file(
+            found["id"], backend=backend, sha256=sha, filename=name, size=found["bytes"]
+        )
+        return str(found["id"])
+    if not path.is_file():
+        raise InputError(
+            f"Shard {shard['shard']} of run {shard['run_id']}: file {path} does not exist. "
+            "Re-run to_jsonl() and submit the new manifest."
+        )
+    if _sha256_of(path) != sha:
+        raise InputError(
+            f"Shard {shard['shard']}: {path} changed since to_jsonl() (its sha256 no longer "
+            "matches the manifest). Re-run to_jsonl() and submit the new manifest."
+        )
+    uploaded: dict[str, Any] | None = None
+    error: Exception | None = None
+    retried = False
+    with path.open("rb") as fh:  # streamed by the HTTP client, re-read from 0 on a retry
+        try:
+            raw = c.files.with_raw_response.create(file=(name, fh), purpose="batch")
+            uploaded = _dump(raw.parse())
+            retried = raw.retries_taken > 0
+        except openai.APIError as exc:
+            error, retried = exc, True
+    if retried:
+        uploaded = _keep_one_file(c, index, name, uploaded)
+    if uploaded is None:
+        raise SubmitError(
+            f"Uploading shard {shard['shard']} ({path}) failed: {error}. Nothing was created; "
+            "run submit() again (it is idempotent)."
+        ) from error
+    reg.record_file(
+        uploaded["id"], backend=backend, sha256=sha, filename=name, size=uploaded["bytes"]
+    )
+    return str(uploaded["id"])
+
+
+def _keep_one_file(
+    c: openai.OpenAI, index: ServerIndex, name: str, returned: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    copies = index.files_named(name, refresh=True)
+    if not copies:
+        return returned
+    keep = returned if returned and any(f["id"] == returned["id"] for f in copies) else copies[0]
+    for extra in copies:
+        if extra["id"] != keep["id"]:
+            log.info("deleting duplicate upload %s of %s (a retried POST)", extra["id"], name)
+            c.files.delete(extra["id"])
+    index.forget()
+    return keep
+
+
+def create_shard_batch(
+    reg: Registry, c: openai.OpenAI, index: ServerIndex, shard: dict[str, Any]
+) -> dict[str, Any]:
+    """Create the batch of a registered shard (or adopt the one a crashed or retried call made)
+    and record it. Returns the batch as a dict."""
+    run = reg.run(shard["run_id"]) or {}
+    metadata = {
+        **_json_dict(run.get("metadata")),
+        "pb_sha256": shard["sha256"],
+        "pb_version": __version__,
+        "pb_run_id": shard["run_id"],
+        "pb_shard": str(shard["shard"]),
+    }
+    batch: dict[str, Any] | None = None
+    if shard.get("creating"):
+        # A previous attempt died between create and record: the batch may exist already.
+        found = index.batches_for(shard["sha256"], run_id=shard["run_id"], shard=shard["shard"])
+        batch = found[0] if found else None
+    if batch is None:
+        file_id = _ensure_file(reg, c, index, shard)
+        reg.update_shard(
+            shard["run_id"], shard["shard"], creating=time.time(), input_file_id=file_id
+        )
+        error: Exception | None = None
+        retried = False
+        try:
+            raw = c.batches.with_raw_response.create(
+                input_file_id=file_id,
+                endpoint=shard["endpoint"],
+                completion_window="24h",
+                metadata=metadata,
+            )
+            batch = _dump(raw.parse())
+            retried = raw.retries_taken > 0
+        except openai.APIError as exc:
+            error, retried = exc, True
+        if retried:
+            batch = _keep_one_batch(c, index, shard, batch)
+        if batch is None:
+            raise SubmitError(
+                f"Creating the batch of shard {shard['shard']} (run {shard['run_id']}, file "
+                f"{file_id}) failed: {error}. No batch exists for it; run submit() again or "
+                f"poll(resume({shard['run_id']!r})) to retry."
+            ) from error
+    try:
+        reg.record_batch(
+            batch,
+            backend=shard["backend"],
+            run_id=shard["run_id"],
+            shard=shard["shard"],
+            idem_key=shard["idem_key"],
+            sha256=shard["sha256"],
+        )
+    except Exception as exc:
+        # Nothing may run (and be paid for) without a record of it.
+        try:
+            c.batches.cancel(batch["id"])
+        except openai.APIError as cancel_exc:
+            raise RegistryError(
+                f"Batch {batch['id']} (shard {shard['shard']}) was created but could not be "
+                f"recorded ({exc}) nor cancelled ({cancel_exc}). Cancel it yourself: "
+                f"client.batches.cancel({batch['id']!r})."
+            ) from exc
+        raise RegistryError(
+            f"Batch {batch['id']} (shard {shard['shard']}) was created but could not be recorded "
+            f"in the job registry ({exc}); it was cancelled so that nothing runs untracked. Fix the "
+            "registry (PORTFOLIO_BATCH_HOME) and submit again."
+        ) from exc
+    return batch
+
+
+def _keep_one_batch(
+    c: openai.OpenAI, index: ServerIndex, shard: dict[str, Any], returned: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    index.batches(refresh=True)
+    copies = index.batches_for(shard["sha256"], run_id=shard["run_id"], shard=shard["shard"])
+    if not copies:
+        return returned
+    keep = returned if returned and any(b["id"] == returned["id"] for b in copies) else copies[0]
+    for extra in copies:
+        if extra["id"] != keep["id"]:
+            log.info(
+                "cancelling duplicate batch %s of shard %s (a retried POST)",
+                extra["id"],
+                shard["shard"],
+            )
+            c.batches.cancel(extra["id"])
+    index.forget()
+    return keep
+
+
+def _json_dict(text: str | None) -> dict[str, str]:
+    import orjson
+
+    value = orjson.loads(text) if text else {}
+    return value if isinstance(value, dict) else {}
+
+
+def submit_ready(
+    reg: Registry, c: openai.OpenAI, run_ids: Iterable[str], *, index: ServerIndex | None = None
+) -> int:
+    """Create the batches of queued shards that fit under their run's ``max_enqueued_tokens``,
+    in shard order. Returns how many were created."""
+    index = index or ServerIndex(c)
+    created = 0
+    now = time.time()
+    for run_id in dict.fromkeys(run_ids):
+        run = reg.run(run_id) or {}
+        limit = run.get("max_enqueued_tokens")
+        for shard in reg.shards(run_id):
+            if shard["status"] != "queued" or (shard["not_before"] or 0) > now:
+                continue
+            if limit is not None:
+                busy = reg.active_tokens(backend=shard["backend"], model=shard["model"])
+                if busy and busy + (shard["est_input_tokens"] or 0) > limit:
+                    break  # keep shard order: later shards wait for this one
+            create_shard_batch(reg, c, index, shard)
+            created += 1
+    return created
+
+
+# -- public API ------------------------------------------------------------------------------------
+def submit(
+    manifest_or_requests: pd.DataFrame,
+    *,
+    client: openai.OpenAI | None = None,
+    metadata: dict[str, Any] | None = None,
+    budget_usd: float | None = None,
+    force: bool = False,
+    max_enqueued_tokens: int | None = None,
+    run_id: str | None = None,
+    prices: Any = None,
+    out_dir: str | Path | None = None,
+) -> pd.DataFrame:
+    """Upload each shard and create its batch, once; returns the jobs frame (one row per shard).
+
+    A shard already submitted (same sha256, endpoint, model and backend) and not failed or
+    cancelled returns its existing batch; ``force=True`` makes a new one anyway. ``budget_usd``
+    refuses, before any upload, an estimate above it. ``max_enqueued_tokens`` creates only the
+    shards that fit; the rest stay ``queued`` and ``poll`` creates them as capacity frees.
+
+    >>> jobs = submit(manifest, budget_usd=1.0, metadata={"desk": "equities"})   # doctest: +SKIP
+    >>> jobs["status"].tolist()                                                  # doctest: +SKIP
+    ['validating', 'validating']
+    """
+    manifest = _as_manifest(manifest_or_requests, out_dir)
+    user_md = _user_metadata(metadata)
+    costs = _shard_costs(manifest, prices, required=budget_usd is not None)
+    if budget_usd is not None:
+        total = sum(c for c in costs if c is not None)
+        if total > budget_usd:
+            raise BudgetExceededError(
+                f"The estimated batch cost ${total:.4f} of {len(manifest)} shard(s) "
+                f"({int(manifest['n_requests'].sum())} requests) is over budget_usd=${budget_usd:.4f}. "
+                "Nothing was uploaded. Raise budget_usd, use a cheaper model, or send fewer rows.",
+                estimate_usd=total,
+                budget_usd=float(budget_usd),
+            )
+    if max_enqueued_tokens is not None:
+        too_big = manifest[manifest["est_input_tokens"] > max_enqueued_tokens]
+        if not too_big.empty:
+            big = too_big.iloc[0]
+            raise InputError(
+                f"Shard {big['shard']} ({big['path']}) has {int(big['est_input_tokens'])} input "
+                f"tokens, more than max_enqueued_tokens={max_enqueued_tokens}, so it could never "
+                "be enqueued. Make smaller shards: to_jsonl(requests, out_dir, "
+                f"max_input_tokens={max_enqueued_tokens})."
+            )
+    c = client if client is not None else default_client()
+    backend = backend_name(c)
+    run_id = run_id or new_run_id()
+    index = ServerIndex(c)
+    keys: list[tuple[str, int]] = []
+    with open_registry() as reg:
+        run_made = False
+        records: list[dict[str, Any]] = manifest.to_dict("records")  # type: ignore[assignment]
+        for row, est in zip(records, costs, strict=True):
+            shard_no = int(row["shard"])
+            key = idempotency_key(row["sha256"], row["endpoint"], row["model"], backend)
+            if not force:
+                live = reg.live_shard(key)
+                if live is not None:
+                    keys.append((live["run_id"], live["shard"]))
+                    continue
+                found = index.batches_for(row["sha256"])
+                if found:
+                    keys.append(_adopt(reg, found[0], backend=backend, row=row, est=est, key=key))
+                    continue
+            if not run_made:
+                reg.ensure_run(
+                    run_id,
+                    backend=backend,
+                    model=str(row["model"]),
+                    endpoint=str(row["endpoint"]),
+                    pb_version=__version__,
+                    metadata=user_md,
+                    max_enqueued_tokens=max_enqueued_tokens,
+                    budget_usd=budget_usd,
+                    est_cost_usd=_sum(costs),
+                )
+                run_made = True
+            reg.upsert_shard(_shard_row(run_id, shard_no, row, est=est, key=key, backend=backend))
+            keys.append((run_id, shard_no))
+        if run_made:
+            submit_ready(reg, c, [run_id], index=index)
+        return reg.jobs_frame(keys=keys)
+
+
+def _sum(costs: Sequence[float | None]) -> float | None:
+    known = [c for c in costs if c is not None]
+    return sum(known) if known else None
+
+
+def _shard_row(
+    run_id: str, shard: int, row: dict[str, Any], *, est: float | None, key: str, backend: str
+) -> dict[str, Any]:
+    max_out = row.get("max_output_tokens")
+    return {
+        "run_id": run_id,
+        "shard": shard,
+        "idem_key": key,
+        "sha256": row["sha256"],
+        "path": str(row["path"]),
+        "n_requests": int(row["n_requests"]),
+        "est_input_tokens": int(row["est_input_tokens"]),
+        "max_output_tokens": None if max_out is None or pd.isna(max_out) else int(max_out),
+        "est_cost_usd": None if est is None or math.isnan(est) else est,
+        "model": str(row["model"]),
+        "endpoint": str(row["endpoint"]),
+        "backend": backend,
+        "status": "queued",
+        "batch_id": None,
+        "input_file_id": None,
+    }
+
+
+def _adopt(
+    reg: Registry,
+    batch: dict[str, Any],
+    *,
+    backend: str,
+    row: dict[str, Any] | None = None,
+    est: float | None = None,
+    key: str | None = None,
+) -> tuple[str, int]:
+    """Record a batch found on the server (registry lost or never written) under the run and
+    shard its metadata names."""
+    md = batch.get("metadata") or {}
+    run_id = md.get("pb_run_id") or f"adopted-{batch['id']}"
+    shard_no = int(md.get("pb_shard") or 0)
+    counts = batch.get("request_counts") or {}
+    if row is None:
+        row = {
+            "sha256": md.get("pb_sha256") or "",
+            "path": "",
+            "n_requests": counts.get("total") or 0,
+            "est_input_tokens": 0,
+            "max_output_tokens": None,
+            "model": batch.get("model") or "",
+            "endpoint": batch.get("endpoint") or "",
+        }
+    key = key or idempotency_key(row["sha256"], row["endpoint"], row["model"], backend)
+    if reg.run(run_id) is None:
+        reg.ensure_run(
+            run_id,
+            backend=backend,
+            model=row["model"],
+            endpoint=row["endpoint"],
+            pb_version=md.get("pb_version") or __version__,
+            metadata={k: v for k, v in md.items() if not k.startswith("pb_")},
+            max_enqueued_tokens=None,
+            budget_usd=None,
+            est_cost_usd=None,
+        )
+    reg.upsert_shard(_shard_row(run_id, shard_no, row, est=est, key=key, backend=backend))
+    reg.record_batch(
+        batch,
+        backend=backend,
+        run_id=run_id,
+        shard=shard_no,
+        idem_key=key,
+        sha256=row["sha256"],
+    )
+    log.info("found batch %s on the server (run %s, shard %s)", batch["id"], run_id, shard_no)
+    return run_id, shard_no
+
+
+def job_keys(jobs: pd.DataFrame) -> list[tuple[str, int]]:
+    """The (run_id, shard) pairs of a jobs frame, checked."""
+    if not isinstance(jobs, pd.DataFrame) or not {"run_id", "shard"} <= set(jobs.columns):
+        raise InputError(
+            "Expected the jobs frame submit(), resume() or jobs() returns (columns run_id, shard, "
+            f"batch_id, …); got {type(jobs).__name__}."
+        )
+    return [(str(r), int(s)) for r, s in zip(jobs["run_id"], jobs["shard"], strict=True)]
+
+
+def check_backend(frame: pd.DataFrame, c: openai.OpenAI) -> str:
+    """The client's backend name, after checking every job was submitted to it."""
+    backend = backend_name(c)
+    other = frame[frame["backend"] != backend]
+    if not other.empty:
+        row = other.iloc[0]
+        raise InputError(
+            f"Run {row['run_id']} shard {row['shard']} was submitted to {row['backend']!r} but the "
+            f"client talks to {backend!r}. Pass client= for that backend."
+        )
+    return backend
+
+
+def resume(
+    run_or_batch_ids: str | Sequence[str], *, client: openai.OpenAI | None = None
+) -> pd.DataFrame:
+    """Rebuild the jobs frame of runs or batches after a restart (registry first, then the
+    server's batch metadata), e.g. ``poll(resume("run-…"))``.
+
+    >>> jobs = resume("run-20261115-103000-ab12cd")      # doctest: +SKIP
+    """
+    ids = [run_or_batch_ids] if isinstance(run_or_batch_ids, str) else list(run_or_batch_ids)
+    if not ids:
+        raise InputError("resume() needs at least one run id or batch id; pb.jobs() lists them.")
+    keys: list[tuple[str, int]] = []
+    c = client
+    with open_registry() as reg:
+        for ident in ids:
+            if reg.run(ident) is not None:
+                keys += [(ident, s["shard"]) for s in reg.shards(ident)]
+                continue
+            known = reg.batch(ident)
+            if known is not None and known["run_id"] is not None:
+                keys.append((known["run_id"], int(known["shard"])))
+                continue
+            c = c if c is not None else default_client()
+            found = _server_lookup(c, ident)
+            if not found:
+                raise RegistryError(
+                    f"No run or batch {ident!r} in the job registry ({reg.path}) nor on the "
+                    f"server ({backend_name(c)}). pb.jobs() lists the runs this home knows."
+                )
+            keys += [_adopt(reg, b, backend=backend_name(c)) for b in found]
+        return reg.jobs_frame(keys=keys)
+
+
+def _server_lookup(c: openai.OpenAI, ident: str) -> list[dict[str, Any]]:
+    if ident.startswith("batch"):
+        try:
+            return [_dump(c.batches.retrieve(ident))]
+        except openai.NotFoundError:
+            return []
+    found = [
+        b for b in ServerIndex(c).batches() if (b.get("metadata") or {}).get("pb_run_id") == ident
+    ]
+    # One batch per shard: the newest reusable one wins over failed/cancelled attempts.
+    by_shard: dict[str, dict[str, Any]] = {}
+    for b in sorted(found, key=lambda b: (b["status"] not in DEAD, b.get("created_at") or 0)):
+        by_shard[(b.get("metadata") or {}).get("pb_shard", "0")] = b
+    return list(by_shard.values())
+
+
+def cancel(jobs: pd.DataFrame, *, client: openai.OpenAI | None = None) -> pd.DataFrame:
+    """Cancel every unfinished batch of ``jobs`` (queued shards are dropped from the queue);
+    returns the refreshed jobs frame. Results already produced stay collectable.
+
+    >>> cancel(jobs)["status"].unique()                   # doctest: +SKIP
+    array(['cancelling'], dtype=object)
+    """
+    keys = job_keys(jobs)
+    c = client if client is not None else default_client()
+    with open_registry() as reg:
+        current = reg.jobs_frame(keys=keys)
+        check_backend(current, c)
+        for row in current.to_dict("records"):
+            if row["status"] == "queued":
+                reg.update_shard(row["run_id"], row["shard"], status="cancelled")
+            elif row["batch_id"] and row["status"] not in TERMINAL | {"cancelling"}:
+                try:
+                    reg.update_batch(_dump(c.batches.cancel(row["batch_id"])))
+                except openai.APIError as exc:
+                    raise PortfolioBatchError(
+                        f"Cancelling batch {row['batch_id']} (run {row['run_id']}, shard "
+                        f"{row['shard']}) failed: {exc}. Run cancel() again."
+                    ) from exc
+        return reg.jobs_frame(keys=keys)
