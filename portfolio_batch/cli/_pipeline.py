@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 
-from portfolio_batch.cli._console import EXIT_INTERRUPTED, err
+from portfolio_batch.cli._console import EXIT_INTERRUPTED, err, error_line
 from portfolio_batch.cli._progress import BatchProgress
 from portfolio_batch.cli._runs import load_run_info, requests_from_shards
+from portfolio_batch.errors import BatchFailedError, InputError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -66,20 +67,17 @@ def make_client(engine: str | None, *, default_engine: str | None = None) -> Any
 
 
 def client_for_run(jobs: pd.DataFrame, engine: str | None) -> Any:
-    """A client for resuming ``jobs``; warns when it talks to another backend than the run used."""
+    """A client for resuming ``jobs``; refuses one that talks to another backend than the run's."""
     from portfolio_batch.backend import backend_name
 
     client = make_client(engine, default_engine=engine_of(jobs))
     used = sorted(set(jobs["backend"].dropna().astype(str)))
     now = backend_name(client)
     if used and now not in used:
-        err.print(
-            Text(
-                f"Warning: run {jobs['run_id'].iloc[0]} was submitted to {', '.join(used)} but this "
-                f"process talks to {now}; its batches will not be found there. Set OPENAI_BASE_URL / "
-                "OPENAI_API_KEY (or --engine) as when the run was submitted.",
-                style="yellow",
-            )
+        raise InputError(
+            f"run {jobs['run_id'].iloc[0]} was submitted to {', '.join(used)} but this process "
+            f"talks to {now}, where its batches are not. Set OPENAI_BASE_URL / OPENAI_API_KEY "
+            "(or unset them for the embedded server, with --engine) as when the run was submitted."
         )
     return client
 
@@ -99,18 +97,18 @@ def poll_run(jobs: pd.DataFrame, *, client: Any, out_dir: Path | None) -> pd.Dat
     try:
         with BatchProgress(err) as progress:
             progress.update(jobs)
-            return pb.poll(
-                jobs,
-                client=client,
-                progress=False,
-                on_update=progress.update,
-                raise_on_failed=False,
-            )
+            return pb.poll(jobs, client=client, progress=False, on_update=progress.update)
+    except BatchFailedError as exc:
+        if exc.jobs is None:
+            raise
+        # A failed batch is reported with its errors.data; the other batches' results are kept.
+        error_line(str(exc), label="Batch failed:")
+        return exc.jobs
     except KeyboardInterrupt:
-        err.print()
+        # poll() has already said the batches keep running; this adds where the report goes.
         err.print(
             Text.assemble(
-                "Interrupted. The batches keep running on the server; nothing was lost. Resume with:\n  ",
+                "To finish this run and write its report into --out, run:\n  ",
                 (resume_command(run_id, out_dir), "bold"),
             )
         )

@@ -21,7 +21,9 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 
-_Ident = Annotated[str, typer.Argument(help="A run id (from `jobs list`) or one of its batch ids.")]
+_Ident = Annotated[
+    str, typer.Argument(metavar="ID", help="A run id (from `jobs list`) or one of its batch ids.")
+]
 _Engine = Annotated[
     Engine | None,
     typer.Option(
