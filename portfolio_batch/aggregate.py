@@ -1,0 +1,881 @@
+"""From batch output and error files to one results row per requested ``custom_id``.
+
+    >>> results = aggregate_df(jobs, requests)                              # doctest: +SKIP
+    >>> results = aggregate_df(None, requests, output_files=["out.jsonl"])  # doctest: +SKIP
+    >>> summarize(results)                                                  # doctest: +SKIP
+    >>> again = retry_failed(results, requests, max_tokens=800)             # doctest: +SKIP
+
+Files are read line by line. Each line is decoded by ``msgspec`` straight into typed Structs holding
+only the fields kept, and the answer text is decoded by a Struct built from the request's JSON
+schema, so decoding also validates; schemas that need more than a flat object fall back to
+``jsonschema``. Columns are built as lists and turned into one DataFrame at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import msgspec
+import numpy as np
+import orjson
+import pandas as pd
+
+from portfolio_batch.download import LINE_DECODER, Line, row_of
+from portfolio_batch.errors import InputError, PricingError
+
+__all__ = ["Summary", "aggregate_df", "merge_results", "retry_failed", "summarize"]
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("succeeded", "failed", "expired", "cancelled", "missing", "invalid_output")
+# When one custom_id has several lines, the most useful one wins.
+_RANK = {
+    "missing": 0,
+    "expired": 1,
+    "cancelled": 1,
+    "failed": 2,
+    "invalid_output": 3,
+    "succeeded": 4,
+}
+_TERMINAL = {"completed", "failed", "expired", "cancelled"}
+_NOT_DATA = {"custom_id", "method", "url", "body"}
+# the per-line values row_of() returns, in order
+_ROW = (
+    "status",
+    "http_status",
+    "error_code",
+    "error_message",
+    "finish_reason",
+    "content",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "model",
+)
+_MISSING: tuple[Any, ...] = ("missing", *([None] * (len(_ROW) - 1)))
+_CHUNK = 8 << 20  # bytes decoded at once: bounded memory, few calls
+_CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*("(?:[^"\\]|\\.)*")')
+RETRYABLE_CODES = frozenset(
+    {
+        "rate_limit_exceeded",
+        "server_error",
+        "request_timeout",
+        "timeout",
+        "connection_error",
+        "internal_error",
+        "service_unavailable",
+    }
+)
+
+# -- answers: validated against the request's JSON schema while decoded ----------------------
+
+
+class Validator:
+    """Checks an answer text against one JSON schema and returns its top-level field values."""
+
+    fields: list[str]
+    dtypes: list[str]
+
+    def check(self, content: str) -> tuple[list[Any] | None, str | None]:
+        raise NotImplementedError
+
+
+class _StructValidator(Validator):
+    """The fast path: a msgspec Struct built from a flat object schema (the default risk schema)."""
+
+    def __init__(self, struct: type, fields: list[str], dtypes: list[str]) -> None:
+        self._decode: Callable[[str], Any] = msgspec.json.Decoder(struct).decode
+        self.fields, self.dtypes = fields, dtypes
+
+    def check(self, content: str) -> tuple[list[Any] | None, str | None]:
+        try:
+            obj = self._decode(content)
+        except msgspec.ValidationError as exc:
+            return None, f"answer does not match the schema: {exc}"
+        except msgspec.DecodeError as exc:
+            return None, f"answer is not valid JSON: {exc}"
+        return list(msgspec.structs.astuple(obj)), None
+
+
+class _JsonSchemaValidator(Validator):
+    """Any other schema, checked by ``jsonschema``."""
+
+    def __init__(self, schema: dict[str, Any]) -> None:
+        import jsonschema
+
+        cls = jsonschema.validators.validator_for(schema)
+        try:
+            cls.check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            raise InputError(
+                f"the requests' response schema is not a valid JSON schema: {exc.message}"
+            ) from exc
+        self._validator = cls(schema)
+        self._best = jsonschema.exceptions.best_match
+        props = schema.get("properties") or {}
+        self.fields = list(props)
+        self.dtypes = [_dtype(p) for p in props.values()]
+
+    def check(self, content: str) -> tuple[list[Any] | None, str | None]:
+        try:
+            data = orjson.loads(content)
+        except orjson.JSONDecodeError as exc:
+            return None, f"answer is not valid JSON: {exc}"
+        err = self._best(self._validator.iter_errors(data))
+        if err is not None:
+            return None, f"answer does not match the schema: {err.message} - at `{err.json_path}`"
+        return (
+            [data.get(f) for f in self.fields]
+            if isinstance(data, dict)
+            else [None] * len(self.fields)
+        ), None
+
+
+_IGNORED_KEYWORDS = {"description", "title", "default", "examples", "format", "$comment"}
+_NUMERIC = {"minimum": "ge", "maximum": "le", "exclusiveMinimum": "gt", "exclusiveMaximum": "lt"}
+_UNSUPPORTED = object()
+_validator_cache: dict[bytes, Validator] = {}
+
+
+def validator_for(schema: Any) -> Validator | None:
+    """The (cached) validator of a JSON schema, a ``json_schema`` response format or a pydantic model."""
+    if schema is None:
+        return None
+    if hasattr(schema, "model_json_schema"):
+        schema = schema.model_json_schema()
+    if not isinstance(schema, dict):
+        raise InputError(
+            f"requests.attrs['schema'] must be a JSON schema dict, got {type(schema).__name__}"
+        )
+    if "schema" in schema and "name" in schema:  # the response_format.json_schema wrapper
+        schema = schema["schema"]
+    key = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
+    found = _validator_cache.get(key)
+    if found is None:
+        found = _validator_cache[key] = _struct_validator(schema) or _JsonSchemaValidator(schema)
+    return found
+
+
+def schema_of_body(body: Any) -> Any:
+    """The JSON schema in a request body's ``response_format`` (chat) or ``text.format`` (responses)."""
+    if not isinstance(body, dict):
+        return None
+    fmt = body.get("response_format") or (body.get("text") or {}).get("format")
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        return None
+    return (fmt.get("json_schema") or fmt).get("schema")
+
+
+def _struct_validator(schema: dict[str, Any]) -> Validator | None:
+    """A msgspec Struct for a flat object schema, or None when the schema needs jsonschema."""
+    if set(schema) - _IGNORED_KEYWORDS - {"type", "properties", "required", "additionalProperties"}:
+        return None
+    props = schema.get("properties")
+    if schema.get("type") != "object" or not isinstance(props, dict) or not props:
+        return None
+    extra = schema.get("additionalProperties", True)
+    if not isinstance(extra, bool):
+        return None
+    required = set(schema.get("required") or ())
+    fields: list[tuple[Any, ...]] = []
+    for n, (name, prop) in enumerate(props.items()):
+        typ = _py_type(prop)
+        if typ is _UNSUPPORTED:
+            return None
+        # attribute names f0, f1…, renamed to the JSON names: any property name works
+        fields.append((f"f{n}", typ) if name in required else (f"f{n}", typ | None, None))
+    struct = msgspec.defstruct(
+        "Answer",
+        fields,
+        kw_only=True,
+        rename={f"f{n}": name for n, name in enumerate(props)},
+        forbid_unknown_fields=not extra,
+        gc=False,
+    )
+    return _StructValidator(struct, list(props), [_dtype(p) for p in props.values()])
+
+
+def _py_type(prop: Any) -> Any:
+    from typing import Annotated, Literal
+
+    if not isinstance(prop, dict):
+        return _UNSUPPORTED
+    keys = set(prop) - _IGNORED_KEYWORDS
+    if "enum" in prop:
+        values = prop["enum"]
+        if keys - {"enum", "type"} or not values or not all(isinstance(v, str) for v in values):
+            return _UNSUPPORTED
+        return Literal[tuple(values)]
+    t = prop.get("type")
+    nullable = isinstance(t, list) and "null" in t
+    if isinstance(t, list):
+        rest = [x for x in t if x != "null"]
+        if len(rest) != 1:
+            return _UNSUPPORTED
+        t = rest[0]
+    meta: dict[str, Any] = {}
+    if t in ("integer", "number"):
+        if keys - {"type", *_NUMERIC}:
+            return _UNSUPPORTED
+        base: Any = int if t == "integer" else float
+        meta = {_NUMERIC[k]: prop[k] for k in _NUMERIC if k in prop}
+    elif t == "string":
+        if keys - {"type", "minLength", "maxLength", "pattern"}:
+            return _UNSUPPORTED
+        base = str
+        meta = {
+            m: prop[k]
+            for k, m in (
+                ("minLength", "min_length"),
+                ("maxLength", "max_length"),
+                ("pattern", "pattern"),
+            )
+            if k in prop
+        }
+    elif t == "boolean":
+        if keys - {"type"}:
+            return _UNSUPPORTED
+        base = bool
+    elif t == "array":
+        if keys - {"type", "items", "minItems", "maxItems"} or "items" not in prop:
+            return _UNSUPPORTED
+        item = _py_type(prop["items"])
+        if item is _UNSUPPORTED:
+            return _UNSUPPORTED
+        base = list[item]  # type: ignore[valid-type]
+        meta = {
+            m: prop[k]
+            for k, m in (("minItems", "min_length"), ("maxItems", "max_length"))
+            if k in prop
+        }
+    else:
+        return _UNSUPPORTED
+    typ = Annotated[base, msgspec.Meta(**meta)] if meta else base
+    return typ | None if nullable else typ
+
+
+def _dtype(prop: Any) -> str:
+    t = prop.get("type") if isinstance(prop, dict) else None
+    if isinstance(t, list):
+        t = next((x for x in t if x != "null"), None)
+    return {"integer": "Int64", "number": "float64", "boolean": "boolean"}.get(t, "object")  # type: ignore[arg-type]
+
+
+class Collector:
+    """Every requested custom_id's row, filled line by line; one DataFrame at the end.
+
+    A row is the tuple ``row_of`` returns; rows are transposed into columns only in ``frame``.
+    """
+
+    def __init__(self, requests: pd.DataFrame) -> None:
+        self.ids = _custom_ids(requests)
+        n = len(self.ids)
+        self.pos = dict(zip(self.ids, range(n), strict=True))
+        self.validators = _validators(requests, n)
+        distinct = list(dict.fromkeys(v for v in self.validators if v is not None))
+        self.single = distinct[0] if len(distinct) == 1 and all(self.validators) else None
+        self.fields: dict[str, str] = {}  # name -> dtype, over every schema in the requests
+        for v in distinct:
+            for name, dtype in zip(v.fields, v.dtypes, strict=True):
+                self.fields.setdefault(name, dtype)
+        self.rows: list[tuple[Any, ...]] = [_MISSING] * n
+        self.values: list[list[Any] | None] = [None] * n
+        self.batch_id: list[str | None] = [None] * n
+        self.unknown = self.duplicates = self.malformed = 0
+
+    def add_lines(
+        self, lines: Iterable[Line], *, batch_id: str | None, name: str, first: int
+    ) -> None:
+        """Record decoded lines; ``name`` and ``first`` (line number of the first) are for logs."""
+        pos, rows, values, batches = self.pos, self.rows, self.values, self.batch_id
+        single, validators = self.single, self.validators
+        for k, line in enumerate(lines):
+            i = pos.get(line.custom_id)
+            if i is None:
+                self.unknown += 1
+                log.warning(
+                    "%s line %d: custom_id %r is not in the requests; ignored",
+                    name,
+                    first + k,
+                    line.custom_id,
+                )
+                continue
+            row, vals = row_of(line, single or validators[i])
+            old = rows[i][0]
+            if old != "missing":
+                self.duplicates += 1
+                keep = _RANK[row[0]] <= _RANK[old]
+                log.warning(
+                    "%s line %d: another line for %r (%s) %s %s",
+                    name,
+                    first + k,
+                    line.custom_id,
+                    row[0],
+                    "ignored, kept" if keep else "replaces",
+                    old,
+                )
+                if keep:
+                    continue
+            rows[i] = row
+            values[i] = vals
+            batches[i] = batch_id
+
+    def malformed_line(self, raw: bytes, where: str, problem: str) -> None:
+        """Count a line that is not an output line; name its request when the id can be read."""
+        self.malformed += 1
+        m = _CUSTOM_ID.search(raw)
+        cid = _loads_or_none(m.group(1)) if m else None
+        i = self.pos.get(cid) if isinstance(cid, str) else None
+        log.warning(
+            "%s: malformed output line (%s); custom_id %r counted as missing", where, problem, cid
+        )
+        if i is not None and self.rows[i][0] == "missing":
+            msg = f"its result line ({where}) is malformed: {problem}"
+            self.rows[i] = ("missing", None, "malformed_line", msg, *_MISSING[4:])
+
+    def read_file(
+        self,
+        path: Path,
+        *,
+        batch_id: str | None = None,
+        kind: str = "output",
+        file_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Parse one JSONL file in bounded chunks of whole lines; returns its counts."""
+        before = (self.malformed, self.unknown, self.duplicates)
+        lineno = 0  # lines before the current chunk
+        blank = 0
+        with open(path, "rb") as fh:
+            rest = b""
+            while True:
+                block = fh.read(_CHUNK)
+                buf = rest + block
+                if not block:
+                    cut = len(buf)
+                else:
+                    cut = buf.rfind(b"\n") + 1
+                if cut == 0 and block:  # one very long line: keep reading
+                    rest = buf
+                    continue
+                chunk, rest = buf[:cut], buf[cut:]
+                if chunk:
+                    n = chunk.count(b"\n") + (not chunk.endswith(b"\n"))
+                    blank += self._chunk(chunk, n, batch_id, path.name, lineno + 1)
+                    lineno += n
+                if not block:
+                    break
+        return {
+            "path": str(path),
+            "file_id": file_id,
+            "batch_id": batch_id,
+            "kind": kind,
+            "lines": lineno - blank,
+            "malformed": self.malformed - before[0],
+            "unknown_custom_ids": self.unknown - before[1],
+            "duplicates": self.duplicates - before[2],
+        }
+
+    def _chunk(self, chunk: bytes, n: int, batch_id: str | None, name: str, first: int) -> int:
+        """Decode ``n`` lines at once; on any doubt, line by line. Returns the blank lines seen."""
+        try:
+            lines = LINE_DECODER.decode_lines(chunk)
+        except msgspec.DecodeError:
+            lines = None
+        # decode_lines reads newlines as whitespace: a broken line could run into the next one, so
+        # the fast path only counts when it found exactly one object per line
+        if lines is not None and len(lines) == n:
+            self.add_lines(lines, batch_id=batch_id, name=name, first=first)
+            return 0
+        blank = 0
+        for k, raw in enumerate(chunk.splitlines()):
+            try:
+                line = LINE_DECODER.decode(raw)
+            except msgspec.DecodeError as exc:  # ValidationError included
+                if raw.strip():
+                    self.malformed_line(raw, f"{name} line {first + k}", str(exc))
+                else:
+                    blank += 1
+                continue
+            self.add_lines((line,), batch_id=batch_id, name=name, first=first + k)
+        return blank
+
+    def frame(
+        self, requests: pd.DataFrame, *, prices: Any = None, batch: bool = True
+    ) -> pd.DataFrame:
+        """The results frame, in the requests' row order."""
+        got = (
+            dict(zip(_ROW, zip(*self.rows, strict=True), strict=True))
+            if self.rows
+            else {c: () for c in _ROW}
+        )
+        cols: dict[str, Any] = {"custom_id": _obj(self.ids)}
+        for c in requests.columns:
+            if c not in _NOT_DATA:
+                cols[c] = requests[c].array
+        cols["status"] = _obj(got["status"])
+        cols["http_status"] = pd.array(got["http_status"], dtype="Int64")
+        for name in ("error_code", "error_message", "finish_reason", "content"):
+            cols[name] = _obj(got[name])
+        for name, values in self._field_columns().items():
+            cols[name] = _typed(values, self.fields[name])
+        for name in ("prompt_tokens", "completion_tokens", "cached_tokens"):
+            cols[name] = pd.array(got[name], dtype="Int64")
+        asked = _request_models(requests)
+        models = [m if m is not None else r for m, r in zip(got["model"], asked, strict=True)]
+        cols["cost_usd"] = _cost(models, got, prices=prices, batch=batch)
+        cols["batch_id"] = _obj(self.batch_id)
+        cols["model"] = _obj(models)
+        out = pd.DataFrame(cols)
+        out.index = pd.Index(self.ids, name="custom_id", dtype=object)
+        out.attrs.update(
+            malformed_lines=self.malformed,
+            unknown_custom_ids=self.unknown,
+            duplicate_lines=self.duplicates,
+            mode="batch" if batch else "sync",
+        )
+        return out
+
+    def _field_columns(self) -> dict[str, Any]:
+        """The answer fields as columns (a C-level transpose when every row has one schema)."""
+        if self.single is not None:
+            nones = [None] * len(self.single.fields)
+            cols = zip(*(v if v is not None else nones for v in self.values), strict=True)
+            return (
+                dict(zip(self.single.fields, cols, strict=True))
+                if self.values
+                else {f: () for f in self.fields}
+            )
+        out: dict[str, list[Any]] = {f: [None] * len(self.ids) for f in self.fields}
+        for i, (v, vals) in enumerate(zip(self.validators, self.values, strict=True)):
+            if v is not None and vals is not None:
+                for f, x in zip(v.fields, vals, strict=True):
+                    out[f][i] = x
+        return out
+
+
+def aggregate_df(
+    jobs: pd.DataFrame | None,
+    requests: pd.DataFrame,
+    *,
+    client: Any = None,
+    output_files: Iterable[str | Path] | None = None,
+    error_files: Iterable[str | Path] | None = None,
+    prices: Any = None,
+) -> pd.DataFrame:
+    """One row per requested ``custom_id`` with its status, answer fields, tokens and cost.
+
+    ``jobs`` is the frame from ``submit``/``poll``/``resume``: its output and error files are
+    downloaded (streamed, cached in the home, retried when cut). With ``jobs=None`` pass local
+    files, e.g. downloaded from the OpenAI dashboard. Nothing is dropped: a request in neither file
+    is ``missing``; broken lines are counted in ``attrs["malformed_lines"]`` and logged.
+
+    >>> results = aggregate_df(None, requests, output_files=["out.jsonl"], error_files=["err.jsonl"])  # doctest: +SKIP
+    >>> results["status"].value_counts()  # doctest: +SKIP
+    """
+    collector = Collector(requests)
+    stats: list[dict[str, Any]] = []
+    if jobs is not None:
+        for kind, path, batch_id, file_id in _job_files(jobs, client):
+            stats.append(collector.read_file(path, batch_id=batch_id, kind=kind, file_id=file_id))
+    for kind, paths in (("output", output_files), ("error", error_files)):
+        for p in paths or ():
+            path = Path(p)
+            if not path.is_file():
+                raise InputError(f"{kind}_files: {path} does not exist or is not a file")
+            stats.append(collector.read_file(path, kind=kind))
+    out = collector.frame(requests, prices=prices, batch=True)
+    out.attrs["files"] = stats
+    if collector.malformed or collector.unknown:
+        log.warning(
+            "aggregate_df: %d malformed line(s), %d line(s) for custom_ids not in the requests; see attrs['files']",
+            collector.malformed,
+            collector.unknown,
+        )
+    return out
+
+
+def _job_files(jobs: pd.DataFrame, client: Any) -> Iterator[tuple[str, Path, str, str]]:
+    from portfolio_batch.download import download_file
+
+    missing = {"batch_id", "status"} - set(jobs.columns)
+    if missing:
+        raise InputError(
+            f"jobs frame lacks column(s) {sorted(missing)}; pass the frame submit()/poll()/resume() returned"
+        )
+    if client is None:
+        from portfolio_batch.backend import client as default_client
+
+        client = default_client()
+    for row in jobs.to_dict("records"):
+        batch_id = row.get("batch_id")
+        if not _present(batch_id):
+            log.warning(
+                "shard %s was never submitted (status %s); its requests are missing",
+                row.get("shard"),
+                row.get("status"),
+            )
+            continue
+        out_id, err_id, status = (
+            row.get("output_file_id"),
+            row.get("error_file_id"),
+            row.get("status"),
+        )
+        if status not in _TERMINAL or not (_present(out_id) or _present(err_id)):
+            batch = client.batches.retrieve(batch_id)
+            out_id, err_id, status = batch.output_file_id, batch.error_file_id, batch.status
+        if status not in _TERMINAL:
+            log.warning(
+                "batch %s is still %s: its unfinished requests are missing; poll() it first",
+                batch_id,
+                status,
+            )
+        for kind, file_id in (("output", out_id), ("error", err_id)):
+            if isinstance(file_id, str) and file_id:
+                yield kind, download_file(file_id, client=client), str(batch_id), file_id
+
+
+def _present(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def _loads_or_none(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _custom_ids(requests: pd.DataFrame) -> list[str]:
+    if "custom_id" in requests.columns:
+        ids = requests["custom_id"].tolist()
+    elif requests.index.name == "custom_id":
+        ids = requests.index.tolist()
+    else:
+        raise InputError(
+            "requests frame has no custom_id column or index; build it with build_requests()"
+        )
+    seen: set[str] = set()
+    for n, cid in enumerate(ids):
+        if not isinstance(cid, str) or not cid:
+            raise InputError(f"requests row {n}: custom_id {cid!r} is not a non-empty string")
+        if cid in seen:
+            raise InputError(
+                f"requests row {n}: custom_id {cid!r} appears twice; custom_ids must be unique"
+            )
+        seen.add(cid)
+    return ids
+
+
+def _validators(requests: pd.DataFrame, n: int) -> list[Validator | None]:
+    """The answer validator of every row: the frame's schema, else each body's response_format."""
+    schema = requests.attrs.get("schema")
+    if schema is not None:
+        return [validator_for(schema)] * n
+    if "body" not in requests.columns:
+        return [None] * n
+    return [validator_for(schema_of_body(b)) for b in requests["body"].tolist()]
+
+
+def _request_models(requests: pd.DataFrame) -> list[str | None]:
+    model = requests.attrs.get("model")
+    if isinstance(model, str) and model:
+        return [model] * len(requests)
+    if "body" not in requests.columns:
+        return [None] * len(requests)
+    return [b.get("model") if isinstance(b, dict) else None for b in requests["body"].tolist()]
+
+
+def _obj(values: Any) -> pd.Series:
+    """An object column: pandas 3 would convert text to its str dtype, at 20-30 ms a column."""
+    return pd.Series(values, dtype=object)
+
+
+def _typed(values: Any, dtype: str) -> Any:
+    if dtype == "object":
+        return _obj(values)
+    try:
+        return pd.array(values, dtype=cast(Any, dtype))
+    except (
+        TypeError,
+        ValueError,
+    ):  # two schemas disagree on a field's type: keep the values as they are
+        return values
+
+
+def _cost(
+    models: list[str | None], cols: dict[str, list[Any]], *, prices: Any, batch: bool
+) -> np.ndarray:
+    """Actual cost per row, priced once per model and applied to whole token arrays."""
+    prompt = np.array([x or 0 for x in cols["prompt_tokens"]], dtype=float)
+    completion = np.array([x or 0 for x in cols["completion_tokens"]], dtype=float)
+    cached = np.array([x or 0 for x in cols["cached_tokens"]], dtype=float)
+    cost = np.zeros(len(models))
+    billed = (prompt > 0) | (completion > 0)
+    if not billed.any():
+        return cost
+    model_arr = np.array(models, dtype=object)
+    for model in pd.unique(model_arr[billed]):
+        mask = billed & (model_arr == model)
+        try:
+            r_in, r_cached, r_out = _rates(model, prices=prices, batch=batch)
+        except PricingError as exc:
+            log.warning(
+                "no price for model %r: cost_usd is NaN for %d row(s). %s",
+                model,
+                int(mask.sum()),
+                exc,
+            )
+            cost[mask] = np.nan
+            continue
+        cost[mask] = (
+            (prompt[mask] - cached[mask]) * r_in
+            + cached[mask] * r_cached
+            + completion[mask] * r_out
+        )
+    return cost
+
+
+def _rates(model: Any, *, prices: Any, batch: bool) -> tuple[float, float, float]:
+    """USD per token for uncached input, cached input and output."""
+    from portfolio_batch.cost import cost_usd
+
+    if not isinstance(model, str) or not model:
+        raise PricingError(f"model {model!r} is unknown; pass prices= with its price")
+    m = 1_000_000
+    r_in = float(cost_usd(model, m, 0, batch=batch, prices=prices)) / m
+    r_out = float(cost_usd(model, 0, m, batch=batch, prices=prices)) / m
+    r_cached = float(cost_usd(model, m, 0, m, batch=batch, prices=prices)) / m
+    return r_in, r_cached, r_out
+
+
+# -- summaries, retries, merges ----------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    """What a run gave: ``items`` requested, ``successes``, ``failures`` (counts by status and
+    error code), ``errors`` (the rows that did not succeed) and estimated vs actual cost.
+
+    >>> s = summarize(results, costs=costs)  # doctest: +SKIP
+    >>> s.successes, s.items, s.actual_cost_usd  # doctest: +SKIP
+    (38, 40, 0.0123)
+    """
+
+    items: int
+    successes: int
+    failures: pd.DataFrame
+    errors: pd.DataFrame
+    by_status: dict[str, int] = field(default_factory=dict)
+    actual_cost_usd: float = 0.0
+    est_cost_usd: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def to_frame(self) -> pd.DataFrame:
+        """The headline numbers as a two-column frame (metric, value)."""
+        rows: list[tuple[str, Any]] = [("items", self.items), ("successes", self.successes)]
+        rows += [(f"status: {k}", v) for k, v in self.by_status.items() if k != "succeeded"]
+        rows += [
+            ("prompt_tokens", self.prompt_tokens),
+            ("completion_tokens", self.completion_tokens),
+            ("actual_cost_usd", self.actual_cost_usd),
+            ("est_cost_usd", self.est_cost_usd),
+        ]
+        return pd.DataFrame(rows, columns=["metric", "value"])
+
+    def __str__(self) -> str:
+        est = "n/a" if self.est_cost_usd is None else f"${self.est_cost_usd:.4f}"
+        lines = [
+            f"{self.successes}/{self.items} succeeded; actual cost ${self.actual_cost_usd:.4f} (estimate {est})",
+        ]
+        lines += [
+            f"  {r.status:<15} {r.error_code if isinstance(r.error_code, str) else '-':<28} {r.count}"
+            for r in self.failures.itertuples()
+        ]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        return (
+            "<div><b>portfolio_batch summary</b>"
+            + self.to_frame().to_html(index=False)
+            + (
+                "<p>Failures by status and code</p>" + self.failures.to_html(index=False)
+                if len(self.failures)
+                else ""
+            )
+            + "</div>"
+        )
+
+
+def summarize(results: pd.DataFrame, costs: pd.DataFrame | None = None) -> Summary:
+    """Successes, failures by status and code, and estimated vs actual cost of a results frame.
+
+    ``costs`` is the ``estimate_cost`` frame; its batch (or, for ``run_sync`` results, sync)
+    estimate of the same custom_ids is compared with the actual ``cost_usd``.
+
+    >>> print(summarize(results))  # doctest: +SKIP
+    38/40 succeeded; actual cost $0.0123 (estimate n/a)
+    """
+    _need(results, "results", ("status", "error_code"))
+    bad = results[results["status"] != "succeeded"]
+    failures = (
+        bad.assign(
+            error_code=bad["error_code"].astype(object).where(bad["error_code"].notna(), None)
+        )
+        .groupby(["status", "error_code"], dropna=False)
+        .size()
+        .rename("count")
+        .reset_index()
+        .sort_values(["count", "status"], ascending=[False, True], ignore_index=True)
+    )
+    keep = [c for c in results.columns if c not in ("content",) and c in _error_columns(results)]
+    est = None
+    if costs is not None:
+        col = "sync_cost_usd" if results.attrs.get("mode") == "sync" else "batch_cost_usd"
+        _need(costs, "costs", (col,))
+        est = float(costs[col].reindex(results.index).sum())
+    by_status = {str(s): int(n) for s, n in results["status"].value_counts().items()}
+    return Summary(
+        items=len(results),
+        successes=by_status.get("succeeded", 0),
+        failures=failures,
+        errors=bad[keep].copy(),
+        by_status=by_status,
+        actual_cost_usd=float(np.nansum(results["cost_usd"].to_numpy(dtype=float)))
+        if "cost_usd" in results
+        else 0.0,
+        est_cost_usd=est,
+        prompt_tokens=int(results["prompt_tokens"].sum()) if "prompt_tokens" in results else 0,
+        completion_tokens=int(results["completion_tokens"].sum())
+        if "completion_tokens" in results
+        else 0,
+    )
+
+
+def _error_columns(results: pd.DataFrame) -> list[str]:
+    first = next((c for c in results.columns if c not in ("custom_id", "status")), None)
+    return [
+        "custom_id",
+        first or "custom_id",
+        "status",
+        "http_status",
+        "error_code",
+        "error_message",
+        "batch_id",
+    ]
+
+
+def retryable(results: pd.DataFrame) -> pd.Series:
+    """True for the rows worth sending again (see ``retry_failed``)."""
+    status = results["status"]
+    http = (
+        results["http_status"].astype("Float64")
+        if "http_status" in results
+        else pd.Series(np.nan, index=results.index)
+    )
+    code = results["error_code"].astype(object)
+    transient_failure = (status == "failed") & (
+        code.isin(RETRYABLE_CODES).to_numpy(dtype=bool)
+        | http.isin([408, 409, 429]).to_numpy(dtype=bool)
+        | (http >= 500).fillna(False).to_numpy(dtype=bool)
+    )
+    return status.isin(["expired", "cancelled", "missing", "invalid_output"]) | transient_failure
+
+
+def retry_failed(
+    results: pd.DataFrame, requests: pd.DataFrame, *, max_tokens: int | None = None
+) -> pd.DataFrame:
+    """The requests worth sending again, as a requests frame ready for ``to_jsonl``/``submit``.
+
+    Picked: ``expired``, ``cancelled``, ``missing``, ``invalid_output``, and ``failed`` with a
+    transient cause (HTTP 408/409/429/5xx, or codes such as ``rate_limit_exceeded``,
+    ``server_error``, ``request_timeout``). A 400 such as ``context_length_exceeded`` is not
+    resent: it would fail the same way. ``max_tokens`` raises the limit of the ``invalid_output``
+    rows (answers cut at ``max_tokens``); their custom_id stays, so ``merge_results`` pairs them up.
+
+    >>> again = retry_failed(results, requests, max_tokens=800)  # doctest: +SKIP
+    >>> merged = merge_results(results, aggregate_df(poll(submit(again)), again))  # doctest: +SKIP
+    """
+    _need(results, "results", ("status", "error_code"))
+    picked = results.index[retryable(results).to_numpy(dtype=bool)]
+    ids = _custom_ids(requests)
+    unknown = picked.difference(pd.Index(ids))
+    if len(unknown):
+        raise InputError(
+            f"{len(unknown)} result row(s) are not in the requests frame, e.g. custom_id {unknown[0]!r}: "
+            "pass the requests these results came from"
+        )
+    wanted = set(picked)
+    mask = np.fromiter((cid in wanted for cid in ids), dtype=bool, count=len(ids))
+    out = requests.loc[mask].copy()
+    out.attrs = dict(requests.attrs)
+    if max_tokens is not None and len(out):
+        cut = set(results.index[(results["status"] == "invalid_output").to_numpy(dtype=bool)])
+        out["body"] = [
+            _raise_max_tokens(body, max_tokens) if cid in cut else body
+            for cid, body in zip(_custom_ids(out), out["body"], strict=True)
+        ]
+    log.info("retry_failed: %d of %d request(s) to send again", len(out), len(results))
+    return out
+
+
+def _raise_max_tokens(body: Any, max_tokens: int) -> Any:
+    if not isinstance(body, dict):
+        return body
+    new = dict(body)  # never touch the caller's dict
+    key = next(
+        (k for k in ("max_completion_tokens", "max_output_tokens", "max_tokens") if k in new),
+        "max_tokens",
+    )
+    new[key] = max(int(new.get(key) or 0), int(max_tokens))
+    return new
+
+
+def merge_results(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """``old`` with the rows of ``new`` laid over it: the latest attempt per custom_id wins.
+
+    A ``missing`` row in ``new`` (not attempted there) does not replace an earlier result. Adds an
+    ``attempt`` column (1 for the first run) so retried rows are visible.
+
+    >>> merged = merge_results(results, retried_results)  # doctest: +SKIP
+    >>> merged["attempt"].max()  # doctest: +SKIP
+    2
+    """
+    _need(old, "old", ("status",))
+    _need(new, "new", ("status",))
+    old = old.copy()
+    if "attempt" not in old:
+        old["attempt"] = 1
+    taken = new[
+        (new["status"] != "missing").to_numpy(dtype=bool) | ~new.index.isin(old.index)
+    ].copy()
+    prior = old["attempt"].reindex(taken.index)
+    base = taken["attempt"] if "attempt" in taken else pd.Series(1, index=taken.index)
+    taken["attempt"] = np.where(prior.notna(), prior.fillna(0) + base, base).astype(int)
+    kept = old[~old.index.isin(taken.index)]
+    parts = [p for p in (kept, taken) if len(p)]
+    merged = pd.concat(parts) if parts else old.iloc[:0]
+    order = old.index.append(taken.index[~taken.index.isin(old.index)])
+    merged = merged.reindex(order)
+    merged["attempt"] = merged["attempt"].astype(int)
+    merged.attrs = {
+        **old.attrs,
+        "malformed_lines": int(old.attrs.get("malformed_lines", 0))
+        + int(new.attrs.get("malformed_lines", 0)),
+    }
+    return merged
+
+
+def _need(df: Any, name: str, columns: Iterable[str]) -> None:
+    if not isinstance(df, pd.DataFrame):
+        raise InputError(f"{name} must be a DataFrame, got {type(df).__name__}")
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise InputError(
+            f"{name} lacks column(s) {missing}; pass the frame aggregate_df() or run_sync() returned"
+        )

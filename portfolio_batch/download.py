@@ -1,0 +1,282 @@
+"""Batch result files: their streaming, cached, resumable download, and the decoding of their lines.
+
+A file lands in ``home()/files/<file_id>.jsonl``. It is written to a ``.part`` file first and renamed
+only once complete, so a cached file is always whole and a re-run never downloads it again.
+
+    >>> path = download_file("file-abc123", client=client)  # doctest: +SKIP
+    >>> path.name
+    'file-abc123.jsonl'
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx2
+import msgspec
+import openai
+
+from portfolio_batch.errors import DownloadError, InputError
+from portfolio_batch.home import cache_dir
+
+__all__ = ["LINE_DECODER", "AnswerCheck", "Line", "download_file", "row_of"]
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+# File ids become file names: anything else could point outside the cache.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$")
+# Failures worth another attempt: the connection dropped or the server hiccuped. A 404 (file
+# deleted, e.g. 30 days after the batch) or 401 will not heal by retrying.
+_RETRYABLE: tuple[type[BaseException], ...] = (
+    httpx2.TransportError,
+    openai.APIConnectionError,
+    openai.InternalServerError,
+    openai.RateLimitError,
+)
+
+
+def download_file(
+    file_id: str,
+    *,
+    client: Any,
+    attempts: int = 4,
+    expected_bytes: int | None = None,
+    backoff: float = 0.5,
+) -> Path:
+    """Download ``file_id`` into the home's ``files/`` cache and return its path.
+
+    Streams with ``client.files.with_streaming_response.content`` in 1 MiB chunks. A cut connection
+    or a size that differs from the file object's ``bytes`` is retried up to ``attempts`` times;
+    when the server honours ``Range`` the download continues where it stopped.
+
+    >>> download_file("file-abc123", client=client).read_bytes()[:1]  # doctest: +SKIP
+    b'{'
+    """
+    if not isinstance(file_id, str) or not _SAFE_ID.match(file_id):
+        raise InputError(f"file id {file_id!r} is not a valid OpenAI file id (e.g. 'file-abc123')")
+    dest = cache_dir("files") / f"{file_id}.jsonl"
+    if dest.exists():  # only ever created by the rename below, after the size check
+        log.debug("using cached %s", dest)
+        return dest
+    if expected_bytes is None:
+        expected_bytes = getattr(client.files.retrieve(file_id), "bytes", None)
+    part = dest.with_name(dest.name + ".part")
+    problem = "no attempt made"
+    for attempt in range(1, max(1, attempts) + 1):
+        have = part.stat().st_size if part.exists() else 0
+        if expected_bytes is not None and have >= expected_bytes > 0:
+            # a whole file left by a run stopped before the rename, or junk: no Range to ask for
+            if have == expected_bytes:
+                os.replace(part, dest)
+                return dest
+            part.unlink()
+            have = 0
+        try:
+            _fetch(client, file_id, part, have)
+        except _RETRYABLE as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        else:
+            size = part.stat().st_size
+            if expected_bytes is None or size == expected_bytes:
+                os.replace(part, dest)
+                log.info("downloaded %s (%d bytes) to %s", file_id, size, dest)
+                return dest
+            problem = f"got {size} bytes, the file object says {expected_bytes}"
+            if size > expected_bytes:  # appended onto something else: start over
+                part.unlink()
+        log.warning(
+            "download of %s incomplete (attempt %d/%d): %s", file_id, attempt, attempts, problem
+        )
+        if attempt < attempts:
+            time.sleep(backoff * attempt)
+    raise DownloadError(
+        f"could not download file {file_id} completely after {attempts} attempts ({problem}). "
+        f"The partial data is in {part}; run aggregate_df again to continue, or download the file "
+        f"from the dashboard and pass it with output_files=/error_files=."
+    )
+
+
+def _fetch(client: Any, file_id: str, part: Path, have: int) -> None:
+    """One streaming attempt; appends when the server answers a Range request with 206."""
+    headers = {"Range": f"bytes={have}-"} if have else None
+    with client.files.with_streaming_response.content(file_id, extra_headers=headers) as resp:
+        mode = "ab" if have and resp.status_code == 206 else "wb"
+        with open(part, mode) as fh:
+            for chunk in resp.iter_bytes(_CHUNK):
+                fh.write(chunk)
+
+
+class AnswerCheck(Protocol):
+    """Validates an answer text against a schema; returns (field values, None) or (None, why)."""
+
+    def check(self, content: str) -> tuple[list[Any] | None, str | None]: ...
+
+
+# -- the lines of output/error files: only the fields kept are decoded ------------------------
+
+
+class _Err(msgspec.Struct, gc=False):
+    code: str | int | None = None
+    message: str | None = None
+    type: str | None = None
+
+
+class _Details(msgspec.Struct, gc=False):
+    cached_tokens: int | None = None
+
+
+class _Usage(msgspec.Struct, gc=False):
+    prompt_tokens: int | None = None  # chat completions
+    completion_tokens: int | None = None
+    prompt_tokens_details: _Details | None = None
+    input_tokens: int | None = None  # responses
+    output_tokens: int | None = None
+    input_tokens_details: _Details | None = None
+
+
+class _Message(msgspec.Struct, gc=False):
+    content: str | None = None
+    refusal: str | None = None
+
+
+class _Choice(msgspec.Struct, gc=False):
+    message: _Message | None = None
+    finish_reason: str | None = None
+
+
+class _Part(msgspec.Struct, gc=False):
+    type: str | None = None
+    text: str | None = None
+    refusal: str | None = None
+
+
+class _OutputItem(msgspec.Struct, gc=False):
+    type: str | None = None
+    content: list[_Part] | None = None
+
+
+class _Incomplete(msgspec.Struct, gc=False):
+    reason: str | None = None
+
+
+class _Body(msgspec.Struct, gc=False):
+    model: str | None = None
+    choices: list[_Choice] | None = None
+    usage: _Usage | None = None
+    error: _Err | None = None
+    output: list[_OutputItem] | None = None  # /v1/responses
+    status: str | None = None
+    incomplete_details: _Incomplete | None = None
+
+
+class _Response(msgspec.Struct, gc=False):
+    status_code: int = 0
+    body: _Body | str | None = None
+
+
+class Line(msgspec.Struct, gc=False):
+    """One line of a batch output or error file (the kept fields)."""
+
+    custom_id: str
+    response: _Response | None = None
+    error: _Err | None = None
+
+
+LINE_DECODER = msgspec.json.Decoder(Line)
+
+
+def _answer(body: _Body) -> tuple[str | None, str | None, str | None]:
+    """(content, finish_reason, refusal) of a chat.completion or a Response object."""
+    if body.choices:
+        ch = body.choices[0]
+        msg = ch.message
+        return (
+            (msg.content, ch.finish_reason, msg.refusal) if msg else (None, ch.finish_reason, None)
+        )
+    if body.output is not None:
+        texts, refusal = [], None
+        for item in body.output:
+            for part in item.content or ():
+                if part.text is not None:
+                    texts.append(part.text)
+                refusal = refusal or part.refusal
+        finish = (
+            body.incomplete_details.reason
+            if body.incomplete_details
+            else ("stop" if body.status == "completed" else body.status)
+        )
+        return ("".join(texts) if texts else None), finish, refusal
+    return None, None, None
+
+
+def row_of(line: Line, validator: AnswerCheck | None) -> tuple[tuple[Any, ...], list[Any] | None]:
+    """The row a line gives: (status, http_status, error_code, error_message, finish_reason,
+    content, prompt_tokens, completion_tokens, cached_tokens, model), and the answer's field values."""
+    resp = line.response
+    if resp is None:
+        err = line.error
+        code = None if err is None or err.code is None else str(err.code)
+        status = (
+            "expired"
+            if code == "batch_expired"
+            else "cancelled"
+            if code == "batch_cancelled"
+            else "failed"
+        )
+        return (
+            status,
+            None,
+            code,
+            err.message if err else "no response and no error in the line",
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        ), None
+    body = resp.body
+    if not 200 <= resp.status_code < 300 or not isinstance(body, _Body) or body.error is not None:
+        if isinstance(body, _Body) and body.error is not None:
+            e = body.error
+            code, msg = (str(e.code) if e.code is not None else e.type), e.message
+        else:
+            code, msg = None, body if isinstance(body, str) else None
+        if 200 <= resp.status_code < 300 and not isinstance(body, _Body):
+            msg = "the response has no body"
+        return ("failed", resp.status_code, code, msg, None, None, None, None, None, None), None
+    u = body.usage
+    if u is None:
+        tokens: tuple[Any, Any, Any] = (None, None, None)
+    elif u.prompt_tokens is not None or u.completion_tokens is not None:
+        d = u.prompt_tokens_details
+        tokens = (u.prompt_tokens, u.completion_tokens, (d.cached_tokens if d else None) or 0)
+    else:
+        d = u.input_tokens_details
+        tokens = (u.input_tokens, u.output_tokens, (d.cached_tokens if d else None) or 0)
+    content, finish, refusal = _answer(body)
+    status, code, problem, values = "succeeded", None, None, None
+    if content is None:
+        if validator is not None or refusal is not None:
+            status, code = "invalid_output", "refusal" if refusal else "no_content"
+            problem = (
+                f"the model refused: {refusal}" if refusal else "the response has no answer text"
+            )
+    elif validator is not None:
+        values, problem = validator.check(content)
+        if problem is not None:
+            status, code = (
+                "invalid_output",
+                "invalid_json" if problem.startswith("answer is not") else "schema_mismatch",
+            )
+            if finish == "length" or finish == "max_output_tokens":
+                problem += (
+                    " (the answer was cut at max_tokens: retry_failed(..., max_tokens=) raises it)"
+                )
+    return (status, resp.status_code, code, problem, finish, content, *tokens, body.model), values
