@@ -1,0 +1,91 @@
+"""``python -m portfolio_batch.local [--host] [--port] [--engine] [--data-dir] [--api-key] ...``"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from portfolio_batch.errors import PortfolioBatchError
+from portfolio_batch.local.engines import ENGINES
+from portfolio_batch.local.server import run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m portfolio_batch.local",
+        description="Run the local OpenAI-compatible Files + Batches server in the foreground.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument(
+        "--port", type=int, default=8000, help="port (default 8000; 0 = any free port)"
+    )
+    parser.add_argument(
+        "--engine", choices=ENGINES, default=os.environ.get("PORTFOLIO_BATCH_ENGINE", "rules")
+    )
+    parser.add_argument(
+        "--data-dir", default=None, help="where files and batches live (default <home>/local)"
+    )
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="require this bearer token (default: any non-empty key); or set PORTFOLIO_BATCH_SERVER_KEY",
+    )
+    parser.add_argument("--max-upload-bytes", type=int, default=None)
+    parser.add_argument("--max-requests-per-batch", type=int, default=None)
+    parser.add_argument("--max-enqueued-tokens", type=int, default=None)
+    parser.add_argument("--completion-window-seconds", type=float, default=None)
+    parser.add_argument(
+        "--request-delay", type=float, default=None, help="seconds per batch request"
+    )
+    parser.add_argument(
+        "--latency", type=float, default=None, help="seconds added to every API call"
+    )
+    parser.add_argument("--context-tokens", type=int, default=None)
+    parser.add_argument("--fault-rate-429", type=float, default=None)
+    parser.add_argument("--fault-rate-500", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
+    return parser
+
+
+_CONFIG_FLAGS = (
+    "max_upload_bytes",
+    "max_requests_per_batch",
+    "max_enqueued_tokens",
+    "completion_window_seconds",
+    "request_delay",
+    "latency",
+    "context_tokens",
+    "fault_rate_429",
+    "fault_rate_500",
+    "seed",
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = {k: getattr(args, k) for k in _CONFIG_FLAGS if getattr(args, k) is not None}
+    try:
+        run(
+            host=args.host,
+            port=args.port,
+            engine=args.engine,
+            data_dir=args.data_dir,
+            api_key=args.api_key or os.environ.get("PORTFOLIO_BATCH_SERVER_KEY"),
+            log_level=args.log_level,
+            **config,
+        )
+    except PortfolioBatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,472 @@
+"""The FastAPI app: OpenAI's Files + Batches routes, the synchronous model routes, and a thin ASGI
+layer in front for the bearer token, added latency and injected faults.
+
+    >>> app = create_app(state)        # doctest: +SKIP  (state: ServerState, see server.py)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio.to_thread
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response, StreamingResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from portfolio_batch.local.config import ServerConfig
+from portfolio_batch.local.execute import SUPPORTED_ENDPOINTS, Executor
+from portfolio_batch.local.store import ApiError, Store
+from portfolio_batch.local.upload import receive_upload
+from portfolio_batch.local.worker import BatchWorker
+
+__all__ = ["ServerState", "create_app"]
+
+log = logging.getLogger("portfolio_batch.local")
+
+BATCH_ENDPOINTS = (
+    "/v1/responses",
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/moderations",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/videos",
+)
+_DOWNLOAD_CHUNK = 256 * 1024
+
+
+@dataclass
+class ServerState:
+    store: Store
+    config: ServerConfig
+    executor: Executor
+    worker: BatchWorker
+    api_key: str | None = None
+    cut_files: set[str] = field(default_factory=set)
+
+
+class DownloadCut(Exception):
+    """Raised inside a download to drop the connection partway (fault injection)."""
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def _error(exc: ApiError) -> Response:
+    return _json(exc.body(), exc.status, exc.headers)
+
+
+# Route names for fault_endpoints, by method and path.
+_ROUTES = [
+    ("POST", re.compile(r"^/v1/files/?$"), "files.create"),
+    ("GET", re.compile(r"^/v1/files/?$"), "files.list"),
+    ("GET", re.compile(r"^/v1/files/[^/]+/content$"), "files.content"),
+    ("GET", re.compile(r"^/v1/files/[^/]+$"), "files.retrieve"),
+    ("DELETE", re.compile(r"^/v1/files/[^/]+$"), "files.delete"),
+    ("POST", re.compile(r"^/v1/batches/?$"), "batches.create"),
+    ("GET", re.compile(r"^/v1/batches/?$"), "batches.list"),
+    ("POST", re.compile(r"^/v1/batches/[^/]+/cancel$"), "batches.cancel"),
+    ("GET", re.compile(r"^/v1/batches/[^/]+$"), "batches.retrieve"),
+    ("POST", re.compile(r"^/v1/chat/completions$"), "chat.completions"),
+    ("POST", re.compile(r"^/v1/embeddings$"), "embeddings"),
+    ("POST", re.compile(r"^/v1/responses$"), "responses"),
+]
+
+
+def route_name(method: str, path: str) -> str | None:
+    for route_method, pattern, name in _ROUTES:
+        if method == route_method and pattern.match(path):
+            return name
+    return None
+
+
+class GatewayMiddleware:
+    """Bearer token check, then added latency, then injected 429/500 faults."""
+
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        auth = headers.get(b"authorization", b"").decode("latin-1")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if not token:
+            await _error(
+                ApiError(
+                    401,
+                    "You didn't provide an API key. You need to provide your API key in an "
+                    "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                )
+            )(scope, receive, send)
+            return
+        expected = self.state.api_key
+        if expected and not hmac.compare_digest(token.encode(), expected.encode()):
+            # The key itself is never echoed or logged.
+            await _error(
+                ApiError(
+                    401,
+                    "Incorrect API key provided. Use the key this local server was started with (--api-key).",
+                    code="invalid_api_key",
+                )
+            )(scope, receive, send)
+            return
+        config = self.state.config
+        if config.latency > 0:
+            await asyncio.sleep(config.latency)
+        route = route_name(scope["method"], scope["path"])
+        if route is not None and config.faults_apply(route):
+            if config.chance(config.fault_rate_429):
+                delay = config.retry_after
+                await _error(
+                    ApiError(
+                        429,
+                        "Rate limit reached for requests (injected by the local server). Please try again shortly.",
+                        type="requests",
+                        code="rate_limit_exceeded",
+                        headers={
+                            "retry-after-ms": str(max(1, int(delay * 1000))),
+                            "retry-after": str(max(1, math.ceil(delay))),
+                        },
+                    )
+                )(scope, receive, send)
+                return
+            if config.chance(config.fault_rate_500):
+                await _error(
+                    ApiError(
+                        500,
+                        "The server had an error while processing your request (injected by the local server). Retry your request.",
+                        type="server_error",
+                    )
+                )(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class _DropDownloadCut(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, DownloadCut) and not isinstance(
+            getattr(exc, "__cause__", None), DownloadCut
+        )
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ApiError(
+            400, f"Invalid '{name}': {raw!r}; expected an integer from {low} to {high}.", param=name
+        )
+    return value
+
+
+def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(start, end exclusive) of a single ``bytes=`` range, or None for the whole file."""
+    if not header:
+        return None
+    match = re.fullmatch(r"bytes=(\d*)-(\d*)", header.strip())
+    if not match or (not match.group(1) and not match.group(2)):
+        raise ApiError(
+            416, f"Unsupported Range header {header!r}; use bytes=START- or bytes=START-END."
+        )
+    first, last = match.groups()
+    if not first:  # the last N bytes
+        return max(0, size - int(last)), size
+    start = int(first)
+    end = min(size, int(last) + 1) if last else size
+    if start >= size or start >= end:
+        raise ApiError(416, f"Range {header!r} is outside the file of {size} bytes.")
+    return start, end
+
+
+async def _body(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"The request body is not valid JSON: {exc}.") from exc
+
+
+def _check_metadata(metadata: Any) -> None:
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict) or len(metadata) > 16:
+        raise ApiError(
+            400,
+            "Invalid 'metadata': expected an object of at most 16 string pairs.",
+            param="metadata",
+        )
+    for key, value in metadata.items():
+        if not isinstance(value, str) or len(key) > 64 or len(value) > 512:
+            raise ApiError(
+                400,
+                f"Invalid 'metadata[{key}]': keys are strings of at most 64 characters and "
+                "values strings of at most 512.",
+                param="metadata",
+            )
+
+
+def create_app(state: ServerState) -> FastAPI:
+    """The app for one server state."""
+    app = FastAPI(
+        title="portfolio_batch local OpenAI-compatible server", docs_url=None, redoc_url=None
+    )
+    store, config = state.store, state.config
+    logging.getLogger("uvicorn.error").addFilter(_DropDownloadCut())
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        return _error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", [])[1:]) or None
+        return _error(ApiError(400, f"Invalid request: {first.get('msg', exc)}", param=param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        message = (
+            f"Invalid URL ({request.method} {request.url.path})"
+            if exc.status_code in (404, 405)
+            else str(exc.detail)
+        )
+        return _error(ApiError(exc.status_code, message))
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.error("error answering %s %s", request.method, request.url.path, exc_info=exc)
+        return _error(ApiError(500, f"The local server failed: {exc!r}", type="server_error"))
+
+    # files -----------------------------------------------------------------------------------
+    @app.post("/v1/files")
+    async def create_file(request: Request) -> Response:
+        return _json(await receive_upload(request, store, config.max_upload_bytes))
+
+    @app.get("/v1/files")
+    def list_files(request: Request) -> Response:
+        order = request.query_params.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise ApiError(400, f"Invalid 'order': {order!r}; use 'asc' or 'desc'.", param="order")
+        return _json(
+            store.list_files(
+                purpose=request.query_params.get("purpose"),
+                limit=_int_param(request, "limit", 10_000, 1, 10_000),
+                order=order,
+                after=request.query_params.get("after"),
+            )
+        )
+
+    @app.get("/v1/files/{file_id}")
+    def retrieve_file(file_id: str) -> Response:
+        return _json(store.public(store.get_file(file_id)))
+
+    @app.delete("/v1/files/{file_id}")
+    def delete_file(file_id: str) -> Response:
+        return _json(store.delete_file(file_id))
+
+    @app.get("/v1/files/{file_id}/content")
+    def file_content(file_id: str, request: Request) -> Response:
+        store.get_file(file_id)
+        path = store.content_path(file_id)
+        size = path.stat().st_size
+        span = _parse_range(request.headers.get("range"), size)
+        start, end = span or (0, size)
+        cut_at: int | None = None
+        limit = config.cut_download_after_bytes
+        if limit is not None and limit < end - start:
+            if config.cut_download_rate is None:
+                if file_id not in state.cut_files:
+                    state.cut_files.add(file_id)
+                    cut_at = limit
+            elif config.chance(config.cut_download_rate):
+                cut_at = limit
+
+        def stream() -> Any:
+            remaining = end - start if cut_at is None else cut_at
+            with open(path, "rb") as handle:
+                handle.seek(start)
+                while remaining > 0:
+                    chunk = handle.read(min(_DOWNLOAD_CHUNK, remaining))
+                    if not chunk:
+                        break
+                    remaining -= len(chunk)
+                    yield chunk
+            if cut_at is not None:
+                raise DownloadCut(
+                    f"download of {file_id} cut after {cut_at} bytes (fault injection)"
+                )
+
+        headers = {"content-length": str(end - start), "accept-ranges": "bytes"}
+        if span is not None:
+            headers["content-range"] = f"bytes {start}-{end - 1}/{size}"
+        return StreamingResponse(
+            stream(),
+            status_code=206 if span else 200,
+            media_type="application/octet-stream",
+            headers=headers,
+        )
+
+    # batches ---------------------------------------------------------------------------------
+    @app.post("/v1/batches")
+    async def create_batch(request: Request) -> Response:
+        body = await _body(request)
+        if not isinstance(body, dict):
+            raise ApiError(400, "The request body must be a JSON object.")
+        for name in ("input_file_id", "endpoint", "completion_window"):
+            if not isinstance(body.get(name), str) or not body[name]:
+                raise ApiError(400, f"Missing required parameter: '{name}'.", param=name)
+        endpoint = body["endpoint"]
+        if endpoint not in BATCH_ENDPOINTS:
+            raise ApiError(
+                400,
+                f"Invalid value for 'endpoint': {endpoint!r}. Supported values are {list(BATCH_ENDPOINTS)}.",
+                param="endpoint",
+            )
+        if endpoint not in SUPPORTED_ENDPOINTS:
+            raise ApiError(
+                400,
+                f"The local server runs batches for {list(SUPPORTED_ENDPOINTS)} only, not {endpoint!r}.",
+                param="endpoint",
+            )
+        if body["completion_window"] != "24h":
+            raise ApiError(
+                400,
+                f"Invalid value for 'completion_window': {body['completion_window']!r}. Supported values are: '24h'.",
+                param="completion_window",
+            )
+        _check_metadata(body.get("metadata"))
+        expires_after = body.get("output_expires_after")
+        if expires_after is not None and (
+            not isinstance(expires_after, dict)
+            or expires_after.get("anchor") != "created_at"
+            or not isinstance(expires_after.get("seconds"), int)
+            or not 3600 <= expires_after["seconds"] <= 2_592_000
+        ):
+            raise ApiError(
+                400,
+                "Invalid 'output_expires_after': expected {anchor: 'created_at', seconds: 3600..2592000}.",
+                param="output_expires_after",
+            )
+        input_file = store.get_file(body["input_file_id"])
+        if input_file["purpose"] != "batch":
+            raise ApiError(
+                400,
+                f"File {input_file['id']} has purpose {input_file['purpose']!r}; a batch input file must be uploaded with purpose 'batch'.",
+                param="input_file_id",
+            )
+        now = time.time()
+        window = config.completion_window_seconds
+        batch: dict[str, Any] = {
+            "id": store.new_batch_id(),
+            "object": "batch",
+            "endpoint": endpoint,
+            "model": None,
+            "errors": None,
+            "input_file_id": input_file["id"],
+            "completion_window": "24h",
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": int(now),
+            "in_progress_at": None,
+            "expires_at": int(now + window),
+            "finalizing_at": None,
+            "completed_at": None,
+            "failed_at": None,
+            "expired_at": None,
+            "cancelling_at": None,
+            "cancelled_at": None,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "usage": {
+                "input_tokens": 0,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": 0,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": 0,
+            },
+            "metadata": body.get("metadata"),
+            "output_expires_after": expires_after,
+            "_deadline": now + window,
+        }
+        store.add_batch(batch)
+        state.worker.submit(batch["id"])
+        return _json(store.public(batch))
+
+    @app.get("/v1/batches")
+    def list_batches(request: Request) -> Response:
+        return _json(
+            store.list_batches(
+                limit=_int_param(request, "limit", 20, 1, 100),
+                after=request.query_params.get("after"),
+            )
+        )
+
+    @app.get("/v1/batches/{batch_id}")
+    def retrieve_batch(batch_id: str) -> Response:
+        return _json(store.public(store.get_batch(batch_id)))
+
+    @app.post("/v1/batches/{batch_id}/cancel")
+    def cancel_batch(batch_id: str) -> Response:
+        batch = store.get_batch(batch_id)
+        with store.lock:
+            status = batch["status"]
+            if status in ("validating", "in_progress"):
+                store.update_batch(batch_id, status="cancelling", cancelling_at=int(time.time()))
+            elif status not in ("cancelling", "cancelled"):
+                raise ApiError(
+                    400,
+                    f"Cannot cancel batch {batch_id}: its status is {status!r}. Only validating "
+                    "or in_progress batches can be cancelled.",
+                    param="batch_id",
+                )
+        state.worker.cancel(batch_id)
+        return _json(store.public(batch))
+
+    # synchronous model routes ----------------------------------------------------------------
+    async def _sync(endpoint: str, request: Request) -> Response:
+        body = await _body(request)
+        status, answer, _ = await anyio.to_thread.run_sync(state.executor.run, endpoint, body)
+        return _json(answer, status)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await _sync("/v1/chat/completions", request)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        return await _sync("/v1/embeddings", request)
+
+    @app.post("/v1/responses")
+    async def responses(request: Request) -> Response:
+        return await _sync("/v1/responses", request)
+
+    @app.get("/health")
+    def health() -> Response:
+        return _json({"status": "ok", "engine": state.executor.engine.name})
+
+    app.add_middleware(GatewayMiddleware, state=state)
+    return app

@@ -1,0 +1,134 @@
+"""The local server's settings: limits, the simulated clock and the fault injection knobs.
+
+Every key can be given to ``serve(**config)``, ``run(**config)`` and changed on a running server
+with ``LocalServer.configure(**config)``:
+
+    >>> cfg = ServerConfig()
+    >>> cfg.update(fault_rate_429=0.5, seed=1)
+    >>> cfg.fault_rate_429
+    0.5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from portfolio_batch.errors import InputError
+
+__all__ = ["ENDPOINT_NAMES", "ServerConfig"]
+
+MiB = 1024 * 1024
+
+# The names ``fault_endpoints`` accepts: one per API route.
+ENDPOINT_NAMES = frozenset(
+    {
+        "files.create",
+        "files.list",
+        "files.retrieve",
+        "files.delete",
+        "files.content",
+        "batches.create",
+        "batches.list",
+        "batches.retrieve",
+        "batches.cancel",
+        "chat.completions",
+        "embeddings",
+        "responses",
+    }
+)
+
+
+@dataclass
+class ServerConfig:
+    """Settings of one local server; all optional.
+
+    Limits: ``max_upload_bytes`` (200 MiB), ``max_requests_per_batch`` (50,000),
+    ``max_enqueued_tokens`` (None: no cap; prompt tokens of this server's validating, in_progress
+    and finalizing batches of one model), ``completion_window_seconds`` (24 h; small values make
+    ``expired`` testable), ``context_tokens`` (None: the engine's context length),
+    ``max_concurrent_batches`` (4).
+
+    Simulation and faults: ``request_delay`` (seconds per batch request), ``latency`` (seconds added
+    to every API call), ``fault_rate_429`` / ``fault_rate_500`` (per API call, on the routes in
+    ``fault_endpoints``, default all), ``retry_after`` (seconds in the 429's ``retry-after``),
+    ``cut_download_after_bytes`` (file downloads stop after that many bytes: the first download of
+    each file, or at ``cut_download_rate`` if set), ``malformed_output_rate`` (output lines written
+    truncated), ``seed`` (fault randomness is deterministic for a seed).
+    """
+
+    max_upload_bytes: int = 200 * MiB
+    max_requests_per_batch: int = 50_000
+    max_enqueued_tokens: int | None = None
+    completion_window_seconds: float = 24 * 3600
+    context_tokens: int | None = None
+    max_concurrent_batches: int = 4
+    request_delay: float = 0.0
+    latency: float = 0.0
+    fault_rate_429: float = 0.0
+    fault_rate_500: float = 0.0
+    fault_endpoints: frozenset[str] | None = None
+    retry_after: float = 0.05
+    cut_download_after_bytes: int | None = None
+    cut_download_rate: float | None = None
+    malformed_output_rate: float = 0.0
+    seed: int = 0
+    _rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.update()
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")]
+
+    def update(self, **config: Any) -> None:
+        """Change settings; unknown keys and out-of-range values raise ``InputError``."""
+        unknown = sorted(set(config) - set(self.keys()))
+        if unknown:
+            raise InputError(
+                f"Unknown local server setting(s) {unknown}; valid settings are {self.keys()}."
+            )
+        for key, value in config.items():
+            setattr(self, key, value)
+        for key in ("fault_rate_429", "fault_rate_500", "malformed_output_rate"):
+            rate = getattr(self, key)
+            if not 0.0 <= float(rate) <= 1.0:
+                raise InputError(f"Local server setting {key}={rate!r} must be between 0 and 1.")
+        if self.cut_download_rate is not None and not 0.0 <= self.cut_download_rate < 1.0:
+            raise InputError(
+                f"cut_download_rate={self.cut_download_rate!r} must be in [0, 1) so that a "
+                "retrying client eventually gets the whole file."
+            )
+        if self.fault_endpoints is not None:
+            names = (
+                {self.fault_endpoints}
+                if isinstance(self.fault_endpoints, str)
+                else set(self.fault_endpoints)
+            )
+            bad = sorted(names - ENDPOINT_NAMES)
+            if bad:
+                raise InputError(
+                    f"fault_endpoints has unknown route(s) {bad}; use names from {sorted(ENDPOINT_NAMES)}."
+                )
+            self.fault_endpoints = frozenset(names)
+        for key in ("max_upload_bytes", "max_requests_per_batch", "max_concurrent_batches"):
+            if int(getattr(self, key)) < 1:
+                raise InputError(f"Local server setting {key} must be at least 1.")
+        if "seed" in config or not config:
+            with self._lock:
+                self._rng.seed(self.seed)
+
+    def chance(self, rate: float) -> bool:
+        """True with probability ``rate``, drawn from the seeded generator."""
+        if rate <= 0:
+            return False
+        with self._lock:
+            return self._rng.random() < rate
+
+    def faults_apply(self, route: str) -> bool:
+        return self.fault_endpoints is None or route in self.fault_endpoints

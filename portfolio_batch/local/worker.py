@@ -1,0 +1,450 @@
+"""The background worker that runs batches: validate, process, finalize.
+
+Each batch runs in a thread of a small pool, so several batches progress at once. The input file
+is read line by line twice (validation, then processing) and output is written line by line, so
+memory stays flat whatever the file size. Output lines come out in an order other than the input
+order (each chunk of up to 64 results is written reversed), as OpenAI does not keep input order.
+
+Requests cut short by a cancel or by the completion window get an error-file line
+``{"id", "custom_id", "response": null, "error": {"code": "batch_cancelled" | "batch_expired",
+"message"}}`` and count as ``failed``, so ``completed + failed == total`` at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Any
+
+import orjson
+
+from portfolio_batch.local.config import ServerConfig
+from portfolio_batch.local.execute import Executor, Usage, count_prompt_tokens
+from portfolio_batch.local.store import ACTIVE_STATUSES, Store
+
+__all__ = ["BatchWorker"]
+
+log = logging.getLogger("portfolio_batch.local")
+
+CHUNK = 64
+MAX_REPORTED_ERRORS = 100
+EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
+CANCELLED_MESSAGE = "This request was cancelled before it was executed."
+
+
+class _Stop(Exception):
+    """The batch must stop early: ``reason`` is ``cancelled``, ``expired`` or ``shutdown``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _lines(path: Any) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, stripped line) of every non-blank line."""
+    with open(path, "rb", buffering=1 << 20) as handle:
+        for number, raw in enumerate(handle, start=1):
+            line = raw.strip()
+            if line:
+                yield number, line
+
+
+class _ResultWriter:
+    """Output and error files, written a chunk at a time in reversed order."""
+
+    def __init__(self, store: Store, config: ServerConfig) -> None:
+        self.store = store
+        self.config = config
+        self.output_id = store.new_file_id()
+        self.error_id = store.new_file_id()
+        self.n_output = 0
+        self.n_error = 0
+        self._buffers: dict[str, list[bytes]] = {"output": [], "error": []}
+        self._handles: dict[str, IO[bytes]] = {}
+
+    def add(self, kind: str, line: bytes) -> None:
+        buffer = self._buffers[kind]
+        buffer.append(line)
+        if len(buffer) >= CHUNK:
+            self.flush(kind)
+
+    def flush(self, kind: str) -> None:
+        buffer = self._buffers[kind]
+        if not buffer:
+            return
+        handle = self._handles.get(kind)
+        if handle is None:
+            file_id = self.output_id if kind == "output" else self.error_id
+            handle = open(self.store.partial_path(file_id), "wb", buffering=1 << 20)  # noqa: SIM115
+            self._handles[kind] = handle
+        buffer.reverse()
+        for line in buffer:
+            if kind == "output" and self.config.chance(self.config.malformed_output_rate):
+                line = line[: len(line) // 2]  # a truncated line, as a flaky writer would leave
+            handle.write(line)
+            handle.write(b"\n")
+        if kind == "output":
+            self.n_output += len(buffer)
+        else:
+            self.n_error += len(buffer)
+        buffer.clear()
+
+    def close(self) -> tuple[str | None, str | None]:
+        """Register the written files; ids are None for a file with no lines."""
+        self.flush("output")
+        self.flush("error")
+        ids: list[str | None] = []
+        for kind, file_id in (("output", self.output_id), ("error", self.error_id)):
+            handle = self._handles.pop(kind, None)
+            if handle is None:
+                ids.append(None)
+                continue
+            handle.close()
+            ids.append(file_id)
+        return ids[0], ids[1]
+
+    def register(self, batch: dict[str, Any], ids: tuple[str | None, str | None]) -> None:
+        ttl = (batch.get("output_expires_after") or {}).get("seconds")
+        for file_id, name in zip(ids, ("output", "error"), strict=True):
+            if file_id is None:
+                continue
+            final = self.store.content_path(file_id)
+            self.store.partial_path(file_id).replace(final)
+            self.store.add_file(
+                file_id,
+                filename=f"{batch['id']}_{name}.jsonl",
+                purpose="batch_output",
+                nbytes=final.stat().st_size,
+                expires_after=ttl,
+            )
+
+    def abandon(self) -> None:
+        for kind, handle in list(self._handles.items()):
+            handle.close()
+            file_id = self.output_id if kind == "output" else self.error_id
+            self.store.partial_path(file_id).unlink(missing_ok=True)
+        self._handles.clear()
+
+
+class BatchWorker:
+    """Runs submitted batches in a thread pool until ``shutdown``."""
+
+    def __init__(self, store: Store, executor: Executor, config: ServerConfig) -> None:
+        self.store = store
+        self.executor = executor
+        self.config = config
+        self._pool = ThreadPoolExecutor(
+            max_workers=config.max_concurrent_batches, thread_name_prefix="pb-batch"
+        )
+        self._events: dict[str, threading.Event] = {}
+        self._stopping = threading.Event()
+
+    def submit(self, batch_id: str) -> None:
+        self._events[batch_id] = threading.Event()
+        self._pool.submit(self._run, batch_id)
+
+    def cancel(self, batch_id: str) -> None:
+        event = self._events.get(batch_id)
+        if event is not None:
+            event.set()
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        for event in list(self._events.values()):
+            event.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # the batch -----------------------------------------------------------------------------
+    def _run(self, batch_id: str) -> None:
+        try:
+            self._process(batch_id)
+        except Exception as exc:
+            # A bug must not leave the batch "in_progress" forever: fail it, and say why.
+            log.exception("batch %s crashed", batch_id)
+            now = int(time.time())
+            self.store.update_batch(
+                batch_id,
+                status="failed",
+                failed_at=now,
+                errors={
+                    "object": "list",
+                    "data": [
+                        {
+                            "code": "server_error",
+                            "message": f"The local server failed while running this batch: {exc!r}",
+                            "param": None,
+                            "line": None,
+                        }
+                    ],
+                },
+            )
+        finally:
+            self._events.pop(batch_id, None)
+
+    def _check(self, batch: dict[str, Any], event: threading.Event) -> None:
+        if self._stopping.is_set():
+            raise _Stop("shutdown")
+        if event.is_set() or batch["status"] == "cancelling":
+            raise _Stop("cancelled")
+        if time.time() >= batch["_deadline"]:
+            raise _Stop("expired")
+
+    def _pause(self, event: threading.Event) -> None:
+        if self.config.request_delay > 0:
+            event.wait(self.config.request_delay)
+
+    def _transition(self, batch_id: str, status: str, **fields: Any) -> bool:
+        """Move to ``status`` unless a cancel got there first."""
+        with self.store.lock:
+            batch = self.store.batches[batch_id]
+            if batch["status"] == "cancelling" and status != "cancelled":
+                return False
+            self.store.update_batch(batch_id, status=status, **fields)
+            return True
+
+    def _process(self, batch_id: str) -> None:
+        batch = self.store.batches[batch_id]
+        event = self._events[batch_id]
+        try:
+            self._pause(event)
+            self._check(batch, event)
+            model, total, errors, tokens = self._validate(batch, event)
+        except _Stop as stop:
+            self._stop_before_start(batch_id, stop.reason)
+            return
+        now = int(time.time())
+        if errors:
+            self._transition(
+                batch_id,
+                "failed",
+                failed_at=now,
+                errors={"object": "list", "data": errors[:MAX_REPORTED_ERRORS]},
+            )
+            return
+        with self.store.lock:  # check and claim the enqueued tokens atomically
+            cap = self.config.max_enqueued_tokens
+            if cap is not None:
+                queued = sum(
+                    b.get("_enqueued_tokens", 0)
+                    for b in self.store.batches_with(ACTIVE_STATUSES)
+                    if b.get("model") == model and b["id"] != batch_id
+                )
+                if queued + tokens > cap:
+                    self._transition(
+                        batch_id,
+                        "failed",
+                        failed_at=now,
+                        model=model,
+                        errors={
+                            "object": "list",
+                            "data": [
+                                {
+                                    "code": "token_limit_exceeded",
+                                    "message": (
+                                        f"Enqueued token limit reached for {model} in organization "
+                                        f"org-local. Limit: {cap:,} enqueued tokens. Please try again "
+                                        "once some in_progress batches have been completed."
+                                    ),
+                                    "param": None,
+                                    "line": None,
+                                }
+                            ],
+                        },
+                    )
+                    return
+            started = self._transition(
+                batch_id,
+                "in_progress",
+                in_progress_at=now,
+                model=model,
+                _enqueued_tokens=tokens,
+                request_counts={"total": total, "completed": 0, "failed": 0},
+            )
+        if not started:
+            self._stop_before_start(batch_id, "cancelled")
+            return
+        self._execute(batch_id, batch, event, total)
+
+    def _stop_before_start(self, batch_id: str, reason: str) -> None:
+        now = int(time.time())
+        if reason == "cancelled":
+            self._transition(batch_id, "cancelled", cancelled_at=now)
+        elif reason == "expired":
+            self._transition(batch_id, "expired", expired_at=now)
+
+    def _validate(
+        self, batch: dict[str, Any], event: threading.Event
+    ) -> tuple[str | None, int, list[dict[str, Any]], int]:
+        """(model, number of requests, errors.data entries, prompt tokens if capped)."""
+        endpoint = batch["endpoint"]
+        path = self.store.content_path(batch["input_file_id"])
+        errors: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        model: str | None = None
+        total = 0
+        tokens = 0
+        count_tokens = self.config.max_enqueued_tokens is not None
+
+        def error(code: str, message: str, line: int | None, param: str | None = None) -> None:
+            errors.append({"code": code, "message": message, "param": param, "line": line})
+
+        if not path.exists():
+            error("invalid_file", f"The input file {batch['input_file_id']} was deleted.", None)
+            return None, 0, errors, 0
+        for number, line in _lines(path):
+            total += 1
+            if total % 1024 == 0:
+                self._check(batch, event)
+            try:
+                request = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                error("invalid_json_line", "This line is not parseable as valid JSON.", number)
+                continue
+            if not isinstance(request, dict):
+                error("invalid_json_line", "This line is not a JSON object.", number)
+                continue
+            custom_id = request.get("custom_id")
+            body = request.get("body")
+            if not isinstance(custom_id, str) or not custom_id:
+                error(
+                    "invalid_request", "Each line needs a string 'custom_id'.", number, "custom_id"
+                )
+            elif custom_id in seen:
+                error(
+                    "duplicate_custom_id",
+                    f"The custom_id {custom_id!r} is used more than once; custom_ids must be unique within a batch.",
+                    number,
+                    "custom_id",
+                )
+            else:
+                seen.add(custom_id)
+            if request.get("method") != "POST":
+                error(
+                    "invalid_request", "The 'method' of each line must be 'POST'.", number, "method"
+                )
+            if request.get("url") != endpoint:
+                error(
+                    "url_mismatch",
+                    f"The url {request.get('url')!r} does not match the batch's endpoint {endpoint!r}.",
+                    number,
+                    "url",
+                )
+            if not isinstance(body, dict):
+                error("invalid_request", "Each line needs a JSON object 'body'.", number, "body")
+                continue
+            line_model = body.get("model")
+            if model is None and isinstance(line_model, str):
+                model = line_model
+            elif line_model != model:
+                error(
+                    "model_mismatch",
+                    f"The model {line_model!r} differs from {model!r} on an earlier line; a batch uses one model.",
+                    number,
+                    "body.model",
+                )
+            if count_tokens and isinstance(body.get("messages"), list) and model:
+                tokens += count_prompt_tokens(body["messages"], model)
+        if total == 0:
+            error("empty_file", "The input file is empty: it has no requests.", None)
+        elif total > self.config.max_requests_per_batch:
+            error(
+                "too_many_tasks",
+                f"The input file has {total} requests; a batch can have at most "
+                f"{self.config.max_requests_per_batch}. Split it into several batches.",
+                None,
+            )
+        return model, total, errors, tokens
+
+    def _execute(
+        self, batch_id: str, batch: dict[str, Any], event: threading.Event, total: int
+    ) -> None:
+        writer = _ResultWriter(self.store, self.config)
+        usage = Usage()
+        completed = failed = 0
+        stop: _Stop | None = None
+        endpoint = batch["endpoint"]
+        try:
+            for _number, line in _lines(self.store.content_path(batch["input_file_id"])):
+                request = orjson.loads(line)
+                custom_id = request["custom_id"]
+                if stop is None:
+                    try:
+                        self._check(batch, event)
+                    except _Stop as exc:
+                        stop = exc
+                        if exc.reason == "shutdown":
+                            writer.abandon()
+                            return
+                if stop is not None:
+                    code = "batch_cancelled" if stop.reason == "cancelled" else "batch_expired"
+                    message = CANCELLED_MESSAGE if code == "batch_cancelled" else EXPIRED_MESSAGE
+                    writer.add(
+                        "error", _result_line(custom_id, None, {"code": code, "message": message})
+                    )
+                    failed += 1
+                    continue
+                self._pause(event)
+                status, body, used = self.executor.run(endpoint, request["body"])
+                response = {
+                    "status_code": status,
+                    "request_id": "req_" + secrets.token_hex(16),
+                    "body": body,
+                }
+                if status == 200:
+                    usage.add(used)
+                    writer.add("output", _result_line(custom_id, response, None))
+                    completed += 1
+                else:
+                    writer.add("error", _result_line(custom_id, response, None))
+                    failed += 1
+                with self.store.lock:
+                    batch["request_counts"] = {
+                        "total": total,
+                        "completed": completed,
+                        "failed": failed,
+                    }
+                    if (completed + failed) % CHUNK == 0:
+                        batch["usage"] = usage.as_batch_usage()
+        except BaseException:
+            writer.abandon()
+            raise
+        ids = writer.close()
+        now = int(time.time())
+        with self.store.lock:
+            batch["request_counts"] = {"total": total, "completed": completed, "failed": failed}
+            batch["usage"] = usage.as_batch_usage()
+        if stop is None and self._transition(batch_id, "finalizing", finalizing_at=now):
+            self._pause(event)
+            writer.register(batch, ids)
+            self._transition(
+                batch_id,
+                "completed",
+                completed_at=int(time.time()),
+                output_file_id=ids[0],
+                error_file_id=ids[1],
+            )
+            return
+        writer.register(batch, ids)
+        final = "expired" if stop is not None and stop.reason == "expired" else "cancelled"
+        self.store.update_batch(
+            batch_id,
+            status=final,
+            output_file_id=ids[0],
+            error_file_id=ids[1],
+            **{f"{final}_at": int(time.time())},
+        )
+
+
+def _result_line(custom_id: str, response: Any, error: Any) -> bytes:
+    return orjson.dumps(
+        {
+            "id": "batch_req_" + secrets.token_hex(16),
+            "custom_id": custom_id,
+            "response": response,
+            "error": error,
+        }
+    )
