@@ -203,12 +203,13 @@ def _refresh(
 
 
 def _resume_hint(run_ids: list[str]) -> str:
-    arg = repr(run_ids[0]) if len(run_ids) == 1 else repr(run_ids)
-    cli = " ".join(run_ids)
+    arg = (
+        f'"{run_ids[0]}"' if len(run_ids) == 1 else "[" + ", ".join(f'"{r}"' for r in run_ids) + "]"
+    )
     return (
         "The batches keep running on the server and the job registry has every one of them. "
         f"Resume with:\n    pb.poll(pb.resume({arg}))\nor in a terminal:\n"
-        f"    portfolio-batch jobs resume {cli}\n"
+        + "".join(f"    portfolio-batch jobs resume {r}\n" for r in run_ids)
     )
 
 

@@ -1,0 +1,189 @@
+"""submit / resume / cancel against the real local server through the real openai SDK."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+import portfolio_batch as pb
+from portfolio_batch.errors import BudgetExceededError, InputError, RegistryError
+from portfolio_batch.home import home
+from portfolio_batch.registry import JOBS_COLUMNS, open_registry, registry_path
+
+
+@pytest.fixture
+def requests(testdata: Path) -> pd.DataFrame:
+    portfolio = pd.read_csv(testdata / "portfolio.csv").head(12)
+    return pb.build_requests(portfolio)
+
+
+@pytest.fixture
+def manifest(requests: pd.DataFrame, tmp_path: Path) -> pd.DataFrame:
+    return pb.to_jsonl(requests, tmp_path / "jsonl", max_requests=4)
+
+
+def _server_batches(client: Any) -> list[Any]:
+    return list(client.batches.list(limit=100))
+
+
+def test_submit_returns_one_row_per_shard_with_metadata(openai_client, manifest) -> None:
+    before = manifest.copy(deep=True)
+    jobs = pb.submit(manifest, client=openai_client, metadata={"desk": "equities"}, run_id="run-1")
+    pd.testing.assert_frame_equal(manifest, before)  # the caller's frame is untouched
+    assert list(jobs.columns) == JOBS_COLUMNS
+    assert jobs["shard"].tolist() == [0, 1, 2]
+    assert jobs["n_requests"].tolist() == [4, 4, 4]
+    assert jobs["batch_id"].str.startswith("batch").all()
+    assert jobs["input_file_id"].str.startswith("file").all()
+    assert (jobs["sha256"] == manifest["sha256"]).all()
+    assert (jobs["est_cost_usd"] > 0).all()
+    assert jobs["run_id"].eq("run-1").all()
+    for row in jobs.itertuples():
+        batch = openai_client.batches.retrieve(row.batch_id)
+        assert batch.metadata == {
+            "desk": "equities",
+            "pb_sha256": row.sha256,
+            "pb_version": pb.__version__,
+            "pb_run_id": "run-1",
+            "pb_shard": str(row.shard),
+        }
+        assert batch.input_file_id == row.input_file_id
+        assert batch.endpoint == "/v1/chat/completions"
+    assert pb.jobs("run-1")["batch_id"].tolist() == jobs["batch_id"].tolist()
+
+
+def test_resubmitting_the_same_manifest_returns_the_same_batches(openai_client, manifest) -> None:
+    first = pb.submit(manifest, client=openai_client)
+    second = pb.submit(manifest, client=openai_client)
+    assert second["batch_id"].tolist() == first["batch_id"].tolist()
+    assert second["run_id"].tolist() == first["run_id"].tolist()
+    assert len(_server_batches(openai_client)) == 3
+    assert len(list(openai_client.files.list(purpose="batch"))) == 3
+    # force=True is the explicit way to pay again.
+    forced = pb.submit(manifest, client=openai_client, force=True)
+    assert set(forced["batch_id"]).isdisjoint(first["batch_id"])
+    assert len(_server_batches(openai_client)) == 6
+    # The upload is reused: same content, same file.
+    assert forced["input_file_id"].tolist() == first["input_file_id"].tolist()
+
+
+def test_a_failed_or_cancelled_shard_is_submitted_again(openai_client, manifest) -> None:
+    first = pb.submit(manifest.iloc[:1], client=openai_client)
+    pb.cancel(first, client=openai_client)
+    again = pb.submit(manifest.iloc[:1], client=openai_client)
+    assert again["batch_id"].iloc[0] != first["batch_id"].iloc[0]
+
+
+def test_submit_takes_a_requests_frame_and_writes_the_jsonl_into_the_home(
+    openai_client, requests
+) -> None:
+    jobs = pb.submit(requests.head(3), client=openai_client)
+    assert len(jobs) == 1 and jobs["n_requests"].iloc[0] == 3
+    path = Path(jobs["path"].iloc[0])
+    assert path.is_file() and path.is_relative_to(home())
+
+
+def test_budget_refusal_uploads_nothing(openai_client, manifest) -> None:
+    with pytest.raises(BudgetExceededError, match=r"over budget_usd=\$0\.0000") as info:
+        pb.submit(manifest, client=openai_client, budget_usd=0.0)
+    assert info.value.estimate_usd > 0 and info.value.budget_usd == 0.0
+    assert f"${info.value.estimate_usd:.4f}" in str(info.value)
+    assert list(openai_client.files.list()) == []
+    assert _server_batches(openai_client) == []
+    assert pb.jobs().empty
+
+
+def test_budget_allows_a_submission_under_it(openai_client, manifest) -> None:
+    jobs = pb.submit(manifest, client=openai_client, budget_usd=10.0)
+    assert len(jobs) == 3
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ({f"k{i}": "v" for i in range(13)}, "at most 12"),
+        ({"pb_sha256": "mine"}, "reserved"),
+        ({"x" * 65: "v"}, "1-64 characters"),
+        ({"note": "y" * 513}, "limit is 512"),
+    ],
+)
+def test_bad_metadata_is_refused_before_anything_is_sent(
+    openai_client, manifest, metadata, message
+) -> None:
+    with pytest.raises(InputError, match=message):
+        pb.submit(manifest, client=openai_client, metadata=metadata)
+    assert list(openai_client.files.list()) == []
+
+
+def test_a_changed_shard_file_is_refused(openai_client, manifest) -> None:
+    path = Path(manifest["path"].iloc[0])
+    path.write_bytes(path.read_bytes().replace(b"gpt-4o-mini", b"gpt-4o-MINI", 1))
+    with pytest.raises(InputError, match=r"changed since to_jsonl\(\)"):
+        pb.submit(manifest.iloc[:1], client=openai_client)
+
+
+def test_not_a_manifest_names_the_missing_columns(openai_client) -> None:
+    with pytest.raises(InputError, match="missing"):
+        pb.submit(pd.DataFrame({"shard": [0]}), client=openai_client)
+
+
+def test_a_batch_that_cannot_be_recorded_is_cancelled(openai_client, manifest) -> None:
+    with open_registry() as reg:
+        reg.conn.execute(
+            "CREATE TRIGGER no_batches BEFORE INSERT ON batches "
+            "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+    with pytest.raises(RegistryError, match="it was cancelled so that nothing runs untracked"):
+        pb.submit(manifest.iloc[:1], client=openai_client)
+    batches = _server_batches(openai_client)
+    assert len(batches) == 1
+    assert batches[0].status in ("cancelling", "cancelled")
+
+
+def test_the_api_key_is_never_stored(local_server, manifest, monkeypatch, caplog) -> None:
+    secret = "sk-test-NEVER-STORE-ME-4242"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    client = local_server.client(api_key=secret)
+    caplog.set_level(logging.DEBUG, logger="portfolio_batch")
+    jobs = pb.poll(pb.submit(manifest, client=client), client=client, progress=False)
+    assert (jobs["status"] == "completed").all()
+    for path in registry_path().parent.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    assert secret not in caplog.text
+
+
+def test_resume_by_run_and_by_batch_id(openai_client, manifest) -> None:
+    jobs = pb.submit(manifest, client=openai_client, run_id="run-r")
+    by_run = pb.resume("run-r", client=openai_client)
+    assert by_run["batch_id"].tolist() == jobs["batch_id"].tolist()
+    by_batch = pb.resume(list(jobs["batch_id"].iloc[1:]), client=openai_client)
+    assert by_batch["shard"].tolist() == [1, 2]
+
+
+def test_resume_unknown_id_says_where_it_looked(openai_client) -> None:
+    with pytest.raises(RegistryError, match=r"pb\.jobs\(\) lists"):
+        pb.resume("run-does-not-exist", client=openai_client)
+
+
+def test_resume_finds_a_batch_known_only_to_the_server(openai_client, manifest) -> None:
+    jobs = pb.submit(manifest, client=openai_client, run_id="run-s")
+    registry_path().unlink()
+    for suffix in ("-wal", "-shm"):
+        Path(str(registry_path()) + suffix).unlink(missing_ok=True)
+    again = pb.resume("run-s", client=openai_client)
+    assert sorted(again["batch_id"]) == sorted(jobs["batch_id"])
+    assert sorted(again["shard"]) == [0, 1, 2]
+
+
+def test_cancel_stops_running_batches(local_server, openai_client, manifest) -> None:
+    local_server.configure(request_delay=0.2)
+    jobs = pb.submit(manifest, client=openai_client)
+    cancelled = pb.cancel(jobs, client=openai_client)
+    assert set(cancelled["status"]) <= {"cancelling", "cancelled"}
+    final = pb.poll(cancelled, client=openai_client, progress=False)
+    assert (final["status"] == "cancelled").all()
