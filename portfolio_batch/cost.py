@@ -1,0 +1,472 @@
+"""What a requests frame will cost, before anything is sent; and the price of actual usage.
+
+    >>> costs = estimate_cost(build_requests(portfolio))          # doctest: +SKIP
+    >>> costs.batch_cost_usd.sum()                                # doctest: +SKIP
+
+Prices are USD per million tokens, from ``genai-prices`` (offline, batch rates included) unless
+you pass your own with ``prices=``: a dict ``{"model": {"input": 0.15, "output": 0.60}}`` or the
+path of a CSV with a ``model`` column and the same price columns. Optional price fields:
+``cached_input`` (default: ``input``), ``batch_input`` / ``batch_output`` (default: half the
+standard price, the Batch API's discount) and ``batch_cached_input`` (default: half
+``cached_input``). A model not in your prices is looked up in genai-prices.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, overload
+
+import numpy as np
+import pandas as pd
+
+from portfolio_batch.errors import BudgetExceededError, InputError, PricingError
+
+__all__ = [
+    "COST_COLUMNS",
+    "Price",
+    "check_budget",
+    "compare_models",
+    "cost_usd",
+    "estimate_cost",
+    "price_for",
+]
+
+COST_COLUMNS = [
+    "custom_id",
+    "model",
+    "input_tokens",
+    "output_tokens_est",
+    "batch_cost_usd",
+    "sync_cost_usd",
+]
+PRICE_FIELDS = (
+    "input",
+    "output",
+    "cached_input",
+    "batch_input",
+    "batch_output",
+    "batch_cached_input",
+)
+_PER = 1_000_000
+PricesArg = Mapping[str, Mapping[str, Any]] | str | os.PathLike[str] | None
+
+
+@dataclass(frozen=True)
+class Price:
+    """One model's prices in USD per million tokens, and where they came from."""
+
+    model: str
+    input: float
+    output: float
+    cached_input: float
+    batch_input: float
+    batch_output: float
+    batch_cached_input: float
+    source: str  # "genai-prices" or "override"
+    version: str  # e.g. "genai-prices 0.2.3", "dict", "prices.csv sha256:ab12…"
+
+
+def _strip(model: str) -> str:
+    return model.split("/", 1)[1] if model.startswith("openai/") else model
+
+
+def _price_from_fields(model: str, fields: Mapping[str, Any], version: str, where: str) -> Price:
+    values: dict[str, float] = {}
+    unknown = sorted(set(fields) - set(PRICE_FIELDS) - {"model"})
+    if unknown:
+        raise PricingError(
+            f"{where}: unknown price field(s) {unknown} for model {model!r}; use {list(PRICE_FIELDS)} "
+            "(USD per million tokens)"
+        )
+    for name in PRICE_FIELDS:
+        raw = fields.get(name)
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            continue
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise PricingError(
+                f"{where}: price {name}={raw!r} for model {model!r} is not a number; give USD per million tokens, e.g. 0.15"
+            ) from None
+        if not np.isfinite(value) or value < 0:
+            raise PricingError(
+                f"{where}: price {name}={raw!r} for model {model!r} must be a finite number >= 0"
+            )
+        values[name] = value
+    for name in ("input", "output"):
+        if name not in values:
+            raise PricingError(
+                f"{where}: model {model!r} has no {name!r} price; give at least input and output, "
+                f'e.g. prices={{"{model}": {{"input": 0.15, "output": 0.60}}}} (USD per million tokens)'
+            )
+    values.setdefault("cached_input", values["input"])
+    values.setdefault("batch_input", values["input"] / 2)
+    values.setdefault("batch_output", values["output"] / 2)
+    values.setdefault("batch_cached_input", values["cached_input"] / 2)
+    return Price(model=model, source="override", version=version, **values)
+
+
+@cache
+def _csv_prices(path: str, mtime_ns: int) -> tuple[dict[str, Price], str]:
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+    version = f"{Path(path).name} sha256:{digest}"
+    out: dict[str, Price] = {}
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or "model" not in reader.fieldnames:
+            raise PricingError(
+                f"{path}: a prices CSV needs a header with 'model', 'input' and 'output' columns "
+                "(USD per million tokens); optional: cached_input, batch_input, batch_output, batch_cached_input"
+            )
+        for line, row in enumerate(reader, start=2):
+            model = (row.get("model") or "").strip()
+            if not model:
+                raise PricingError(
+                    f"{path}, line {line}: the 'model' column is empty; fill it in or delete the line"
+                )
+            out[model] = _price_from_fields(model, row, version, f"{path}, line {line}")
+    return out, version
+
+
+def _overrides(prices: PricesArg) -> dict[str, Price]:
+    if prices is None:
+        return {}
+    if isinstance(prices, (str, os.PathLike)):
+        path = Path(prices)
+        if not path.is_file():
+            raise PricingError(
+                f"prices={os.fspath(prices)!r}: no such CSV file; pass a dict or the path of a prices CSV"
+            )
+        return _csv_prices(str(path.resolve()), path.stat().st_mtime_ns)[0]
+    if not isinstance(prices, Mapping):
+        raise PricingError(
+            f"prices= must be a dict {{model: {{'input': ..., 'output': ...}}}} or a CSV path, got {type(prices).__name__}"
+        )
+    out: dict[str, Price] = {}
+    for model, fields in prices.items():
+        if not isinstance(fields, Mapping):
+            raise PricingError(
+                f"prices[{model!r}] must be a dict like {{'input': 0.15, 'output': 0.60}} (USD per million tokens)"
+            )
+        out[str(model)] = _price_from_fields(str(model), fields, "dict", "prices=")
+    return out
+
+
+@cache
+def _genai_price(model: str) -> Price:
+    import genai_prices
+    from genai_prices import Usage, calc_price
+
+    def rate(usage: Usage, batch: bool) -> float:
+        context: Any = {"processing": "batch"} if batch else None
+        # No request timestamp: an old one silently drops the batch rates (shared/choices.md).
+        result = calc_price(usage, _strip(model), provider_id="openai", price_context=context)
+        return float(result.total_price)
+
+    try:
+        fields = {
+            "input": rate(Usage(input_tokens=_PER), False),
+            "output": rate(Usage(output_tokens=_PER), False),
+            "cached_input": rate(Usage(input_tokens=_PER, cache_read_tokens=_PER), False),
+            "batch_input": rate(Usage(input_tokens=_PER), True),
+            "batch_output": rate(Usage(output_tokens=_PER), True),
+            "batch_cached_input": rate(Usage(input_tokens=_PER, cache_read_tokens=_PER), True),
+        }
+    except LookupError:
+        raise PricingError(
+            f"No price is known for model {model!r} (genai-prices {genai_prices.__version__} has none). "
+            f'Pass one, in USD per million tokens: prices={{"{model}": {{"input": 0.15, "output": 0.60}}}} '
+            "or prices='prices.csv' (columns model,input,output); for Azure, price your deployment "
+            "name like this"
+        ) from None
+    return Price(
+        model=model,
+        source="genai-prices",
+        version=f"genai-prices {genai_prices.__version__}",
+        **fields,
+    )
+
+
+def price_for(model: str, *, prices: PricesArg = None) -> Price:
+    """The :class:`Price` of ``model``: your ``prices`` first, then genai-prices.
+
+    >>> price_for("gpt-4o-mini").batch_input
+    0.075
+    >>> price_for("my-deployment", prices={"my-deployment": {"input": 1, "output": 4}}).batch_output
+    2.0
+    """
+    overrides = _overrides(prices)
+    found = overrides.get(model) or overrides.get(_strip(model))
+    return found if found is not None else _genai_price(model)
+
+
+@overload
+def cost_usd(
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    cached_tokens: int = 0,
+    *,
+    batch: bool = True,
+    prices: PricesArg = None,
+) -> float: ...
+
+
+@overload
+def cost_usd(
+    model: str,
+    input_tokens: Any,
+    output_tokens: Any,
+    cached_tokens: Any = 0,
+    *,
+    batch: bool = True,
+    prices: PricesArg = None,
+) -> Any: ...
+
+
+def cost_usd(
+    model: str,
+    input_tokens: Any,
+    output_tokens: Any,
+    cached_tokens: Any = 0,
+    *,
+    batch: bool = True,
+    prices: PricesArg = None,
+) -> Any:
+    """USD for actual usage: ``input_tokens`` (the API's prompt_tokens, cached ones included),
+    ``output_tokens`` and ``cached_tokens``. Scalars give a float; arrays/Series give an array.
+
+        >>> round(cost_usd("gpt-4o-mini", 1_000_000, 1_000_000), 6)
+        0.375
+    """
+    return _cost(
+        price_for(model, prices=prices), input_tokens, output_tokens, cached_tokens, batch=batch
+    )
+
+
+def _cost(
+    price: Price, input_tokens: Any, output_tokens: Any, cached_tokens: Any = 0, *, batch: bool
+) -> Any:
+    if batch:
+        rates = (price.batch_input, price.batch_cached_input, price.batch_output)
+    else:
+        rates = (price.input, price.cached_input, price.output)
+    inp = np.asarray(input_tokens, dtype=np.float64)
+    cached = np.asarray(cached_tokens, dtype=np.float64)
+    out = np.asarray(output_tokens, dtype=np.float64)
+    total = ((inp - cached) * rates[0] + cached * rates[1] + out * rates[2]) / _PER
+    return float(total) if np.ndim(total) == 0 else total
+
+
+def _max_tokens(body: Any) -> Any:
+    if not isinstance(body, Mapping):
+        return None
+    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        if body.get(name) is not None:
+            return body[name]
+    return None
+
+
+def _output_estimate(bodies: list[Any], ids: list[str], output_tokens: Any) -> np.ndarray:
+    if isinstance(output_tokens, bool) or not (
+        output_tokens == "max" or isinstance(output_tokens, (int, float, np.integer, np.floating))
+    ):
+        raise InputError(
+            f"output_tokens={output_tokens!r} must be 'max' (each request's max_tokens), an int "
+            "(tokens per answer) or a float ratio in (0, 1] of max_tokens"
+        )
+    if isinstance(output_tokens, (int, np.integer)):
+        if output_tokens < 0:
+            raise InputError(f"output_tokens={output_tokens} must be >= 0")
+        return np.full(len(bodies), int(output_tokens), dtype=np.int64)
+    if isinstance(output_tokens, (float, np.floating)) and not 0 < output_tokens <= 1:
+        raise InputError(
+            f"output_tokens={output_tokens} as a ratio must be in (0, 1] (a fraction of max_tokens); "
+            "pass an int for a token count"
+        )
+    limits = [_max_tokens(b) for b in bodies]
+    for cid, limit in zip(ids, limits, strict=True):
+        if limit is None:
+            raise InputError(
+                f"custom_id {cid!r}: its body has no max_tokens, so output_tokens='max' cannot be "
+                "priced; pass output_tokens=<tokens per answer> or set max_tokens in build_requests"
+            )
+    arr = np.asarray(limits, dtype=np.int64)
+    if output_tokens == "max":
+        return arr
+    return np.ceil(arr * float(output_tokens)).astype(np.int64)
+
+
+def _models(bodies: list[Any], ids: list[str]) -> list[str]:
+    models = []
+    for cid, body in zip(ids, bodies, strict=True):
+        model = body.get("model") if isinstance(body, Mapping) else None
+        if not isinstance(model, str) or not model:
+            raise InputError(
+                f"custom_id {cid!r}: body has no 'model'; make the frame with build_requests(df, model=...)"
+            )
+        models.append(model)
+    return models
+
+
+def _requests_parts(requests: pd.DataFrame) -> tuple[list[str], list[Any]]:
+    if not isinstance(requests, pd.DataFrame) or "body" not in requests.columns:
+        raise InputError(
+            "estimate_cost() takes the requests frame from build_requests() (it needs a 'body' column)"
+        )
+    ids = (
+        requests["custom_id"].tolist()
+        if "custom_id" in requests.columns
+        else list(map(str, requests.index))
+    )
+    return ids, requests["body"].tolist()
+
+
+def estimate_cost(
+    requests: pd.DataFrame,
+    *,
+    prices: PricesArg = None,
+    output_tokens: Any = "max",
+) -> pd.DataFrame:
+    """Per-request token counts and cost, batch and synchronous, indexed by ``custom_id``.
+
+    ``input_tokens``: exact tiktoken counts of the messages with the chat-format overhead, plus an
+    estimate for the ``response_format`` schema (see :func:`portfolio_batch.tokens.response_format_tokens`).
+    ``output_tokens``: ``"max"`` (each request's ``max_tokens``: an upper bound), an int (tokens
+    per answer) or a float ratio of ``max_tokens`` (0.5 = half).
+
+        >>> costs = estimate_cost(requests, output_tokens=0.5)        # doctest: +SKIP
+        >>> costs.attrs["price_source"]                               # doctest: +SKIP
+        'genai-prices'
+    """
+    from portfolio_batch.tokens import count_body_tokens
+
+    ids, bodies = _requests_parts(requests)
+    models = _models(bodies, ids)
+    out_est = _output_estimate(bodies, ids, output_tokens)
+    model_arr = np.asarray(models, dtype=object)
+    in_tokens = np.zeros(len(bodies), dtype=np.int64)
+    batch = np.zeros(len(bodies), dtype=np.float64)
+    sync = np.zeros(len(bodies), dtype=np.float64)
+    used: list[Price] = []
+    unique = list(dict.fromkeys(models))
+    for model in unique:
+        sel: Any = slice(None) if len(unique) == 1 else np.flatnonzero(model_arr == model)
+        part = bodies if len(unique) == 1 else [bodies[i] for i in sel]
+        in_tokens[sel] = count_body_tokens(part, model=model)
+        price = price_for(model, prices=prices)
+        used.append(price)
+        batch[sel] = _cost(price, in_tokens[sel], out_est[sel], batch=True)
+        sync[sel] = _cost(price, in_tokens[sel], out_est[sel], batch=False)
+    index = pd.Index(ids, name="custom_id", dtype=object)
+    costs = pd.DataFrame(
+        {
+            "custom_id": pd.Series(ids, index=index, dtype=object),
+            "model": pd.Series(models, index=index, dtype=object),
+            "input_tokens": pd.Series(in_tokens, index=index),
+            "output_tokens_est": pd.Series(out_est, index=index),
+            "batch_cost_usd": pd.Series(batch, index=index),
+            "sync_cost_usd": pd.Series(sync, index=index),
+        },
+        index=index,
+    )
+    costs.attrs = {
+        "price_source": "+".join(dict.fromkeys(p.source for p in used)),
+        "price_version": "; ".join(dict.fromkeys(p.version for p in used)),
+        "output_tokens": output_tokens
+        if isinstance(output_tokens, str)
+        else float(output_tokens)
+        if isinstance(output_tokens, (float, np.floating))
+        else int(output_tokens),
+        "token_count": "exact",
+    }
+    return costs
+
+
+def compare_models(
+    requests: pd.DataFrame,
+    models: list[str],
+    *,
+    prices: PricesArg = None,
+    output_tokens: Any = "max",
+) -> pd.DataFrame:
+    """The same requests priced on each of ``models``: one row per model, batch vs sync totals.
+
+    Tokens are recounted with each model's own encoding (gpt-4 and gpt-3.5 use cl100k_base).
+
+        >>> compare_models(requests, models=["gpt-4o-mini", "gpt-4.1-mini"])  # doctest: +SKIP
+    """
+    from portfolio_batch.tokens import count_body_tokens, encoding_name_for_model
+
+    if isinstance(models, str) or not models:
+        raise InputError(
+            "models= must be a non-empty list of model names, e.g. models=['gpt-4o-mini', 'gpt-4.1-mini']"
+        )
+    ids, bodies = _requests_parts(requests)
+    out_est = _output_estimate(bodies, ids, output_tokens)
+    counted: dict[str, np.ndarray] = {}
+    rows = []
+    for model in models:
+        price = price_for(model, prices=prices)
+        encoding = encoding_name_for_model(model)
+        if encoding not in counted:
+            counted[encoding] = count_body_tokens(bodies, model=model)
+        tokens = counted[encoding]
+        batch = float(np.sum(_cost(price, tokens, out_est, batch=True)))
+        sync = float(np.sum(_cost(price, tokens, out_est, batch=False)))
+        rows.append(
+            {
+                "model": model,
+                "n_requests": len(bodies),
+                "input_tokens": int(tokens.sum()),
+                "output_tokens_est": int(out_est.sum()),
+                "batch_cost_usd": batch,
+                "sync_cost_usd": sync,
+                "savings_usd": sync - batch,
+                "price_source": price.version,
+            }
+        )
+    return pd.DataFrame(rows).set_index("model", drop=False).rename_axis(None)
+
+
+def check_budget(estimate_usd_or_costs: Any, budget_usd: float | None) -> float:
+    """The estimated batch cost in USD; raises :class:`BudgetExceededError` when over ``budget_usd``.
+
+    Takes a number, or an :func:`estimate_cost` frame (its ``batch_cost_usd`` is summed).
+
+        >>> check_budget(0.42, 1.0)
+        0.42
+    """
+    value = estimate_usd_or_costs
+    if isinstance(value, pd.DataFrame):
+        if "batch_cost_usd" not in value.columns:
+            raise InputError("check_budget() takes a number or the frame estimate_cost() returned")
+        total = float(value["batch_cost_usd"].sum())
+    elif isinstance(value, pd.Series):
+        total = float(value.sum())
+    else:
+        try:
+            total = float(value)
+        except (TypeError, ValueError):
+            raise InputError(
+                f"check_budget() takes a USD number or an estimate_cost() frame, got {type(value).__name__}"
+            ) from None
+    if budget_usd is None:
+        return total
+    if isinstance(budget_usd, bool) or not isinstance(budget_usd, (int, float)) or budget_usd < 0:
+        raise InputError(f"budget_usd={budget_usd!r} must be a number of US dollars >= 0")
+    if total > budget_usd:
+        raise BudgetExceededError(
+            f"The estimated batch cost ${total:,.4f} is over budget_usd=${budget_usd:,.4f}; nothing was sent. "
+            "Raise budget_usd, lower max_tokens, send fewer rows, or pick a cheaper model "
+            "(compare_models(requests, models=[...]) shows the options)",
+            estimate_usd=total,
+            budget_usd=float(budget_usd),
+        )
+    return total

@@ -1,0 +1,532 @@
+"""Write a requests frame as sharded, byte-deterministic Batch API input files; read JSONL back.
+
+    >>> manifest = to_jsonl(requests, "out/")                         # doctest: +SKIP
+    >>> manifest[["shard", "path", "n_requests", "sha256"]]          # doctest: +SKIP
+
+Each line is ``{"custom_id","method","url","body"}`` in that order, compact (no spaces), UTF-8,
+keys never sorted: inside ``body`` the order is the dict's own (for ``build_requests``: ``model``,
+``messages``, ``max_tokens``, ``response_format``), because in a strict JSON schema the property
+order is the order the model writes its answer in. So the same requests frame and options always
+give the same bytes and ``sha256``, on any machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from collections import deque
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from portfolio_batch.errors import InputError
+from portfolio_batch.requests import _json_default
+
+__all__ = ["MANIFEST_COLUMNS", "iter_jsonl", "to_jsonl"]
+
+MANIFEST_COLUMNS = [
+    "shard",
+    "path",
+    "n_requests",
+    "n_bytes",
+    "sha256",
+    "est_input_tokens",
+    "max_output_tokens",
+    "first_custom_id",
+    "last_custom_id",
+    "model",
+    "endpoint",
+]
+_CHUNK = 8192  # rows serialised per write: bounds memory to a few MB whatever the frame's size
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+_CHAT_KEYS = ("model", "messages", "max_tokens", "response_format")
+
+
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value, default=_json_default, option=_OPTIONS)
+
+
+def _bad_field(value: Any, path: str) -> tuple[str, str] | None:
+    """The first (path, type name) inside ``value`` that orjson cannot serialise."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                return f"{path}[{k!r}] (key)", type(k).__name__
+            found = _bad_field(v, f"{path}.{k}" if path else k)
+            if found:
+                return found
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found = _bad_field(v, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    try:
+        _dumps(value)
+    except TypeError:
+        return path or "body", type(value).__name__
+    return None
+
+
+class _Shards:
+    """Opens, fills and closes shard files, splitting on whichever limit binds first."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        prefix: str,
+        limits: tuple[int, int, int | None],
+        pool: ThreadPoolExecutor,
+    ) -> None:
+        self.out_dir, self.prefix = out_dir, prefix
+        self.max_requests, self.max_bytes, self.max_tokens = limits
+        self.rows: list[dict[str, Any]] = []
+        self.file: Any = None
+        # Writing and hashing release the GIL: a writer thread does them while the caller's
+        # thread serialises the next chunk. At most two chunks wait, so memory stays bounded.
+        self.pool = pool
+        self.pending: deque[Future[None]] = deque()
+
+    @staticmethod
+    def _write_hash(file: Any, digest: Any, data: bytes) -> None:
+        file.write(data)
+        digest.update(data)
+
+    def _drain(self, keep: int) -> None:
+        while len(self.pending) > keep:
+            self.pending.popleft().result()
+
+    def _open(self, first_id: str, model: str, endpoint: str) -> None:
+        shard = len(self.rows)
+        name = f"{self.prefix}-{shard:05d}.jsonl"
+        self.final = self.out_dir / name
+        self.tmp = self.out_dir / f".{name}.partial"
+        self.file = open(self.tmp, "wb")  # noqa: SIM115 - closed in _close
+        self.hash = hashlib.sha256()
+        self.cur: dict[str, Any] = {
+            "shard": shard,
+            "path": str(self.final),
+            "n_requests": 0,
+            "n_bytes": 0,
+            "sha256": "",
+            "est_input_tokens": 0,
+            "max_output_tokens": 0,
+            "first_custom_id": first_id,
+            "last_custom_id": first_id,
+            "model": model,
+            "endpoint": endpoint,
+        }
+
+    def _close(self) -> None:
+        if self.file is None:
+            return
+        self._drain(0)
+        self.file.close()
+        os.replace(self.tmp, self.final)
+        self.cur["sha256"] = self.hash.hexdigest()
+        self.rows.append(self.cur)
+        self.file = None
+
+    def write(
+        self,
+        lines: list[bytes],
+        ids: list[str],
+        tokens: list[int],
+        out_tokens: list[int],
+        model: str,
+        endpoint: str,
+    ) -> None:
+        start = 0
+        n = len(lines)
+        while start < n:
+            if self.file is None:
+                self._open(ids[start], model, endpoint)
+            cur = self.cur
+            count, size, toks = cur["n_requests"], cur["n_bytes"], cur["est_input_tokens"]
+            stop = start
+            # Walk the chunk until a limit would be crossed; write the run in one call.
+            while stop < n:
+                size2, toks2 = size + len(lines[stop]), toks + tokens[stop]
+                if (
+                    count + 1 > self.max_requests
+                    or size2 > self.max_bytes
+                    or (self.max_tokens is not None and toks2 > self.max_tokens)
+                ):
+                    break
+                count, size, toks = count + 1, size2, toks2
+                stop += 1
+            if stop == start:
+                if cur["n_requests"] == 0:
+                    self._too_big(ids[start], len(lines[start]), tokens[start])
+                self._close()
+                continue
+            data = b"".join(lines[start:stop])
+            self.pending.append(self.pool.submit(self._write_hash, self.file, self.hash, data))
+            self._drain(2)
+            cur["n_requests"], cur["n_bytes"], cur["est_input_tokens"] = count, size, toks
+            cur["max_output_tokens"] += sum(out_tokens[start:stop])
+            cur["last_custom_id"] = ids[stop - 1]
+            start = stop
+
+    def _too_big(self, custom_id: str, n_bytes: int, tokens: int) -> None:
+        if n_bytes > self.max_bytes:
+            raise InputError(
+                f"custom_id {custom_id!r}: its line is {n_bytes:,} bytes, over max_bytes={self.max_bytes:,}; "
+                "shorten its body or raise max_bytes (OpenAI's limit is 200 MB per file)"
+            )
+        raise InputError(
+            f"custom_id {custom_id!r}: it alone has {tokens:,} input tokens, over "
+            f"max_input_tokens={self.max_tokens:,}; raise max_input_tokens or shorten that request"
+        )
+
+    def finish(self) -> list[dict[str, Any]]:
+        self._close()
+        return self.rows
+
+    def abort(self) -> None:
+        for future in self.pending:
+            future.cancel()
+        wait(self.pending)
+        if self.file is not None:
+            self.file.close()
+            self.tmp.unlink(missing_ok=True)
+
+
+def _check_frame(requests: pd.DataFrame) -> tuple[list[str], str]:
+    if not isinstance(requests, pd.DataFrame):
+        raise InputError(
+            f"to_jsonl() takes a requests DataFrame first, got {type(requests).__name__}"
+        )
+    missing = [c for c in ("custom_id", "method", "url", "body") if c not in requests.columns]
+    if missing:
+        raise InputError(
+            f"The requests frame has no column(s) {missing}; make it with build_requests(df) "
+            "(columns custom_id, method, url, body)"
+        )
+    if requests.empty:
+        raise InputError("The requests frame is empty: there is nothing to write")
+    ids = requests["custom_id"].tolist()
+    for pos, cid in enumerate(ids):
+        if not isinstance(cid, str) or not cid:
+            raise InputError(
+                f"row {pos}: custom_id {cid!r} must be a non-empty string; rebuild with build_requests()"
+            )
+    if len(set(ids)) != len(ids):
+        seen: dict[str, int] = {}
+        for pos, cid in enumerate(ids):
+            first = seen.setdefault(cid, pos)
+            if first != pos:
+                raise InputError(
+                    f"custom_id {cid!r} is in rows {first} and {pos}; custom_ids must be unique "
+                    "within a batch file: drop the duplicate (requests[~requests.index.duplicated()])"
+                )
+    urls = requests["url"].to_numpy(dtype=object)
+    endpoint = str(requests.attrs.get("endpoint") or urls[0])
+    bad = np.flatnonzero(urls != endpoint)
+    if len(bad):
+        pos = int(bad[0])
+        raise InputError(
+            f"custom_id {ids[pos]!r}: url {urls[pos]!r} differs from the file's endpoint {endpoint!r}; "
+            "every line of a batch file must use the batch's endpoint ('/v1/chat/completions' for "
+            "OpenAI, '/chat/completions' for Azure): rebuild with build_requests(endpoint=...)"
+        )
+    methods = requests["method"].to_numpy(dtype=object)
+    bad = np.flatnonzero(methods != "POST")
+    if len(bad):
+        pos = int(bad[0])
+        raise InputError(
+            f"custom_id {ids[pos]!r}: method {methods[pos]!r}; the Batch API only takes 'POST'"
+        )
+    return ids, endpoint
+
+
+def _exact_tokens(requests: pd.DataFrame, costs: pd.DataFrame | None, model: str) -> list[int]:
+    if costs is not None:
+        if "input_tokens" not in costs.columns:
+            raise InputError(
+                "costs= must be the frame estimate_cost(requests) returned (no input_tokens column)"
+            )
+        by_id = costs["input_tokens"]
+        if "custom_id" in costs.columns:
+            by_id = pd.Series(by_id.to_numpy(), index=costs["custom_id"].to_numpy())
+        aligned = by_id.reindex(requests["custom_id"].to_numpy())
+        if aligned.isna().any():
+            cid = requests["custom_id"].to_numpy()[
+                int(np.flatnonzero(aligned.isna().to_numpy())[0])
+            ]
+            raise InputError(
+                f"costs= has no row for custom_id {cid!r}; run estimate_cost(requests) on this same frame"
+            )
+        return [int(v) for v in aligned.to_numpy()]
+    from portfolio_batch.tokens import count_body_tokens
+
+    return count_body_tokens(requests["body"].tolist(), model=model).tolist()
+
+
+def _remove_stale(out_dir: Path, prefix: str, n_shards: int) -> None:
+    """Shard files of an earlier, larger write would be mistaken for part of this one."""
+    pattern = re.compile(re.escape(prefix) + r"-(\d{5})\.jsonl")
+    for path in out_dir.iterdir():
+        match = pattern.fullmatch(path.name)
+        if match and int(match.group(1)) >= n_shards:
+            path.unlink()
+
+
+def to_jsonl(
+    requests: pd.DataFrame,
+    out_dir: str | os.PathLike[str],
+    *,
+    max_requests: int = 50_000,
+    max_bytes: int = 200 * 2**20,
+    max_input_tokens: int | None = None,
+    costs: pd.DataFrame | None = None,
+    prefix: str = "requests",
+) -> pd.DataFrame:
+    """Write ``requests`` to ``out_dir/requests-00000.jsonl``, … and return the manifest.
+
+    A new shard starts when the next line would pass ``max_requests``, ``max_bytes`` (file size)
+    or ``max_input_tokens`` (your organisation's enqueued-token limit for the model).
+    ``est_input_tokens`` is exact when ``costs=`` (from :func:`estimate_cost`) is given or
+    ``max_input_tokens`` is set, else a fast approximation (``manifest.attrs["token_count"]``).
+
+        >>> manifest = to_jsonl(build_requests(portfolio), "out/", max_requests=10)  # doctest: +SKIP
+        >>> manifest.n_requests.tolist()                                           # doctest: +SKIP
+        [10, 10, 10, 10]
+    """
+    for name, value in (
+        ("max_requests", max_requests),
+        ("max_bytes", max_bytes),
+        ("max_input_tokens", max_input_tokens),
+    ):
+        if value is None and name == "max_input_tokens":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise InputError(f"{name}={value!r} must be a positive integer")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", prefix):
+        raise InputError(f"prefix={prefix!r} may only use letters, digits, '_', '.' and '-'")
+    ids, endpoint = _check_frame(requests)
+    bodies = requests["body"].tolist()
+    first = bodies[0]
+    if not isinstance(first, Mapping) or not isinstance(first.get("model"), str):
+        _check_body(ids[0], first)
+    model = str(first["model"])
+
+    exact = costs is not None or max_input_tokens is not None
+    tokens = _exact_tokens(requests, costs, model) if exact else None
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    splice = _Splicer.for_body(first, endpoint, model)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="to_jsonl-writer")
+    shards = _Shards(out, prefix, (int(max_requests), int(max_bytes), max_input_tokens), pool)
+    try:
+        for start in range(0, len(bodies), _CHUNK):
+            stop = min(start + _CHUNK, len(bodies))
+            lines, approx, out_tokens = _serialise(
+                ids, bodies, start, stop, endpoint, model, splice, need_approx=not exact
+            )
+            chunk_tokens = tokens[start:stop] if tokens is not None else approx
+            shards.write(lines, ids[start:stop], chunk_tokens, out_tokens, model, endpoint)
+        rows = shards.finish()
+    except BaseException:
+        shards.abort()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+    _remove_stale(out, prefix, len(rows))
+    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    manifest.attrs = {
+        "token_count": "exact" if exact else "approx",
+        "out_dir": str(out),
+        "max_requests": int(max_requests),
+        "max_bytes": int(max_bytes),
+        "max_input_tokens": max_input_tokens,
+    }
+    return manifest
+
+
+def _check_body(custom_id: str, body: Any) -> None:
+    if not isinstance(body, Mapping):
+        raise InputError(
+            f"custom_id {custom_id!r}: body is a {type(body).__name__}, not a dict of the endpoint's "
+            "parameters; if it holds JSON text, parse it first (requests.body.map(orjson.loads))"
+        )
+    if not isinstance(body.get("model"), str) or not body.get("model"):
+        raise InputError(
+            f"custom_id {custom_id!r}: body has no 'model' string; every request names its model "
+            "(for Azure, the batch deployment name)"
+        )
+
+
+class _Splicer:
+    """Bodies made by ``build_requests`` share everything but the user message: serialise the
+    shared bytes once and splice each row's custom_id and user message between them. The bytes
+    are exactly what ``orjson.dumps`` gives for the whole line (a test checks it)."""
+
+    def __init__(self, body: dict[str, Any], endpoint: str, model: str) -> None:
+        messages = body["messages"]
+        self.system, self.response_format = messages[0], body["response_format"]
+        self.model = model
+        self.max_tokens: int = body["max_tokens"]  # the very object every body shares
+        self.head = b'{"custom_id":'
+        self.middle = (
+            b',"method":"POST","url":'
+            + _dumps(endpoint)
+            + b',"body":{"model":'
+            + _dumps(model)
+            + b',"messages":['
+            + _dumps(self.system)
+            + b","
+        )
+        self.tail = (
+            b'],"max_tokens":'
+            + _dumps(self.max_tokens)
+            + b',"response_format":'
+            + _dumps(self.response_format)
+            + b"}}\n"
+        )
+        # The approximate token count (no tokenizer: loading one takes ~1.5 s): ~4 characters a
+        # token for the shared messages and schema, plus the cookbook's per-message overheads.
+        shared = len(self.system.get("content") or "") + len(_dumps(self.response_format))
+        self.shared_tokens = 3 + 3 + 3 + math.ceil(shared / 4)
+
+    @classmethod
+    def for_body(cls, body: Any, endpoint: str, model: str) -> _Splicer | None:
+        if not (type(body) is dict and tuple(body) == _CHAT_KEYS and body.get("model") == model):
+            return None
+        messages = body["messages"]
+        if not (type(messages) is list and len(messages) == 2 and type(messages[0]) is dict):
+            return None
+        if type(body["max_tokens"]) is not int or type(body["response_format"]) is not dict:
+            return None
+        return cls(body, endpoint, model)
+
+
+def _serialise(
+    ids: list[str],
+    bodies: list[Any],
+    start: int,
+    stop: int,
+    endpoint: str,
+    model: str,
+    splice: _Splicer | None,
+    *,
+    need_approx: bool,
+) -> tuple[list[bytes], list[int], list[int]]:
+    lines: list[bytes] = []
+    approx: list[int] = []
+    out_tokens: list[int] = []
+    dumps = _dumps
+    if splice is not None:
+        system, response_format, max_tokens = (
+            splice.system,
+            splice.response_format,
+            splice.max_tokens,
+        )
+        head, middle, tail, shared_tokens = (
+            splice.head,
+            splice.middle,
+            splice.tail,
+            splice.shared_tokens,
+        )
+    for i in range(start, stop):
+        body, cid = bodies[i], ids[i]
+        # the cheap identity checks first; the key order check last
+        if (
+            splice is not None
+            and type(body) is dict
+            and len(body) == 4
+            and body.get("response_format") is response_format
+            and body.get("max_tokens") is max_tokens
+            and type(messages := body.get("messages")) is list
+            and len(messages) == 2
+            and messages[0] is system
+            and body.get("model") == model
+            and tuple(body) == _CHAT_KEYS
+        ):
+            user = messages[1]
+            try:
+                lines.append(b"".join((head, dumps(cid), middle, dumps(user), tail)))
+            except TypeError:
+                _raise_unserialisable(cid, body)
+            out_tokens.append(max_tokens)
+            if need_approx:
+                content = user.get("content") if type(user) is dict else None
+                extra = len(content) if isinstance(content, str) else len(lines[-1])
+                approx.append(shared_tokens + (extra + 3) // 4)
+            continue
+        _check_body(cid, body)
+        if body["model"] != model:
+            raise InputError(
+                f"custom_id {cid!r} uses model {body['model']!r} but custom_id {ids[0]!r} uses {model!r}; "
+                "a batch file takes one model: split the frame by model and write each part to its own out_dir"
+            )
+        try:
+            line = (
+                dumps({"custom_id": cid, "method": "POST", "url": endpoint, "body": body}) + b"\n"
+            )
+        except TypeError:
+            _raise_unserialisable(cid, body)
+        lines.append(line)
+        limit = body.get(
+            "max_tokens", body.get("max_completion_tokens", body.get("max_output_tokens"))
+        )
+        out_tokens.append(int(limit) if isinstance(limit, (int, np.integer)) else 0)
+        if need_approx:
+            approx.append((len(line) + 3) // 4)
+    return lines, approx, out_tokens
+
+
+def _raise_unserialisable(custom_id: str, body: Any) -> None:
+    found = _bad_field(body, "")
+    where, kind = found if found else ("body", type(body).__name__)
+    raise InputError(
+        f"custom_id {custom_id!r}: body field {where} holds a {kind}, which cannot be written as JSON; "
+        "convert it to a str, number, list or dict"
+    )
+
+
+def iter_jsonl(
+    path: str | os.PathLike[str],
+    *,
+    errors: Literal["raise", "skip"] = "raise",
+    malformed: list[tuple[int, str]] | None = None,
+    line_numbers: bool = False,
+) -> Iterator[Any]:
+    """Parse a JSONL file one line at a time (never the whole file in memory).
+
+    Blank lines are skipped. A line that is not JSON raises :class:`InputError` naming the file
+    and line; with ``errors="skip"`` it is skipped instead and, if ``malformed`` is a list,
+    ``(line_number, message)`` is appended to it. ``line_numbers=True`` yields
+    ``(line_number, obj)`` pairs (1-based).
+
+        >>> for line in iter_jsonl("testdata/batch/output.jsonl"):   # doctest: +SKIP
+        ...     print(line["custom_id"])
+    """
+    if errors not in ("raise", "skip"):
+        raise InputError(f"errors={errors!r} must be 'raise' or 'skip'")
+    loads = orjson.loads
+    with open(path, "rb", buffering=1 << 20) as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = loads(raw)
+            except orjson.JSONDecodeError as exc:
+                message = f"{os.fspath(path)}, line {number}: not valid JSON ({exc})"
+                if errors == "raise":
+                    raise InputError(
+                        message + "; fix or remove that line, or pass errors='skip'"
+                    ) from None
+                if malformed is not None:
+                    malformed.append((number, message))
+                continue
+            yield (number, obj) if line_numbers else obj
