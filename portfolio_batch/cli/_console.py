@@ -56,7 +56,10 @@ _USAGE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+# Piped stdout (a file, `less`, CI logs) has no width: wider than Rich's default 80 columns keeps
+# the report's tables from wrapping or truncating there.
+_PIPE_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+out = Console(highlight=False, width=_PIPE_WIDTH)
 
 
 def debug_enabled() -> bool:

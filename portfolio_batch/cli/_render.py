@@ -4,6 +4,7 @@ list and the aggregated report (summary, positions by risk, errors)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich import box
@@ -89,13 +90,16 @@ def estimate_table(costs: pd.DataFrame, manifest: pd.DataFrame | None = None) ->
     saved = sync - batch
     pct = f" ({saved / sync:.0%})" if sync else ""
     table.add_row("Batch saves", f"{usd(saved)}{pct}")
-    source = costs.attrs.get("price_source")
-    if source:
-        version = costs.attrs.get("price_version")
-        table.add_row("Prices", f"{source} {version}" if version else str(source))
+    source = str(costs.attrs.get("price_source") or "")
+    version = str(costs.attrs.get("price_version") or "")
+    if source or version:
+        table.add_row("Prices", version if source in version else f"{source} {version}".strip())
     parts: list[RenderableType] = [table]
     if manifest is not None and len(manifest) > 1:
-        shards = Table(title=f"{len(manifest)} shards", box=box.SIMPLE, title_justify="left")
+        folder = Path(str(manifest["path"].iloc[0])).parent
+        shards = Table(
+            title=f"{len(manifest)} shards in {folder}", box=box.SIMPLE, title_justify="left"
+        )
         for name in ("Shard", "Requests", "Bytes", "Input tokens (est.)", "File"):
             shards.add_column(name, justify="left" if name == "File" else "right")
         for row in manifest.itertuples(index=False):
@@ -104,7 +108,7 @@ def estimate_table(costs: pd.DataFrame, manifest: pd.DataFrame | None = None) ->
                 _int(row.n_requests),
                 _int(row.n_bytes),
                 _int(row.est_input_tokens),
-                str(row.path),
+                Path(str(row.path)).name,
             )
         parts.append(shards)
     return Group(*parts)
@@ -136,8 +140,29 @@ def frame_table(frame: pd.DataFrame, *, title: str | None = None) -> Table:
 
 def compare_table(comparison: pd.DataFrame) -> Table:
     """``compare_models`` as a table, one row per model."""
-    frame = comparison.reset_index() if comparison.index.name else comparison
-    return frame_table(frame, title="Batch vs sync, per model")
+    sources = sorted({str(v) for v in comparison.get("price_source", [])})
+    table = Table(
+        title="Batch vs sync, per model",
+        caption=f"Prices: {', '.join(sources)}" if sources else None,
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+        caption_justify="left",
+    )
+    columns = [
+        ("model", "Model", str),
+        ("n_requests", "Requests", _int),
+        ("input_tokens", "In tokens", _int),
+        ("output_tokens_est", "Out tokens", _int),
+        ("batch_cost_usd", "Batch", usd),
+        ("sync_cost_usd", "Sync", usd),
+        ("savings_usd", "Saved", usd),
+    ]
+    present = [c for c in columns if c[0] in comparison.columns]
+    for name, label, _ in present:
+        table.add_column(label, justify="left" if name == "model" else "right", no_wrap=True)
+    for row in comparison.to_dict("records"):
+        table.add_row(*(fmt(row[name]) for name, _, fmt in present))
+    return table
 
 
 def summary_table(results: pd.DataFrame, costs: pd.DataFrame | None) -> Table:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.text import Text
 
 from portfolio_batch.cli._console import confirm, err
+from portfolio_batch.errors import BudgetExceededError
 
 __all__ = ["Engine", "analyze_risk"]
 
@@ -17,6 +18,22 @@ __all__ = ["Engine", "analyze_risk"]
 class Engine(StrEnum):
     rules = "rules"
     smollm2 = "smollm2"
+
+
+def _check_budget(costs: Any, budget: float, *, mode: str) -> None:
+    """``check_budget`` with a message in the CLI's terms (flags, not keyword arguments)."""
+    import portfolio_batch as pb
+
+    try:
+        pb.check_budget(costs, budget)
+    except BudgetExceededError as exc:
+        raise BudgetExceededError(
+            f"the estimated {mode} cost ${exc.estimate_usd:,.4f} is over --budget "
+            f"${exc.budget_usd:,.4f}; nothing was sent. Raise --budget, lower --max-tokens, or pick "
+            "a cheaper --model (`portfolio-batch estimate PORTFOLIO --model a,b` compares them).",
+            estimate_usd=exc.estimate_usd,
+            budget_usd=exc.budget_usd,
+        ) from exc
 
 
 def analyze_risk(
@@ -103,7 +120,7 @@ def analyze_risk(
 
     cost_column = "batch_cost_usd" if batch else "sync_cost_usd"
     if budget is not None:
-        pb.check_budget(costs, budget_usd=budget, column=cost_column)
+        _check_budget(costs[cost_column], budget, mode="batch" if batch else "sync")
     mode = "batch" if batch else "sync"
     confirm(
         f"Send {len(requests)} requests ({mode}, estimated {float(costs[cost_column].sum()):.4f} USD)?",

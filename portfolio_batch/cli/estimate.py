@@ -64,8 +64,8 @@ def estimate(
     requests = pb.build_requests(frame, model=names[0], max_tokens=max_tokens)
     comparison = pb.compare_models(requests, models=names)
     if fmt is Format.csv:
-        out.file.write(comparison.to_csv(index=comparison.index.name is not None))
+        out.file.write(comparison.to_csv(index=False))
     elif fmt is Format.json:
-        out.file.write(comparison.reset_index().to_json(orient="records", indent=2) + "\n")
+        out.file.write(comparison.to_json(orient="records", indent=2) + "\n")
     else:
         out.print(compare_table(comparison))
