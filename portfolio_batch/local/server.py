@@ -44,7 +44,6 @@ def _warm(engine: Any) -> None:
     # Loading the tokenizer takes ~2 s: do it while the client is still uploading.
     try:
         encoding_for_model("gpt-4o-mini")
-        encoding_for_model("gpt-4")
         engine.warm()
     except Exception:
         log.exception("warming the %s engine failed; it will be retried on first use", engine.name)
