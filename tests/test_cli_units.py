@@ -63,9 +63,8 @@ def _jobs(status: str, completed: int, failed: int = 0) -> pd.DataFrame:
 
 def test_progress_lines_show_finalizing_as_not_done() -> None:
     lines = progress_lines(_jobs("finalizing", 40))
-    assert (
-        lines[0]
-        == "shard 0 batch_a: finalizing (writing result files, not done yet) 40/40 completed, 0 failed"
+    assert lines[0] == (
+        "shard 0 batch_a: finalizing (writing result files, not done yet); 40/40 requests done, 0 failed"
     )
     assert "waiting for capacity" in lines[1] and "queued" in lines[1]
 
@@ -94,7 +93,7 @@ def test_plain_progress_prints_only_changes() -> None:
     lines = buffer.getvalue().splitlines()
     assert len(lines) == 4  # shard 0: three states; shard 1: once
     assert any("finalizing" in line for line in lines)
-    assert lines[-1].startswith("shard 0 batch_a: completed 40/40")
+    assert lines[-1].startswith("shard 0 batch_a: completed; 40/40 requests done")
 
 
 def test_requests_rebuilt_from_shards(tmp_path: Path) -> None:
@@ -114,7 +113,9 @@ def test_requests_rebuilt_from_shards(tmp_path: Path) -> None:
     assert list(rebuilt.index) == list(requests.index)
     assert rebuilt["body"].tolist() == requests["body"].tolist()
     data = [c for c in requests.columns if c not in ("custom_id", "method", "url", "body")]
-    pd.testing.assert_frame_equal(rebuilt[data], requests[data], check_dtype=False)
+    pd.testing.assert_frame_equal(
+        rebuilt[data], requests[data], check_dtype=False, check_index_type=False
+    )
     for key in ("model", "endpoint", "key", "prompt_version", "schema"):
         assert rebuilt.attrs[key] == requests.attrs[key], key
     # without run.json everything is derived from the shard lines alone

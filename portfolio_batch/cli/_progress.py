@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 
 __all__ = ["BatchProgress", "progress_lines"]
 
-_TERMINAL = {"completed", "failed", "expired", "cancelled"}
-
 
 def _num(value: Any) -> int:
     try:
@@ -55,13 +53,15 @@ def _rows(jobs: pd.DataFrame) -> list[tuple[str, str, str, int, int, int]]:
 
 
 def progress_lines(jobs: pd.DataFrame) -> list[str]:
-    """One plain status line per batch, e.g. ``batch 0 batch_abc: finalizing 40/40 done, 0 failed``."""
+    """One plain status line per batch, e.g. ``shard 0 batch_abc: in_progress; 12/40 requests done, 0 failed``."""
     lines = []
     for shard, batch_id, status, done, failed, total in _rows(jobs):
         label = status
         if status == "finalizing":
             label = "finalizing (writing result files, not done yet)"
-        lines.append(f"shard {shard} {batch_id}: {label} {done}/{total} completed, {failed} failed")
+        lines.append(
+            f"shard {shard} {batch_id}: {label}; {done}/{total} requests done, {failed} failed"
+        )
     return lines
 
 
