@@ -15,6 +15,8 @@ and the local server, which need only a few of them.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from portfolio_batch._version import __version__
@@ -108,3 +110,21 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """Keeps ``pb.submit``, ``pb.poll`` and ``pb.report`` the functions: the import system binds a
+    submodule to its package's attribute of the same name (``portfolio_batch.submit`` the module)
+    once it is imported from anywhere, which would hide the function of that name."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if (
+            isinstance(value, types.ModuleType)
+            and _LAZY.get(name) == value.__name__
+            and hasattr(value, name)
+        ):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
