@@ -426,6 +426,8 @@ def jobs_table_html(jobs: pd.DataFrame) -> str:
             elif col == "created_at" and _text(value) and isinstance(value, numbers.Real):
                 stamp = pd.Timestamp(float(value), unit="s", tz="UTC").strftime("%Y-%m-%d %H:%M:%S")
                 cells.append(f"<td>{stamp}</td>")
+            elif isinstance(value, pd.Timestamp):
+                cells.append(f"<td>{value.strftime('%Y-%m-%d %H:%M:%S')}</td>")
             else:
                 cells.append(f"<td>{html.escape(_text(value, '–'))}</td>")
         if {"completed", "n_requests"} <= set(jobs.columns):

@@ -156,6 +156,9 @@ def test_jobs_table_is_a_rich_escaped_table_that_stays_a_dataframe():
     assert widgets.STATUS_STYLES["completed"][0] in html
     assert "2023-11-14 22:13:20" in html  # created_at as UTC time
     assert "width:25%" in html  # 5 of 20 requests
+    # the registry's frame carries created_at as UTC datetimes
+    as_dates = jobs.assign(created_at=pd.to_datetime(jobs["created_at"], unit="s", utc=True))
+    assert "2023-11-14 22:13:20" in widgets.jobs_table_html(as_dates)
     # slicing keeps the rich display
     assert isinstance(table.head(1), widgets.JobsFrame)
     assert table.head(1)._repr_html_().count("<tr>") == 2
