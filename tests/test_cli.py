@@ -22,8 +22,8 @@ N_POSITIONS = 40
 
 def cli_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)  # the autouse fixture's PORTFOLIO_BATCH_HOME, no credentials
-    env.update(PYTHONPATH=str(ROOT), COLUMNS="200", NO_COLOR="1", **extra)
     env.pop("PORTFOLIO_BATCH_DEBUG", None)
+    env.update(PYTHONPATH=str(ROOT), COLUMNS="200", NO_COLOR="1", **extra)
     return env
 
 

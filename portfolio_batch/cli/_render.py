@@ -4,6 +4,7 @@ list and the aggregated report (summary, positions by risk, errors)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -148,7 +149,7 @@ def compare_table(comparison: pd.DataFrame) -> Table:
         title_justify="left",
         caption_justify="left",
     )
-    columns = [
+    columns: list[tuple[str, str, Callable[[Any], str]]] = [
         ("model", "Model", str),
         ("n_requests", "Requests", _int),
         ("input_tokens", "In tokens", _int),

@@ -20,10 +20,50 @@ from portfolio_batch.errors import InputError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["RUN_FILE", "find_run", "load_run_info", "requests_from_shards", "write_run_info"]
+__all__ = [
+    "RUN_FILE",
+    "find_run",
+    "load_portfolio_file",
+    "load_run_info",
+    "requests_from_shards",
+    "write_run_info",
+]
 
 RUN_FILE = "run.json"
 _REQUEST_COLUMNS = ("custom_id", "method", "url", "body")
+
+
+def load_portfolio_file(path: Path) -> pd.DataFrame:
+    """``pb.load_portfolio``, with unreadable files (binary, empty, broken CSV or Parquet)
+    reported as one line naming the file, like every other input error.
+
+    >>> load_portfolio_file(Path("testdata/portfolio.csv"))  # doctest: +SKIP
+    """
+    import pandas as pd
+
+    import portfolio_batch as pb
+
+    kind = "Parquet" if path.suffix.lower() in (".parquet", ".pq") else "CSV"
+    try:
+        return pb.load_portfolio(path)
+    except pd.errors.EmptyDataError:
+        raise InputError(
+            f"{path} is empty; a portfolio needs a header line (ticker,weight,...) and one line per position."
+        ) from None
+    except (UnicodeDecodeError, pd.errors.ParserError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(
+            f"{path} is not a readable {kind} file ({reason}); pass a UTF-8 CSV or a Parquet "
+            "file with ticker and weight columns."
+        ) from None
+    except Exception as exc:
+        # pyarrow's errors for a file that is not Parquet have no common base we can import cheaply.
+        if type(exc).__module__.startswith("pyarrow"):
+            raise InputError(
+                f"{path} is not a readable {kind} file ({exc}); pass a UTF-8 CSV or a Parquet file "
+                "with ticker and weight columns."
+            ) from None
+        raise
 
 
 def write_run_info(

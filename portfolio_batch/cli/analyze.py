@@ -107,10 +107,10 @@ def analyze_risk(
     from portfolio_batch.cli._outputs import finish
     from portfolio_batch.cli._pipeline import make_client, poll_run
     from portfolio_batch.cli._render import estimate_table
-    from portfolio_batch.cli._runs import write_run_info
+    from portfolio_batch.cli._runs import load_portfolio_file, write_run_info
 
     engine_name = engine.value if engine is not None else None
-    frame = pb.load_portfolio(portfolio)
+    frame = load_portfolio_file(portfolio)
     requests = pb.build_requests(frame, model=model, max_tokens=max_tokens)
     costs = pb.estimate_cost(requests)
     out_dir = out_dir.resolve()

@@ -54,13 +54,14 @@ def estimate(
     """
     import portfolio_batch as pb
     from portfolio_batch.cli._render import compare_table
+    from portfolio_batch.cli._runs import load_portfolio_file
 
     names = [m.strip() for m in models.split(",") if m.strip()]
     if not names:
         raise InputError(
             "--model is empty: give one or more models, e.g. --model gpt-4o-mini,gpt-4.1"
         )
-    frame = pb.load_portfolio(portfolio)
+    frame = load_portfolio_file(portfolio)
     requests = pb.build_requests(frame, model=names[0], max_tokens=max_tokens)
     comparison = pb.compare_models(requests, models=names)
     if fmt is Format.csv:
