@@ -13,9 +13,11 @@ schema, so decoding also validates; schemas that need more than a flat object fa
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -24,8 +26,9 @@ import msgspec
 import numpy as np
 import orjson
 import pandas as pd
+from msgspec.structs import astuple
 
-from portfolio_batch.download import LINE_DECODER, Line, row_of
+from portfolio_batch.download import LINE_DECODER, ROW, Line, row_of
 from portfolio_batch.errors import InputError, PricingError
 
 __all__ = ["Summary", "aggregate_df", "merge_results", "retry_failed", "summarize"]
@@ -44,21 +47,8 @@ _RANK = {
 }
 _TERMINAL = {"completed", "failed", "expired", "cancelled"}
 _NOT_DATA = {"custom_id", "method", "url", "body"}
-# the per-line values row_of() returns, in order
-_ROW = (
-    "status",
-    "http_status",
-    "error_code",
-    "error_message",
-    "finish_reason",
-    "content",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "model",
-)
-_MISSING: tuple[Any, ...] = ("missing", *([None] * (len(_ROW) - 1)))
-_CHUNK = 8 << 20  # bytes decoded at once: bounded memory, few calls
+_MISSING: tuple[Any, ...] = ("missing", *([None] * (len(ROW) - 1)))
+_CHUNK = 512 << 10  # bytes decoded per call: small enough that its objects stay in the CPU cache
 _CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*("(?:[^"\\]|\\.)*")')
 RETRYABLE_CODES = frozenset(
     {
@@ -81,7 +71,8 @@ class Validator:
     fields: list[str]
     dtypes: list[str]
 
-    def check(self, content: str) -> tuple[list[Any] | None, str | None]:
+    def check(self, content: str) -> tuple[Any, ...] | str:
+        """The answer's top-level field values as a tuple, or why it is not valid (a str)."""
         raise NotImplementedError
 
 
@@ -92,14 +83,13 @@ class _StructValidator(Validator):
         self._decode: Callable[[str], Any] = msgspec.json.Decoder(struct).decode
         self.fields, self.dtypes = fields, dtypes
 
-    def check(self, content: str) -> tuple[list[Any] | None, str | None]:
+    def check(self, content: str) -> tuple[Any, ...] | str:
         try:
-            obj = self._decode(content)
+            return astuple(self._decode(content))
         except msgspec.ValidationError as exc:
-            return None, f"answer does not match the schema: {exc}"
+            return f"answer does not match the schema: {exc}"
         except msgspec.DecodeError as exc:
-            return None, f"answer is not valid JSON: {exc}"
-        return list(msgspec.structs.astuple(obj)), None
+            return f"answer is not valid JSON: {exc}"
 
 
 class _JsonSchemaValidator(Validator):
@@ -121,19 +111,17 @@ class _JsonSchemaValidator(Validator):
         self.fields = list(props)
         self.dtypes = [_dtype(p) for p in props.values()]
 
-    def check(self, content: str) -> tuple[list[Any] | None, str | None]:
+    def check(self, content: str) -> tuple[Any, ...] | str:
         try:
             data = orjson.loads(content)
         except orjson.JSONDecodeError as exc:
-            return None, f"answer is not valid JSON: {exc}"
+            return f"answer is not valid JSON: {exc}"
         err = self._best(self._validator.iter_errors(data))
         if err is not None:
-            return None, f"answer does not match the schema: {err.message} - at `{err.json_path}`"
-        return (
-            [data.get(f) for f in self.fields]
-            if isinstance(data, dict)
-            else [None] * len(self.fields)
-        ), None
+            return f"answer does not match the schema: {err.message} - at `{err.json_path}`"
+        if isinstance(data, dict):
+            return tuple(data.get(f) for f in self.fields)
+        return (None,) * len(self.fields)
 
 
 _IGNORED_KEYWORDS = {"description", "title", "default", "examples", "format", "$comment"}
@@ -269,22 +257,33 @@ def _dtype(prop: Any) -> str:
 class Collector:
     """Every requested custom_id's row, filled line by line; one DataFrame at the end.
 
-    A row is the tuple ``row_of`` returns; rows are transposed into columns only in ``frame``.
+    A row is the tuple ``row_of`` returns; rows become columns only in ``frame``, by one transpose.
     """
 
     def __init__(self, requests: pd.DataFrame) -> None:
         self.ids = _custom_ids(requests)
         n = len(self.ids)
         self.pos = dict(zip(self.ids, range(n), strict=True))
-        self.validators = _validators(requests, n)
-        distinct = list(dict.fromkeys(v for v in self.validators if v is not None))
-        self.single = distinct[0] if len(distinct) == 1 and all(self.validators) else None
+        if len(self.pos) != n:
+            dup = pd.Index(self.ids)[pd.Index(self.ids).duplicated()][0]
+            raise InputError(
+                f"custom_id {dup!r} appears more than once in the requests; custom_ids must be unique"
+            )
+        # one validator for every row (the usual case), or one per row
+        self.single, self.validators = _validators(requests)
+        distinct = (
+            [self.single]
+            if self.single
+            else list(dict.fromkeys(v for v in self.validators or () if v))
+        )
         self.fields: dict[str, str] = {}  # name -> dtype, over every schema in the requests
         for v in distinct:
             for name, dtype in zip(v.fields, v.dtypes, strict=True):
                 self.fields.setdefault(name, dtype)
         self.rows: list[tuple[Any, ...]] = [_MISSING] * n
-        self.values: list[list[Any] | None] = [None] * n
+        # the answer values of each row, kept apart so one zip(*) makes the field columns
+        self.nones = (None,) * len(self.single.fields) if self.single is not None else None
+        self.values: list[Any] = [self.nones] * n
         self.batch_id: list[str | None] = [None] * n
         self.unknown = self.duplicates = self.malformed = 0
 
@@ -293,7 +292,7 @@ class Collector:
     ) -> None:
         """Record decoded lines; ``name`` and ``first`` (line number of the first) are for logs."""
         pos, rows, values, batches = self.pos, self.rows, self.values, self.batch_id
-        single, validators = self.single, self.validators
+        single, per_row, nones = self.single, self.validators, self.nones
         for k, line in enumerate(lines):
             i = pos.get(line.custom_id)
             if i is None:
@@ -305,25 +304,21 @@ class Collector:
                     line.custom_id,
                 )
                 continue
-            row, vals = row_of(line, single or validators[i])
-            old = rows[i][0]
-            if old != "missing":
-                self.duplicates += 1
-                keep = _RANK[row[0]] <= _RANK[old]
-                log.warning(
-                    "%s line %d: another line for %r (%s) %s %s",
-                    name,
-                    first + k,
-                    line.custom_id,
-                    row[0],
-                    "ignored, kept" if keep else "replaces",
-                    old,
-                )
-                if keep:
-                    continue
+            row = row_of(line, single if per_row is None else per_row[i])
+            if rows[i][0] != "missing" and not self._replaces(i, row, f"{name} line {first + k}"):
+                continue
             rows[i] = row
-            values[i] = vals
+            values[i] = row[10] or nones
             batches[i] = batch_id
+
+    def _replaces(self, i: int, row: tuple[Any, ...], where: str) -> bool:
+        """A second line for a custom_id: the more useful one wins (succeeded over failed…)."""
+        self.duplicates += 1
+        old, new = self.rows[i][0], row[0]
+        keep = _RANK[new] <= _RANK[old]
+        what = "ignored, kept the earlier" if keep else "replaces the earlier"
+        log.warning("%s: another line for %r (%s) %s %s one", where, self.ids[i], new, what, old)
+        return not keep
 
     def malformed_line(self, raw: bytes, where: str, problem: str) -> None:
         """Count a line that is not an output line; name its request when the id can be read."""
@@ -331,9 +326,7 @@ class Collector:
         m = _CUSTOM_ID.search(raw)
         cid = _loads_or_none(m.group(1)) if m else None
         i = self.pos.get(cid) if isinstance(cid, str) else None
-        log.warning(
-            "%s: malformed output line (%s); custom_id %r counted as missing", where, problem, cid
-        )
+        log.warning("%s: malformed line (%s); custom_id %r left missing", where, problem, cid)
         if i is not None and self.rows[i][0] == "missing":
             msg = f"its result line ({where}) is malformed: {problem}"
             self.rows[i] = ("missing", None, "malformed_line", msg, *_MISSING[4:])
@@ -348,27 +341,14 @@ class Collector:
     ) -> dict[str, Any]:
         """Parse one JSONL file in bounded chunks of whole lines; returns its counts."""
         before = (self.malformed, self.unknown, self.duplicates)
-        lineno = 0  # lines before the current chunk
-        blank = 0
+        lineno = blank = 0
         with open(path, "rb") as fh:
-            rest = b""
-            while True:
-                block = fh.read(_CHUNK)
-                buf = rest + block
-                if not block:
-                    cut = len(buf)
-                else:
-                    cut = buf.rfind(b"\n") + 1
-                if cut == 0 and block:  # one very long line: keep reading
-                    rest = buf
-                    continue
-                chunk, rest = buf[:cut], buf[cut:]
-                if chunk:
-                    n = chunk.count(b"\n") + (not chunk.endswith(b"\n"))
-                    blank += self._chunk(chunk, n, batch_id, path.name, lineno + 1)
-                    lineno += n
-                if not block:
-                    break
+            while chunk := fh.read(_CHUNK):
+                if not chunk.endswith(b"\n"):
+                    chunk += fh.readline()  # up to the end of the line that was cut
+                n = chunk.count(b"\n") + (not chunk.endswith(b"\n"))
+                blank += self._chunk(chunk, n, batch_id, path.name, lineno + 1)
+                lineno += n
         return {
             "path": str(path),
             "file_id": file_id,
@@ -381,18 +361,18 @@ class Collector:
         }
 
     def _chunk(self, chunk: bytes, n: int, batch_id: str | None, name: str, first: int) -> int:
-        """Decode ``n`` lines at once; on any doubt, line by line. Returns the blank lines seen."""
+        """Decode ``n`` lines in one call; on any doubt, line by line. Returns the blank lines."""
         try:
             lines = LINE_DECODER.decode_lines(chunk)
         except msgspec.DecodeError:
             lines = None
-        # decode_lines reads newlines as whitespace: a broken line could run into the next one, so
-        # the fast path only counts when it found exactly one object per line
+        # decode_lines reads newlines as whitespace, so a broken line could run into the next:
+        # the one-call result only counts when it has exactly one object per line
         if lines is not None and len(lines) == n:
             self.add_lines(lines, batch_id=batch_id, name=name, first=first)
             return 0
         blank = 0
-        for k, raw in enumerate(chunk.splitlines()):
+        for k, raw in enumerate(chunk.split(b"\n")[:n]):
             try:
                 line = LINE_DECODER.decode(raw)
             except msgspec.DecodeError as exc:  # ValidationError included
@@ -408,26 +388,31 @@ class Collector:
         self, requests: pd.DataFrame, *, prices: Any = None, batch: bool = True
     ) -> pd.DataFrame:
         """The results frame, in the requests' row order."""
+        n = len(self.ids)
         got = (
-            dict(zip(_ROW, zip(*self.rows, strict=True), strict=True))
-            if self.rows
-            else {c: () for c in _ROW}
+            dict(zip(ROW, zip(*self.rows, strict=True), strict=True)) if n else {c: () for c in ROW}
         )
         cols: dict[str, Any] = {"custom_id": _obj(self.ids)}
         for c in requests.columns:
             if c not in _NOT_DATA:
                 cols[c] = requests[c].array
         cols["status"] = _obj(got["status"])
-        cols["http_status"] = pd.array(got["http_status"], dtype="Int64")
+        cols["http_status"] = _int_column(got["http_status"])
         for name in ("error_code", "error_message", "finish_reason", "content"):
             cols[name] = _obj(got[name])
         for name, values in self._field_columns().items():
             cols[name] = _typed(values, self.fields[name])
-        for name in ("prompt_tokens", "completion_tokens", "cached_tokens"):
-            cols[name] = pd.array(got[name], dtype="Int64")
-        asked = _request_models(requests)
-        models = [m if m is not None else r for m, r in zip(got["model"], asked, strict=True)]
-        cols["cost_usd"] = _cost(models, got, prices=prices, batch=batch)
+        tokens = {
+            c: np.array(got[c], dtype=float)
+            for c in ("prompt_tokens", "completion_tokens", "cached_tokens")
+        }
+        for name, arr in tokens.items():
+            cols[name] = _int_column(arr)
+        models = np.array(got["model"], dtype=object)
+        unnamed = models == None  # noqa: E711  (elementwise: rows whose response names no model)
+        if unnamed.any():
+            models[unnamed] = np.array(_request_models(requests), dtype=object)[unnamed]
+        cols["cost_usd"] = _cost(models, tokens, prices=prices, batch=batch)
         cols["batch_id"] = _obj(self.batch_id)
         cols["model"] = _obj(models)
         out = pd.DataFrame(cols)
@@ -441,21 +426,37 @@ class Collector:
         return out
 
     def _field_columns(self) -> dict[str, Any]:
-        """The answer fields as columns (a C-level transpose when every row has one schema)."""
+        """The answer fields as columns (one C-level transpose when every row has one schema)."""
         if self.single is not None:
-            nones = [None] * len(self.single.fields)
-            cols = zip(*(v if v is not None else nones for v in self.values), strict=True)
-            return (
-                dict(zip(self.single.fields, cols, strict=True))
-                if self.values
-                else {f: () for f in self.fields}
-            )
+            if not self.values:
+                return {f: () for f in self.fields}
+            return dict(zip(self.single.fields, zip(*self.values, strict=True), strict=True))
         out: dict[str, list[Any]] = {f: [None] * len(self.ids) for f in self.fields}
-        for i, (v, vals) in enumerate(zip(self.validators, self.values, strict=True)):
+        for i, (v, vals) in enumerate(zip(self.validators or (), self.values, strict=True)):
             if v is not None and vals is not None:
                 for f, x in zip(v.fields, vals, strict=True):
                     out[f][i] = x
         return out
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Tens of thousands of row tuples make the cyclic GC rescan a growing heap again and again;
+    none of them can form a cycle, so it is paused while they are built."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _int_column(values: Any) -> pd.arrays.IntegerArray:
+    """A nullable Int64 column from numbers and Nones, without pandas' per-element inference."""
+    arr = np.asarray(values, dtype=float)
+    mask = np.isnan(arr)
+    return pd.arrays.IntegerArray(np.where(mask, 0, arr).astype(np.int64), mask)
 
 
 def aggregate_df(
@@ -477,18 +478,21 @@ def aggregate_df(
     >>> results = aggregate_df(None, requests, output_files=["out.jsonl"], error_files=["err.jsonl"])  # doctest: +SKIP
     >>> results["status"].value_counts()  # doctest: +SKIP
     """
-    collector = Collector(requests)
-    stats: list[dict[str, Any]] = []
-    if jobs is not None:
-        for kind, path, batch_id, file_id in _job_files(jobs, client):
-            stats.append(collector.read_file(path, batch_id=batch_id, kind=kind, file_id=file_id))
+    collector = Collector(requests)  # checks the requests before anything is downloaded
+    sources: list[tuple[str, Path, str | None, str | None]] = []
     for kind, paths in (("output", output_files), ("error", error_files)):
         for p in paths or ():
             path = Path(p)
             if not path.is_file():
                 raise InputError(f"{kind}_files: {path} does not exist or is not a file")
-            stats.append(collector.read_file(path, kind=kind))
-    out = collector.frame(requests, prices=prices, batch=True)
+            sources.append((kind, path, None, None))
+    if jobs is not None:
+        sources[:0] = _job_files(jobs, client)
+    with gc_paused():
+        stats = [
+            collector.read_file(path, batch_id=b, kind=k, file_id=f) for k, path, b, f in sources
+        ]
+        out = collector.frame(requests, prices=prices, batch=True)
     out.attrs["files"] = stats
     if collector.malformed or collector.unknown:
         log.warning(
@@ -559,26 +563,25 @@ def _custom_ids(requests: pd.DataFrame) -> list[str]:
         raise InputError(
             "requests frame has no custom_id column or index; build it with build_requests()"
         )
-    seen: set[str] = set()
-    for n, cid in enumerate(ids):
-        if not isinstance(cid, str) or not cid:
-            raise InputError(f"requests row {n}: custom_id {cid!r} is not a non-empty string")
-        if cid in seen:
-            raise InputError(
-                f"requests row {n}: custom_id {cid!r} appears twice; custom_ids must be unique"
-            )
-        seen.add(cid)
+    if pd.api.types.infer_dtype(ids, skipna=False) != "string" or "" in ids:
+        n = next(n for n, cid in enumerate(ids) if not (isinstance(cid, str) and cid))
+        raise InputError(f"requests row {n}: custom_id {ids[n]!r} is not a non-empty string")
     return ids
 
 
-def _validators(requests: pd.DataFrame, n: int) -> list[Validator | None]:
-    """The answer validator of every row: the frame's schema, else each body's response_format."""
+def _validators(requests: pd.DataFrame) -> tuple[Validator | None, list[Validator | None] | None]:
+    """(the validator of every row, None) or (None, one per row): from the frame's schema, else
+    from each body's response_format."""
     schema = requests.attrs.get("schema")
     if schema is not None:
-        return [validator_for(schema)] * n
+        return validator_for(schema), None
     if "body" not in requests.columns:
-        return [None] * n
-    return [validator_for(schema_of_body(b)) for b in requests["body"].tolist()]
+        return None, None
+    per_row = [validator_for(schema_of_body(b)) for b in requests["body"].tolist()]
+    distinct = set(map(id, per_row))
+    if len(distinct) == 1:
+        return per_row[0] if per_row else None, None
+    return None, per_row
 
 
 def _request_models(requests: pd.DataFrame) -> list[str | None]:
@@ -608,49 +611,34 @@ def _typed(values: Any, dtype: str) -> Any:
 
 
 def _cost(
-    models: list[str | None], cols: dict[str, list[Any]], *, prices: Any, batch: bool
+    models: np.ndarray, tokens: dict[str, np.ndarray], *, prices: Any, batch: bool
 ) -> np.ndarray:
-    """Actual cost per row, priced once per model and applied to whole token arrays."""
-    prompt = np.array([x or 0 for x in cols["prompt_tokens"]], dtype=float)
-    completion = np.array([x or 0 for x in cols["completion_tokens"]], dtype=float)
-    cached = np.array([x or 0 for x in cols["cached_tokens"]], dtype=float)
+    """Actual cost per row: priced once per model, over whole token arrays."""
+    from portfolio_batch.cost import cost_usd
+
+    prompt, completion, cached = (
+        np.nan_to_num(tokens[c]) for c in ("prompt_tokens", "completion_tokens", "cached_tokens")
+    )
     cost = np.zeros(len(models))
     billed = (prompt > 0) | (completion > 0)
     if not billed.any():
         return cost
-    model_arr = np.array(models, dtype=object)
-    for model in pd.unique(model_arr[billed]):
-        mask = billed & (model_arr == model)
+    for model in set(models[billed]):
+        mask = billed & (models == model)
         try:
-            r_in, r_cached, r_out = _rates(model, prices=prices, batch=batch)
+            if not isinstance(model, str) or not model:
+                raise PricingError(
+                    "the responses name no model; pass the requests frame they came from"
+                )
+            cost[mask] = cost_usd(
+                model, prompt[mask], completion[mask], cached[mask], batch=batch, prices=prices
+            )
         except PricingError as exc:
             log.warning(
-                "no price for model %r: cost_usd is NaN for %d row(s). %s",
-                model,
-                int(mask.sum()),
-                exc,
+                "cost_usd is NaN for %d row(s) of model %r: %s", int(mask.sum()), model, exc
             )
             cost[mask] = np.nan
-            continue
-        cost[mask] = (
-            (prompt[mask] - cached[mask]) * r_in
-            + cached[mask] * r_cached
-            + completion[mask] * r_out
-        )
     return cost
-
-
-def _rates(model: Any, *, prices: Any, batch: bool) -> tuple[float, float, float]:
-    """USD per token for uncached input, cached input and output."""
-    from portfolio_batch.cost import cost_usd
-
-    if not isinstance(model, str) or not model:
-        raise PricingError(f"model {model!r} is unknown; pass prices= with its price")
-    m = 1_000_000
-    r_in = float(cost_usd(model, m, 0, batch=batch, prices=prices)) / m
-    r_out = float(cost_usd(model, 0, m, batch=batch, prices=prices)) / m
-    r_cached = float(cost_usd(model, m, 0, m, batch=batch, prices=prices)) / m
-    return r_in, r_cached, r_out
 
 
 # -- summaries, retries, merges ----------------------------------------------------------------
