@@ -64,7 +64,8 @@ def load_portfolio(
             return f"{source.name} line {pos + 2} (row {pos})"  # +1 header, +1 one-based
         if source is not None:
             return f"{source.name} row {pos}"
-        return f"row {pos} (index {df.index[pos]!r})"
+        label = df.index[pos]
+        return f"row {pos} (index {label.item() if isinstance(label, np.generic) else label!r})"
 
     origin = f"{source}" if source is not None else "the DataFrame"
     df.columns = [c.strip() if isinstance(c, str) else c for c in df.columns]

@@ -201,7 +201,10 @@ def _prompts(prompt: Any) -> tuple[str, str]:
 
 
 def _row_label(df: pd.DataFrame, pos: int) -> str:
-    return f"row {pos} (index {df.index[pos]!r})"
+    label = df.index[pos]
+    if isinstance(label, np.generic):
+        label = label.item()
+    return f"row {pos} (index {label!r})"
 
 
 def _fragments(df: pd.DataFrame, column: Any) -> list[str]:

@@ -1,0 +1,259 @@
+"""build_requests: the requests frame's shape, its bodies, stable custom_ids, bad input."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+from pydantic import BaseModel
+
+from portfolio_batch import RISK_SCHEMA, InputError, build_requests, load_portfolio
+from portfolio_batch.requests import DEFAULT_SYSTEM_PROMPT, custom_id_for
+
+
+@pytest.fixture
+def portfolio(testdata: Path) -> pd.DataFrame:
+    return load_portfolio(testdata / "portfolio.csv")
+
+
+def test_frame_shape_and_attrs(portfolio: pd.DataFrame) -> None:
+    requests = build_requests(portfolio)
+    assert list(requests.columns) == ["custom_id", "method", "url", "body", *portfolio.columns]
+    assert requests.index.name == "custom_id"
+    assert (requests.index == requests["custom_id"]).all()
+    assert len(requests) == len(portfolio)
+    assert set(requests["method"]) == {"POST"}
+    assert set(requests["url"]) == {"/v1/chat/completions"}
+    assert requests["ticker"].tolist() == portfolio["ticker"].tolist()
+    attrs = requests.attrs
+    assert attrs["model"] == "gpt-4o-mini"
+    assert attrs["endpoint"] == "/v1/chat/completions"
+    assert attrs["key"] == "ticker"
+    assert re.fullmatch(r"[0-9a-f]{8}", attrs["prompt_version"])
+    assert attrs["schema"] == RISK_SCHEMA
+
+
+def test_body_is_a_strict_structured_output_chat_request(portfolio: pd.DataFrame) -> None:
+    body = build_requests(portfolio, max_tokens=300).body.iloc[0]
+    assert list(body) == ["model", "messages", "max_tokens", "response_format"]
+    assert body["model"] == "gpt-4o-mini"
+    assert body["max_tokens"] == 300
+    system, user = body["messages"]
+    assert system == {"role": "system", "content": DEFAULT_SYSTEM_PROMPT}
+    assert user["role"] == "user"
+    rf = body["response_format"]
+    assert rf["type"] == "json_schema"
+    assert rf["json_schema"]["name"] == "position_risk"
+    assert rf["json_schema"]["strict"] is True
+    schema = rf["json_schema"]["schema"]
+    assert schema["required"] == ["risk_score", "risk_level", "drivers", "rationale"]
+    assert schema["additionalProperties"] is False
+    assert schema["properties"]["risk_score"] == {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": 100,
+        "description": "0 = negligible risk, 100 = severe risk",
+    }
+    assert schema["properties"]["risk_level"]["enum"] == ["low", "medium", "high"]
+    assert schema["properties"]["drivers"]["maxItems"] == 3
+
+
+def test_last_line_is_the_rows_fields_as_compact_json(portfolio: pd.DataFrame) -> None:
+    requests = build_requests(portfolio)
+    ma = requests.set_index("ticker").body["MA"]["messages"][1]["content"]  # MA has no notes
+    last = ma.splitlines()[-1]
+    assert last == (
+        '{"ticker":"MA","name":"Mastercard Inc. Class A","sector":"Financials",'
+        '"weight":0.022,"beta":1.05,"volatility":0.21}'
+    )
+    assert list(orjson.loads(last)) == ["ticker", "name", "sector", "weight", "beta", "volatility"]
+    nvda = requests.set_index("ticker").body["NVDA"]["messages"][1]["content"].splitlines()[-1]
+    assert orjson.loads(nvda)["notes"].startswith("Data-center GPU demand")
+
+
+def test_key_first_and_all_types_of_values() -> None:
+    df = pd.DataFrame(
+        {
+            "weight": [0.5, np.nan],
+            "id": [7, 8],
+            "flag": [True, False],
+            "when": pd.to_datetime(["2024-01-02", None]),
+            "n": pd.array([1, None], dtype="Int64"),
+            "mixed": [np.int64(3), "text\nwith newline"],
+        }
+    )
+    requests = build_requests(df, key="id")
+    assert list(requests.columns)[4:] == ["id", "weight", "flag", "when", "n", "mixed"]
+    lines = [b["messages"][1]["content"].splitlines()[-1] for b in requests.body]
+    assert (
+        lines[0] == '{"id":7,"weight":0.5,"flag":true,"when":"2024-01-02T00:00:00","n":1,"mixed":3}'
+    )
+    assert lines[1] == '{"id":8,"flag":false,"mixed":"text\\nwith newline"}'
+    assert requests.index.tolist()[0].startswith("risk-7-")
+
+
+def test_custom_id_is_stable_whatever_the_row_order(portfolio: pd.DataFrame) -> None:
+    ids = build_requests(portfolio)["custom_id"]
+    shuffled = portfolio.sample(frac=1, random_state=3)
+    ids_shuffled = build_requests(shuffled)["custom_id"]
+    by_key = dict(zip(portfolio["ticker"], ids, strict=True))
+    by_key_shuffled = dict(zip(shuffled["ticker"], ids_shuffled, strict=True))
+    assert by_key == by_key_shuffled
+    assert re.fullmatch(r"risk-NVDA-[0-9a-f]{8}", by_key["NVDA"])
+    subset = build_requests(portfolio.iloc[[5, 2]])
+    assert subset["custom_id"].tolist() == [ids.iloc[5], ids.iloc[2]]
+
+
+def test_prompt_version_follows_prompt_schema_and_model(portfolio: pd.DataFrame) -> None:
+    base = build_requests(portfolio).attrs["prompt_version"]
+    assert build_requests(portfolio, max_tokens=50).attrs["prompt_version"] == base
+    assert build_requests(portfolio, model="gpt-4.1-mini").attrs["prompt_version"] != base
+    assert build_requests(portfolio, prompt="Be brief.").attrs["prompt_version"] != base
+    schema = copy.deepcopy(RISK_SCHEMA)
+    schema["properties"]["rationale"]["description"] = "one sentence"
+    assert build_requests(portfolio, schema=schema).attrs["prompt_version"] != base
+
+
+def test_unsafe_characters_are_escaped_and_ids_stay_unique() -> None:
+    keys = ["BRK/B", "BRK%2FB", "A B", "Société", "x~y", "K" * 100, "K" * 99 + "L"]
+    df = pd.DataFrame({"ticker": keys, "weight": 1 / len(keys)})
+    ids = build_requests(df)["custom_id"].tolist()
+    version = build_requests(df).attrs["prompt_version"]
+    assert ids[0] == f"risk-BRK%2FB-{version}"
+    assert ids[1] == f"risk-BRK%252FB-{version}"
+    assert ids[2] == f"risk-A%20B-{version}"
+    assert ids[3] == f"risk-Soci%C3%A9t%C3%A9-{version}"
+    assert ids[4] == f"risk-x%7Ey-{version}"
+    assert len(set(ids)) == len(ids)
+    for cid in ids:
+        assert re.fullmatch(r"risk-[A-Za-z0-9._%~-]+-[0-9a-f]{8}", cid)
+        assert len(cid) <= 4 + 1 + 49 + 1 + 8
+    assert custom_id_for("BRK/B", "0" * 8, prefix="x") == "x-BRK%2FB-00000000"
+
+
+def test_duplicate_keys_name_both_rows() -> None:
+    df = pd.DataFrame({"ticker": ["A", "B", "A"], "weight": [0.3, 0.3, 0.4]}, index=[10, 11, 12])
+    with pytest.raises(
+        InputError, match=r"row 0 \(index 10\) and row 2 \(index 12\).*same key 'A'"
+    ):
+        build_requests(df)
+
+
+def test_empty_key_names_the_row() -> None:
+    df = pd.DataFrame({"ticker": ["A", None], "weight": [0.5, 0.5]})
+    with pytest.raises(InputError, match=r"row 1 \(index 1\): the key column 'ticker' is empty"):
+        build_requests(df)
+
+
+def test_caller_frame_is_not_mutated(portfolio: pd.DataFrame) -> None:
+    before = portfolio.copy(deep=True)
+    requests = build_requests(portfolio)
+    requests.loc[requests.index[0], "weight"] = 99.0
+    pd.testing.assert_frame_equal(portfolio, before)
+    assert list(portfolio.columns) == list(before.columns)
+
+
+def test_azure_endpoint_and_deployment_name(portfolio: pd.DataFrame) -> None:
+    requests = build_requests(portfolio, model="my-gpt4o-mini-batch", endpoint="/chat/completions")
+    assert set(requests["url"]) == {"/chat/completions"}
+    assert requests.body.iloc[0]["model"] == "my-gpt4o-mini-batch"
+    assert requests.attrs["endpoint"] == "/chat/completions"
+
+
+def test_bad_options_are_named(portfolio: pd.DataFrame) -> None:
+    with pytest.raises(InputError, match=r"endpoint='/v1/embeddings' is not supported"):
+        build_requests(portfolio, endpoint="/v1/embeddings")
+    with pytest.raises(InputError, match="max_tokens=0 must be a positive integer"):
+        build_requests(portfolio, max_tokens=0)
+    with pytest.raises(InputError, match=r"key column 'isin' is missing.*key="):
+        build_requests(portfolio, key="isin")
+    with pytest.raises(InputError, match=r"It is the index: pass df.reset_index\(\)"):
+        build_requests(portfolio.set_index("ticker"))
+    with pytest.raises(InputError, match=r"\['url'\] clash.*rename"):
+        build_requests(portfolio.assign(url="x"))
+    with pytest.raises(InputError, match="prompt= must be a string"):
+        build_requests(portfolio, prompt={"sytem": "typo"})
+
+
+def test_infinite_and_unserialisable_values_name_row_and_column() -> None:
+    df = pd.DataFrame({"ticker": ["A", "B"], "weight": [0.5, np.inf]})
+    with pytest.raises(
+        InputError, match=r"row 1 \(index 1\), column 'weight': inf is not valid JSON"
+    ):
+        build_requests(df)
+    df = pd.DataFrame({"ticker": ["A", "B"], "weight": [0.5, 0.5], "blob": ["ok", object()]})
+    with pytest.raises(InputError, match=r"row 1 \(index 1\), column 'blob': object value"):
+        build_requests(df)
+
+
+def test_user_template_fills_row_fields(portfolio: pd.DataFrame) -> None:
+    requests = build_requests(
+        portfolio,
+        prompt={"system": "Be brief.", "user": "Assess {name} ({ticker}), {{literally}}."},
+    )
+    body = requests.set_index("ticker").body["AAPL"]
+    assert body["messages"][0]["content"] == "Be brief."
+    content = body["messages"][1]["content"].split("\n")
+    assert content[0] == "Assess Apple Inc. (AAPL), {literally}."
+    assert orjson.loads(content[-1])["ticker"] == "AAPL"
+    with pytest.raises(InputError, match=r"uses \{isin\}, which is not a column"):
+        build_requests(portfolio, prompt={"user": "Assess {isin}"})
+
+
+class Answer(BaseModel):
+    verdict: str
+    confidence: float
+
+
+def test_pydantic_schema_becomes_strict_json_schema(portfolio: pd.DataFrame) -> None:
+    requests = build_requests(portfolio, schema=Answer)
+    spec = requests.body.iloc[0]["response_format"]["json_schema"]
+    assert spec["name"] == "Answer"
+    assert spec["strict"] is True
+    assert spec["schema"]["additionalProperties"] is False
+    assert set(spec["schema"]["required"]) == {"verdict", "confidence"}
+    assert requests.attrs["schema"] == spec["schema"]
+
+
+def test_dict_schemas_are_checked_for_strict_mode(portfolio: pd.DataFrame) -> None:
+    ok = {
+        "type": "object",
+        "properties": {"label": {"type": "string"}},
+        "required": ["label"],
+        "additionalProperties": False,
+    }
+    spec = build_requests(portfolio, schema={"name": "label", "schema": ok}).body.iloc[0][
+        "response_format"
+    ]
+    assert spec["json_schema"]["name"] == "label"
+    loose = {"type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"]}
+    with pytest.raises(InputError, match=r"schema at \$: .*additionalProperties\": false"):
+        build_requests(portfolio, schema=loose)
+    optional = dict(ok, required=[])
+    with pytest.raises(InputError, match=r"schema at \$: .*add \['label'\] to its 'required'"):
+        build_requests(portfolio, schema=optional)
+    with pytest.raises(InputError, match="not a valid JSON schema"):
+        build_requests(portfolio, schema={"type": "objekt"})
+
+
+def test_generic_frames_work_too() -> None:
+    df = pd.DataFrame({"doc_id": [101, 102], "text": ["first", "second"]})
+    requests = build_requests(
+        df, key="doc_id", prompt="Classify the text.", schema=Answer, id_prefix="cls", max_tokens=20
+    )
+    assert requests["custom_id"].str.match(r"cls-10[12]-[0-9a-f]{8}$").all()
+    assert requests.body.iloc[1]["messages"][1]["content"].endswith(
+        '{"doc_id":102,"text":"second"}'
+    )
+
+
+def test_bodies_share_the_constant_parts(portfolio: pd.DataFrame) -> None:
+    bodies = build_requests(portfolio).body.tolist()
+    assert all(b["response_format"] is bodies[0]["response_format"] for b in bodies)
+    assert all(b["messages"][0] is bodies[0]["messages"][0] for b in bodies)
+    assert len({id(b["messages"][1]) for b in bodies}) == len(bodies)
