@@ -258,6 +258,9 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, DownloadCut):  # injected on purpose; the connection is dropped
+            log.debug("%s", exc)
+            return _error(ApiError(500, str(exc), type="server_error"))
         log.error("error answering %s %s", request.method, request.url.path, exc_info=exc)
         return _error(ApiError(500, f"The local server failed: {exc!r}", type="server_error"))
 

@@ -11,6 +11,7 @@ with ``LocalServer.configure(**config)``:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import random
 import threading
@@ -80,21 +81,32 @@ class ServerConfig:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.update()
+        self._validate()
+        self._rng.seed(self.seed)
 
     @classmethod
     def keys(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")]
 
     def update(self, **config: Any) -> None:
-        """Change settings; unknown keys and out-of-range values raise ``InputError``."""
+        """Change settings; unknown keys and out-of-range values raise ``InputError`` and change
+        nothing."""
         unknown = sorted(set(config) - set(self.keys()))
         if unknown:
             raise InputError(
                 f"Unknown local server setting(s) {unknown}; valid settings are {self.keys()}."
             )
+        candidate = copy.copy(self)
         for key, value in config.items():
-            setattr(self, key, value)
+            setattr(candidate, key, value)
+        candidate._validate()
+        for key in config:
+            setattr(self, key, getattr(candidate, key))
+        if "seed" in config:
+            with self._lock:
+                self._rng.seed(self.seed)
+
+    def _validate(self) -> None:
         for key in ("fault_rate_429", "fault_rate_500", "malformed_output_rate"):
             rate = getattr(self, key)
             if not 0.0 <= float(rate) <= 1.0:
@@ -119,9 +131,6 @@ class ServerConfig:
         for key in ("max_upload_bytes", "max_requests_per_batch", "max_concurrent_batches"):
             if int(getattr(self, key)) < 1:
                 raise InputError(f"Local server setting {key} must be at least 1.")
-        if "seed" in config or not config:
-            with self._lock:
-                self._rng.seed(self.seed)
 
     def chance(self, rate: float) -> bool:
         """True with probability ``rate``, drawn from the seeded generator."""
