@@ -121,7 +121,12 @@ def frame_table(frame: pd.DataFrame, *, title: str | None = None) -> Table:
     columns = list(frame.columns)
     for name in columns:
         numeric = frame[name].dtype.kind in "iuf"
-        table.add_column(str(name), justify="right" if numeric else "left", overflow="fold")
+        table.add_column(
+            str(name),
+            justify="right" if numeric else "left",
+            overflow="fold",
+            no_wrap=str(name).endswith("_id"),
+        )
     for row in frame.itertuples(index=False):
         cells = []
         for name, value in zip(columns, row, strict=True):
@@ -237,6 +242,11 @@ def errors_table(results: pd.DataFrame) -> Table | Text:
     return table
 
 
+def _when(value: Any) -> str:
+    stamp = getattr(value, "strftime", None)
+    return stamp("%Y-%m-%d %H:%M") if stamp is not None and value == value else _cell(value)
+
+
 def jobs_table(jobs: pd.DataFrame, *, title: str = "Jobs") -> Table:
     """The registry's jobs, one row per shard."""
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
@@ -248,9 +258,9 @@ def jobs_table(jobs: pd.DataFrame, *, title: str = "Jobs") -> Table:
         "done/failed/total",
         "est. cost",
         "created",
-        "backend",
     ):
-        table.add_column(name, overflow="fold")
+        table.add_column(name, no_wrap=True, justify="right" if name == "shard" else "left")
+    table.add_column("backend", overflow="fold")
     for row in jobs.itertuples(index=False):
         table.add_row(
             str(row.run_id),
@@ -259,7 +269,7 @@ def jobs_table(jobs: pd.DataFrame, *, title: str = "Jobs") -> Table:
             status_text(row.status),
             f"{_int(row.completed)}/{_int(row.failed)}/{_int(row.n_requests)}",
             usd(row.est_cost_usd),
-            _cell(row.created_at),
+            _when(row.created_at),
             _cell(row.backend),
         )
     return table
