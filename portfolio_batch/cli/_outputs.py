@@ -58,7 +58,7 @@ def finish(
     written.append(report_path)
 
     out.print(summary_table(results, costs))
-    out.print(positions_table(results, key=key))
+    out.print(positions_table(results, key=key, width=out.width))
     out.print(errors_table(results))
     for path in written:
         err.print(Text.assemble("Wrote ", (str(path), "bold")))

@@ -65,20 +65,33 @@ def progress_lines(jobs: pd.DataFrame) -> list[str]:
     return lines
 
 
-def progress_table(jobs: pd.DataFrame, *, elapsed: float) -> Table:
+def progress_table(jobs: pd.DataFrame, *, elapsed: float, width: int = 120) -> Table:
+    """The live table: one line per batch, ids kept whole, the bar shrinks on narrow terminals."""
     table = Table(
         title=f"Batches ({elapsed:.0f}s)", box=box.SIMPLE_HEAD, title_justify="left", expand=False
     )
-    for name in ("shard", "batch", "status", "completed", "failed", "total", "progress"):
-        table.add_column(
-            name, justify="right" if name in ("completed", "failed", "total") else "left"
-        )
+    # Batch ids are 30 characters: on a narrow terminal the bar goes, never the id.
+    bar_width = min(24, width - 80) if width >= 90 else 0
+    for name in ("shard", "batch", "status", "done/failed/total"):
+        table.add_column(name, no_wrap=True, justify="right" if name == "shard" else "left")
+    if bar_width:
+        table.add_column("progress", width=bar_width)
     for shard, batch_id, status, done, failed, total in _rows(jobs):
-        bar = ProgressBar(total=max(total, 1), completed=done + failed, width=24)
-        if status == "finalizing":
-            # All requests ran but the result files are not written: show it, never as complete.
-            bar = ProgressBar(total=None, width=24, pulse=True)
-        table.add_row(shard, batch_id, status_text(status), str(done), str(failed), str(total), bar)
+        cells: list[Any] = [shard, batch_id, status_text(status), f"{done}/{failed}/{total}"]
+        if bar_width:
+            # finalizing: every request ran but the result files are not written yet; a pulsing
+            # bar says so, never a full one.
+            pulse = status == "finalizing"
+            completed = done + failed
+            cells.append(
+                ProgressBar(
+                    total=None if pulse else max(total, 1),
+                    completed=completed,
+                    width=bar_width,
+                    pulse=pulse,
+                )
+            )
+        table.add_row(*cells)
     return table
 
 
@@ -105,7 +118,8 @@ class BatchProgress:
     def update(self, jobs: pd.DataFrame) -> None:
         self.last = jobs
         if self.live is not None:
-            self.live.update(progress_table(jobs, elapsed=time.monotonic() - self.started))
+            elapsed = time.monotonic() - self.started
+            self.live.update(progress_table(jobs, elapsed=elapsed, width=self.console.width))
             return
         for (shard, *_), line in zip(_rows(jobs), progress_lines(jobs), strict=True):
             if self._seen.get(shard) != line:

@@ -192,20 +192,34 @@ def summary_table(results: pd.DataFrame, costs: pd.DataFrame | None) -> Table:
     return table
 
 
-def positions_table(results: pd.DataFrame, *, key: str | None = None) -> Table:
-    """Every position, highest risk first; positions without an answer come last."""
-    key = key or next((c for c in results.columns if c not in ("custom_id",)), results.columns[0])
-    ranked = results.assign(
-        _missing=results["risk_score"].isna() if "risk_score" in results else True
-    )
-    sort_cols = ["_missing"] + (["risk_score"] if "risk_score" in results else [])
-    ranked = ranked.sort_values(sort_cols, ascending=[True, False][: len(sort_cols)], kind="stable")
+def positions_table(results: pd.DataFrame, *, key: str | None = None, width: int = 160) -> Table:
+    """Every position, highest risk first; positions without an answer come last. On narrow
+    terminals the name and sector columns are left out so the drivers stay readable."""
+    key = key or next((c for c in results.columns if c != "custom_id"), results.columns[0])
+    scored = "risk_score" in results
+    ranked = results.assign(_unscored=results["risk_score"].isna() if scored else True)
+    order = ["_unscored", "risk_score"] if scored else ["_unscored"]
+    ranked = ranked.sort_values(order, ascending=[True, False][: len(order)], kind="stable")
     table = Table(title="Positions by risk", box=box.SIMPLE_HEAD, title_justify="left")
-    wanted = [key, "name", "sector", "weight", "risk_score", "risk_level", "drivers", "status"]
+    wanted = [key]
+    if width >= 140:
+        wanted.append("name")
+    if width >= 110:
+        wanted.append("sector")
+    wanted += ["weight", "risk_score", "risk_level", "drivers", "status"]
     columns = [c for c in dict.fromkeys(wanted) if c in ranked.columns]
     for name in columns:
-        numeric = name in ("weight", "risk_score")
-        table.add_column(name, justify="right" if numeric else "left", overflow="fold")
+        if name == "drivers":
+            table.add_column(name, ratio=1, min_width=20, overflow="fold")
+        else:
+            right = name in ("weight", "risk_score")
+            wrap = name in ("name", "sector")
+            table.add_column(
+                name,
+                justify="right" if right else "left",
+                no_wrap=not wrap,
+                max_width=28 if wrap else None,
+            )
     for row in ranked[columns].itertuples(index=False):
         cells: list[Text | str] = []
         for name, value in zip(columns, row, strict=True):
