@@ -712,14 +712,14 @@ def summarize(results: pd.DataFrame, costs: pd.DataFrame | None = None) -> Summa
     _need(results, "results", ("status", "error_code"))
     bad = results[results["status"] != "succeeded"]
     failures = (
-        bad.assign(
-            error_code=bad["error_code"].astype(object).where(bad["error_code"].notna(), None)
-        )
-        .groupby(["status", "error_code"], dropna=False)
+        bad.groupby([bad["status"], bad["error_code"].astype(object)], dropna=False, sort=False)
         .size()
         .rename("count")
         .reset_index()
         .sort_values(["count", "status"], ascending=[False, True], ignore_index=True)
+    )
+    failures["error_code"] = (
+        failures["error_code"].astype(object).where(failures["error_code"].notna(), None)
     )
     keep = [c for c in results.columns if c not in ("content",) and c in _error_columns(results)]
     est = None
