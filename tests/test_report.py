@@ -220,3 +220,31 @@ def test_readme_notebooks_example_runs(frames, jobs, tmp_path, monkeypatch):
     )
     doc = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert doc.count("data:image/png;base64") == 6
+
+
+def test_report_of_a_real_run_on_the_local_server(openai_client, testdata, tmp_path):
+    """The whole pipeline through the real openai SDK, then the report: the metadata comes from
+    the real frames (batch id, prompt hash in the custom_ids, price source)."""
+    import portfolio_batch as pb
+
+    portfolio = pb.load_portfolio(testdata / "portfolio.csv")
+    requests = pb.build_requests(portfolio, model="gpt-4o-mini")
+    costs = pb.estimate_cost(requests)
+    manifest = pb.to_jsonl(requests, tmp_path / "requests", costs=costs)
+    jobs = pb.poll(pb.submit(manifest, client=openai_client), client=openai_client, progress=False)
+    results = pb.aggregate_df(jobs, requests, client=openai_client)
+    doc = report(results, costs, path=tmp_path / "report.html", jobs=jobs).read_text()
+    meta = dict(re.findall(r"<tr><th>([^<]*)</th><td>([^<]*)</td></tr>", doc))
+    assert meta["batch ids"] == jobs["batch_id"].iloc[0]
+    assert meta["prompt version"] == requests.attrs["prompt_version"]
+    assert meta["model"] == "gpt-4o-mini"
+    assert meta["price source"].startswith(costs.attrs["price_source"])
+    assert meta["positions"] == str(len(portfolio))
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", meta["first batch created"])
+    rows = table(doc, "positions")
+    assert len(rows) == len(portfolio)
+    at = header(doc, "positions").index("risk_score")
+    scores = [int(r[at]) for r in rows if r[at]]
+    assert len(scores) == (results["status"] == "succeeded").sum()
+    assert scores == sorted(scores, reverse=True)
+    assert doc.count("data:image/png;base64") == 6
