@@ -257,3 +257,18 @@ def test_bodies_share_the_constant_parts(portfolio: pd.DataFrame) -> None:
     assert all(b["response_format"] is bodies[0]["response_format"] for b in bodies)
     assert all(b["messages"][0] is bodies[0]["messages"][0] for b in bodies)
     assert len({id(b["messages"][1]) for b in bodies}) == len(bodies)
+
+
+def test_readme_requests_section_runs(
+    testdata: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("<!-- section:requests -->")[1].split("<!-- /section:requests -->")[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert blocks, "the README's requests section has no python example"
+    (tmp_path / "testdata").mkdir()
+    (tmp_path / "testdata" / "portfolio.csv").write_bytes((testdata / "portfolio.csv").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
+    assert (tmp_path / "out" / "requests-00000.jsonl").is_file()
