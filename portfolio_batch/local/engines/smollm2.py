@@ -61,7 +61,10 @@ class SmolLM2Engine:
                 self._llm = Llama(
                     model_path=str(path),
                     n_ctx=self.context_tokens,
-                    n_threads=2,
+                    # One generation thread: a 135M model gains little from more, and spinning
+                    # threads slow everything down when the cores are shared with the server.
+                    n_threads=1,
+                    n_threads_batch=2,
                     seed=0,
                     verbose=False,
                 )
