@@ -222,6 +222,7 @@ def test_readme_notebooks_example_runs(frames, jobs, tmp_path, monkeypatch):
     assert doc.count("data:image/png;base64") == 6
 
 
+@pytest.mark.slow
 def test_report_of_a_real_run_on_the_local_server(openai_client, testdata, tmp_path):
     """The whole pipeline through the real openai SDK, then the report: the metadata comes from
     the real frames (batch id, prompt hash in the custom_ids, price source)."""
