@@ -228,7 +228,7 @@ def test_cancel_while_validating(local_server: Any, openai_client: Any) -> None:
 def test_expiry_gives_partial_output_and_expired_lines(
     local_server: Any, openai_client: Any
 ) -> None:
-    local_server.configure(completion_window_seconds=1.0, request_delay=0.1)
+    local_server.configure(completion_window_seconds=1.5, request_delay=0.1)
     lines = [risk_line(i) for i in range(40)]
     batch, _ = wait(openai_client, create_batch(openai_client, lines).id)
     assert batch["status"] == "expired" and batch["expired_at"] is not None
