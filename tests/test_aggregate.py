@@ -495,3 +495,43 @@ def test_download_that_stays_short_fails_clearly() -> None:
     assert _ShortClient.files.calls == 3
     with pytest.raises(InputError):
         download_file("../etc/passwd", client=_ShortClient())
+
+
+def test_golden_batch_files(testdata: Path) -> None:
+    requests = pb.build_requests(pb.load_portfolio(testdata / "portfolio.csv"))
+    res = pb.aggregate_df(
+        None,
+        requests,
+        output_files=[testdata / "batch" / "output.jsonl"],
+        error_files=[testdata / "batch" / "errors.jsonl"],
+    )
+    assert len(res) == 40 and res.index.tolist() == requests.index.tolist()
+    by_ticker = res.set_index("ticker")
+    assert res["status"].value_counts().to_dict() == {
+        "succeeded": 36,
+        "failed": 2,
+        "invalid_output": 1,
+        "expired": 1,
+    }
+    assert (
+        by_ticker.loc["AMD", "status"] == "invalid_output"
+        and by_ticker.loc["AMD", "finish_reason"] == "length"
+    )
+    assert by_ticker.loc["TSLA", "error_code"] == "context_length_exceeded"
+    assert (by_ticker.loc["INTC", "http_status"], by_ticker.loc["INTC", "error_code"]) == (
+        500,
+        "server_error",
+    )
+    assert by_ticker.loc["GE", "status"] == "expired"
+    ok = res[res["status"].eq("succeeded")]
+    assert ok["risk_score"].between(0, 100).all() and ok["cost_usd"].gt(0).all()
+    assert set(pb.retry_failed(res, requests)["ticker"]) == {"AMD", "INTC", "GE"}
+
+
+def test_last_line_without_newline(tmp_path: Path, requests: pd.DataFrame) -> None:
+    ids = requests.index.tolist()
+    path = tmp_path / "o.jsonl"
+    path.write_bytes(orjson.dumps(ok_line(ids[0])) + b"\n" + orjson.dumps(ok_line(ids[1])))
+    res = pb.aggregate_df(None, requests, output_files=[path])
+    assert res["status"].iloc[:3].tolist() == ["succeeded", "succeeded", "missing"]
+    assert res.attrs["files"][0]["lines"] == 2
