@@ -231,16 +231,20 @@ def _failure_error(frame: pd.DataFrame, reg: Registry) -> BatchFailedError:
                 {"batch_id": row["batch_id"], "run_id": row["run_id"], "shard": row["shard"], **e}
             )
             token_limit = token_limit or e.get("code") == "token_limit_exceeded"
-    advice = (
-        "Fix those lines of the shard files and submit again."
-        if not token_limit
-        else "The organisation's enqueued-token limit was reached. Make smaller shards "
-        "(to_jsonl(requests, out_dir, max_input_tokens=...)), or wait for running batches to "
-        "finish and submit again, or submit(..., max_enqueued_tokens=...) so that shards wait "
-        "their turn instead of failing."
-    )
+    advice = []
+    if token_limit:
+        advice.append(
+            "The organisation's enqueued-token limit was reached. Make smaller shards "
+            "(to_jsonl(requests, out_dir, max_input_tokens=...)), or wait for running batches to "
+            "finish and submit again, or submit(..., max_enqueued_tokens=...) so that shards wait "
+            "their turn instead of failing."
+        )
+    if any(e.get("line") is not None for e in errors):
+        advice.append("Fix those lines of the shard files (to_jsonl() again) and submit again.")
+    if not advice:
+        advice.append("submit() the same manifest again to retry: a failed batch is not reused.")
     return BatchFailedError(
-        f"{len(failed)} batch(es) failed:\n" + "\n".join(lines) + "\n" + advice,
+        f"{len(failed)} batch(es) failed:\n" + "\n".join(lines) + "\n" + " ".join(advice),
         jobs=frame,
         errors=errors,
     )

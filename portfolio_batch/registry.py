@@ -43,7 +43,7 @@ TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 # Statuses that count against an organisation's enqueued-token limit.
 ACTIVE = frozenset({"validating", "in_progress", "finalizing"})
 # Shards in these states may be submitted again: the idempotency lookup skips them.
-RETRYABLE = frozenset({"failed", "cancelled"})
+RETRYABLE = frozenset({"failed", "cancelling", "cancelled"})
 
 JOBS_COLUMNS = [
     "run_id",
@@ -293,7 +293,7 @@ class Registry:
     # -- shards -----------------------------------------------------------------------------------
     def live_shard(self, idem_key: str) -> dict[str, Any] | None:
         """The newest shard with this idempotency key that is queued or whose batch may still
-        produce results (anything but failed / cancelled)."""
+        produce results (anything but failed / cancelling / cancelled)."""
         rows = self._rows(
             f"""SELECT * FROM shards WHERE idem_key = ?
                 AND status NOT IN ({",".join("?" * len(RETRYABLE))})

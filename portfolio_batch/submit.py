@@ -53,6 +53,8 @@ MANIFEST_COLUMNS = (
 )
 # Server-side statuses whose batch must not be reused: a new batch is made instead.
 DEAD = frozenset({"failed", "cancelled", "cancelling"})
+# How far along a batch is, to choose which of several copies to keep.
+PROGRESS = {"validating": 1, "in_progress": 2, "finalizing": 3, "completed": 4, "expired": 4}
 MAX_METADATA_KEYS = 16
 PB_KEYS = ("pb_sha256", "pb_version", "pb_run_id", "pb_shard")
 # How far back batches.list is read when looking for a batch by its metadata.
@@ -349,17 +351,22 @@ def create_shard_batch(
     except Exception as exc:
         # Nothing may run (and be paid for) without a record of it.
         try:
-            c.batches.cancel(batch["id"])
+            ended = cancel_batch(c, batch["id"])
         except openai.APIError as cancel_exc:
             raise RegistryError(
                 f"Batch {batch['id']} (shard {shard['shard']}) was created but could not be "
                 f"recorded ({exc}) nor cancelled ({cancel_exc}). Cancel it yourself: "
                 f"client.batches.cancel({batch['id']!r})."
             ) from exc
+        what = (
+            "it was cancelled so that nothing runs untracked"
+            if ended["status"] in ("cancelling", "cancelled")
+            else f"it had already ended ({ended['status']}), so nothing runs untracked"
+        )
         raise RegistryError(
             f"Batch {batch['id']} (shard {shard['shard']}) was created but could not be recorded "
-            f"in the job registry ({exc}); it was cancelled so that nothing runs untracked. Fix the "
-            "registry (PORTFOLIO_BATCH_HOME) and submit again."
+            f"in the job registry ({exc}); {what}. Fix the registry (PORTFOLIO_BATCH_HOME) and "
+            "submit again."
         ) from exc
     return batch
 
@@ -371,7 +378,17 @@ def _keep_one_batch(
     copies = index.batches_for(shard["sha256"], run_id=shard["run_id"], shard=shard["shard"])
     if not copies:
         return returned
-    keep = returned if returned and any(b["id"] == returned["id"] for b in copies) else copies[0]
+    # Keep the copy furthest along (a finished one is paid for already), else the one the SDK
+    # returned, else the oldest; cancel the rest.
+    returned_id = returned["id"] if returned else None
+    keep = max(
+        copies,
+        key=lambda b: (
+            PROGRESS.get(b["status"], 0),
+            b["id"] == returned_id,
+            -(b.get("created_at") or 0),
+        ),
+    )
     for extra in copies:
         if extra["id"] != keep["id"]:
             log.info(
@@ -379,9 +396,21 @@ def _keep_one_batch(
                 extra["id"],
                 shard["shard"],
             )
-            c.batches.cancel(extra["id"])
+            cancel_batch(c, extra["id"])
     index.forget()
     return keep
+
+
+def cancel_batch(c: openai.OpenAI, batch_id: str) -> dict[str, Any]:
+    """Cancel a batch; one that has already ended (the server refuses to cancel it) is returned
+    as it is."""
+    try:
+        return _dump(c.batches.cancel(batch_id))
+    except (openai.BadRequestError, openai.ConflictError):
+        batch = _dump(c.batches.retrieve(batch_id))
+        if batch["status"] in TERMINAL or batch["status"] == "cancelling":
+            return batch
+        raise
 
 
 def _json_dict(text: str | None) -> dict[str, str]:
@@ -669,7 +698,7 @@ def cancel(jobs: pd.DataFrame, *, client: openai.OpenAI | None = None) -> pd.Dat
                 reg.update_shard(row["run_id"], row["shard"], status="cancelled")
             elif row["batch_id"] and row["status"] not in TERMINAL | {"cancelling"}:
                 try:
-                    reg.update_batch(_dump(c.batches.cancel(row["batch_id"])))
+                    reg.update_batch(cancel_batch(c, row["batch_id"]))
                 except openai.APIError as exc:
                     raise PortfolioBatchError(
                         f"Cancelling batch {row['batch_id']} (run {row['run_id']}, shard "

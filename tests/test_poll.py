@@ -99,7 +99,7 @@ def test_poll_runs_every_batch_to_completion(openai_client, manifest) -> None:
 def test_finalizing_is_never_reported_as_done(
     local_server, openai_client, manifest, capsys
 ) -> None:
-    local_server.configure(request_delay=0.05)
+    local_server.configure(request_delay=0.25)
     snapshots: list[pd.DataFrame] = []
     final = pb.poll(
         pb.submit(manifest, client=openai_client),

@@ -71,7 +71,10 @@ def test_resubmitting_the_same_manifest_returns_the_same_batches(openai_client, 
     assert forced["input_file_id"].tolist() == first["input_file_id"].tolist()
 
 
-def test_a_failed_or_cancelled_shard_is_submitted_again(openai_client, manifest) -> None:
+def test_a_failed_or_cancelled_shard_is_submitted_again(
+    local_server, openai_client, manifest
+) -> None:
+    local_server.configure(request_delay=0.2)
     first = pb.submit(manifest.iloc[:1], client=openai_client)
     pb.cancel(first, client=openai_client)
     again = pb.submit(manifest.iloc[:1], client=openai_client)
@@ -131,7 +134,10 @@ def test_not_a_manifest_names_the_missing_columns(openai_client) -> None:
         pb.submit(pd.DataFrame({"shard": [0]}), client=openai_client)
 
 
-def test_a_batch_that_cannot_be_recorded_is_cancelled(openai_client, manifest) -> None:
+def test_a_batch_that_cannot_be_recorded_is_cancelled(
+    local_server, openai_client, manifest
+) -> None:
+    local_server.configure(request_delay=0.2)
     with open_registry() as reg:
         reg.conn.execute(
             "CREATE TRIGGER no_batches BEFORE INSERT ON batches "
