@@ -535,3 +535,32 @@ def test_last_line_without_newline(tmp_path: Path, requests: pd.DataFrame) -> No
     res = pb.aggregate_df(None, requests, output_files=[path])
     assert res["status"].iloc[:3].tolist() == ["succeeded", "succeeded", "missing"]
     assert res.attrs["files"][0]["lines"] == 2
+
+
+@pytest.mark.slow
+def test_readme_results_examples_run_and_print_what_they_say(
+    testdata: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import contextlib
+    import io
+    import re
+    import shutil
+
+    from portfolio_batch.backend import reset_client
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("<!-- section:pipeline -->")[1].split("<!-- /section:pipeline -->")[0]
+    mine = section.split("<!-- aggregate docs below -->")[1]
+    blocks = re.findall(r"```python\n(.*?)```", mine, flags=re.S)
+    assert len(blocks) == 2
+    shutil.copytree(testdata, tmp_path / "testdata")
+    monkeypatch.chdir(tmp_path)
+    try:
+        for block in blocks:
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                exec(compile(block, "README.md", "exec"), {})
+            expected = re.findall(r"^# -> (.*)$", block, flags=re.M)
+            assert printed.getvalue().splitlines() == expected
+    finally:
+        reset_client()
