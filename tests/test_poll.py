@@ -13,7 +13,7 @@ import pytest
 import portfolio_batch as pb
 from portfolio_batch.errors import BatchFailedError, PollTimeoutError
 from portfolio_batch.poll import progress_state
-from portfolio_batch.registry import TERMINAL
+from portfolio_batch.registry import TERMINAL, open_registry
 
 
 @pytest.fixture
@@ -94,6 +94,12 @@ def test_poll_runs_every_batch_to_completion(openai_client, manifest) -> None:
     stored = pb.jobs(jobs["run_id"].iloc[0])
     assert stored["status"].tolist() == ["completed"] * 3
     assert stored["output_file_id"].tolist() == final["output_file_id"].tolist()
+    # Actual cost from each batch's usage at batch prices, next to the estimate.
+    with open_registry() as reg:
+        costs = [reg.batch(b)["actual_cost_usd"] for b in final["batch_id"]]
+        run = reg.run(final["run_id"].iloc[0])
+    assert all(0 < c <= e for c, e in zip(costs, final["est_cost_usd"], strict=True))
+    assert run["actual_cost_usd"] == pytest.approx(sum(costs))
 
 
 def test_finalizing_is_never_reported_as_done(

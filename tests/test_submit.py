@@ -193,3 +193,29 @@ def test_cancel_stops_running_batches(local_server, openai_client, manifest) -> 
     assert set(cancelled["status"]) <= {"cancelling", "cancelled"}
     final = pb.poll(cancelled, client=openai_client, progress=False)
     assert (final["status"] == "cancelled").all()
+
+
+@pytest.mark.slow
+def test_readme_sending_example_runs_and_prints_what_it_says(
+    testdata, tmp_path, monkeypatch
+) -> None:
+    import contextlib
+    import io
+    import re
+    import shutil
+
+    from portfolio_batch.backend import reset_client
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("<!-- section:pipeline -->")[1].split("<!-- aggregate docs below -->")[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 1
+    shutil.copytree(testdata, tmp_path / "testdata")
+    monkeypatch.chdir(tmp_path)
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            exec(compile(blocks[0], "README.md", "exec"), {})
+    finally:
+        reset_client()
+    assert printed.getvalue().splitlines() == re.findall(r"^# -> (.*)$", blocks[0], flags=re.M)
