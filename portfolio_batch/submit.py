@@ -57,8 +57,10 @@ DEAD = frozenset({"failed", "cancelled", "cancelling"})
 PROGRESS = {"validating": 1, "in_progress": 2, "finalizing": 3, "completed": 4, "expired": 4}
 MAX_METADATA_KEYS = 16
 PB_KEYS = ("pb_sha256", "pb_version", "pb_run_id", "pb_shard")
-# How far back batches.list is read when looking for a batch by its metadata.
+# How far back batches.list is read when looking for a batch by its metadata: OpenAI deletes a
+# batch's output 30 days after it completes, so an older one cannot be reused anyway.
 MAX_LISTED = 10_000
+MAX_AGE_SECONDS = 30 * 24 * 3600
 
 
 def idempotency_key(sha256: str, endpoint: str, model: str, backend: str) -> str:
@@ -187,11 +189,18 @@ class ServerIndex:
 
     def batches(self, *, refresh: bool = False) -> list[dict[str, Any]]:
         if self._batches is None or refresh:
-            found = []
-            for n, batch in enumerate(self.client.batches.list(limit=100)):
-                if n >= MAX_LISTED:
+            found: list[dict[str, Any]] = []
+            cutoff = time.time() - MAX_AGE_SECONDS
+            newest_first = True
+            for batch in self.client.batches.list(limit=100):
+                b = _dump(batch)
+                created = b.get("created_at") or 0
+                if found and created > (found[-1].get("created_at") or 0):
+                    newest_first = False
+                # Listed newest first (OpenAI, the local server): older batches' results are gone.
+                if len(found) >= MAX_LISTED or (newest_first and created and created < cutoff):
                     break
-                found.append(_dump(batch))
+                found.append(b)
             self._batches = found
         return self._batches
 
