@@ -14,8 +14,9 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import httpx2
 import msgspec
@@ -24,7 +25,7 @@ import openai
 from portfolio_batch.errors import DownloadError, InputError
 from portfolio_batch.home import cache_dir
 
-__all__ = ["LINE_DECODER", "ROW", "AnswerCheck", "Line", "download_file", "row_of"]
+__all__ = ["LINE_DECODER", "ROW", "Line", "download_file", "row_of"]
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +111,6 @@ def _fetch(client: Any, file_id: str, part: Path, have: int) -> None:
         with open(part, mode) as fh:
             for chunk in resp.iter_bytes(_CHUNK):
                 fh.write(chunk)
-
-
-class AnswerCheck(Protocol):
-    """Validates an answer text against a schema: the field values (a tuple), or why not (a str)."""
-
-    def check(self, content: str) -> tuple[Any, ...] | str: ...
 
 
 # -- the lines of output/error files: only the fields kept are decoded ------------------------
@@ -207,7 +202,7 @@ ROW = (
 )
 
 
-def row_of(line: Line, validator: AnswerCheck | None) -> tuple[Any, ...]:
+def row_of(line: Line, decode: Callable[[str], Any] | None) -> tuple[Any, ...]:
     """The results row one output/error line gives (see ``ROW``).
 
     Written for the common case, a 200 chat.completion with a valid answer: it runs 50,000 times
@@ -237,20 +232,35 @@ def row_of(line: Line, validator: AnswerCheck | None) -> tuple[Any, ...]:
     else:
         content, finish, refusal = _responses_answer(body)
     if content is not None:
-        if validator is None:
+        if decode is None:
             return ("succeeded", 200, None, None, finish, content, pt, ct, cached, body.model, None)
-        r = validator.check(content)
-        if r.__class__ is tuple:
-            return ("succeeded", 200, None, None, finish, content, pt, ct, cached, body.model, r)
-        problem = str(r)
-        code = "invalid_json" if problem.startswith("answer is not") else "schema_mismatch"
+        try:
+            answer = decode(content)  # validates while decoding
+        except msgspec.ValidationError as exc:
+            code, problem = "schema_mismatch", f"answer does not match the schema: {exc}"
+        except msgspec.DecodeError as exc:
+            code, problem = "invalid_json", f"answer is not valid JSON: {exc}"
+        else:
+            return (
+                "succeeded",
+                200,
+                None,
+                None,
+                finish,
+                content,
+                pt,
+                ct,
+                cached,
+                body.model,
+                answer,
+            )
         if finish in ("length", "max_output_tokens"):
             problem += (
                 " (the answer was cut at max_tokens: retry_failed(..., max_tokens=) raises it)"
             )
     elif refusal is not None:
         code, problem = "refusal", f"the model refused: {refusal}"
-    elif validator is not None:
+    elif decode is not None:
         code, problem = "no_content", "the response has no answer text"
     else:
         return ("succeeded", 200, None, None, finish, content, pt, ct, cached, body.model, None)
