@@ -131,7 +131,8 @@ def analyze_risk(
     key = requests.attrs.get("key")
     if not batch:
         write_run_info(out_dir, run_id=None, requests=requests, mode=mode, portfolio=portfolio)
-        results = pb.run_sync(requests, client=client)
+        err.print(f"Sending {len(requests)} requests synchronously...")
+        results = pb.run_sync(requests, client=client, progress=err.is_terminal)
         raise typer.Exit(finish(results, costs=costs, jobs=None, out_dir=out_dir, key=key))
 
     jobs = pb.submit(manifest, client=client, budget_usd=budget)
