@@ -181,3 +181,45 @@ def test_5_registry_deleted_then_the_batch_is_found_by_its_metadata(
     assert pb.jobs()["batch_id"].tolist() != []
     final = pb.poll(second, client=openai_client, progress=False)
     assert final["status"].eq("completed").all()
+
+
+class InterruptAfterCreate(httpx2.BaseTransport):
+    """Ctrl-C at the worst moment: the server has created the batch, the client never records it."""
+
+    def __init__(self) -> None:
+        self.inner = httpx2.HTTPTransport()
+        self.armed = True
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = self.inner.handle_request(request)
+        if self.armed and request.method == "POST" and request.url.path == "/v1/batches":
+            self.armed = False
+            response.read()
+            response.close()
+            raise KeyboardInterrupt
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_interrupted_between_create_and_record_adopts_the_batch(
+    local_server, manifest, requests
+) -> None:
+    client = openai.OpenAI(
+        base_url=str(local_server.base_url),
+        api_key="test",
+        http_client=httpx2.Client(transport=InterruptAfterCreate()),
+    )
+    with pytest.raises(KeyboardInterrupt):
+        pb.submit(manifest, client=client, run_id="run-int")
+    observer = local_server.client()
+    assert len(list(observer.batches.list(limit=100))) == 1  # created, not recorded
+    assert pb.jobs("run-int")["batch_id"].isna().all()
+    final = pb.poll(pb.resume("run-int", client=client), client=client, progress=False)
+    assert final["status"].eq("completed").all()
+    assert final["completed"].sum() == len(requests)
+    assert _live_batches_per_shard(observer) == {
+        ("run-int", str(s)): 1 for s in range(len(manifest))
+    }
+    assert len(list(observer.batches.list(limit=100))) == len(manifest)
