@@ -40,35 +40,23 @@ __all__ = [
     "custom_id_for",
 ]
 
+# Kept short: it is repeated in every line of every batch file, and billed on every request.
 DEFAULT_SYSTEM_PROMPT = (
-    "You are a portfolio risk analyst. You review one position of an equity portfolio at a time "
-    "and assess the risk it adds to the portfolio over the next 12 months. Use the fields you are "
-    "given: weight is the position's fraction of the portfolio, beta its market beta, volatility "
-    "its annualised volatility as a fraction (0.35 means 35 %), plus its sector and any notes. "
-    "Answer only with the requested JSON: risk_score from 0 (negligible) to 100 (severe); "
-    "risk_level low (score below 34), medium (34 to 66) or high (above 66); at most three short "
-    "risk drivers; and a rationale of one or two sentences. Do not invent facts that are not in "
-    "the input."
+    "You are a portfolio risk analyst. Assess the risk one equity position adds to its portfolio "
+    "over the next 12 months, using only the fields given: weight (fraction of the portfolio), "
+    "beta, volatility (annualised fraction, 0.35 = 35 %), sector, notes. risk_score: 0 "
+    "(negligible) to 100 (severe); risk_level: low below 34, medium 34-66, high above 66; "
+    "drivers: at most 3, short; rationale: one or two sentences."
 )
 DEFAULT_USER_PROMPT = "Review the risk of this portfolio position. Its fields, as JSON:"
 
 RISK_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "risk_score": {
-            "type": "integer",
-            "minimum": 0,
-            "maximum": 100,
-            "description": "0 = negligible risk, 100 = severe risk",
-        },
+        "risk_score": {"type": "integer", "minimum": 0, "maximum": 100},
         "risk_level": {"type": "string", "enum": ["low", "medium", "high"]},
-        "drivers": {
-            "type": "array",
-            "items": {"type": "string"},
-            "maxItems": 3,
-            "description": "the main risk drivers, most important first",
-        },
-        "rationale": {"type": "string", "description": "one or two sentences"},
+        "drivers": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+        "rationale": {"type": "string"},
     },
     "required": ["risk_score", "risk_level", "drivers", "rationale"],
     "additionalProperties": False,

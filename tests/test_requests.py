@@ -53,12 +53,7 @@ def test_body_is_a_strict_structured_output_chat_request(portfolio: pd.DataFrame
     schema = rf["json_schema"]["schema"]
     assert schema["required"] == ["risk_score", "risk_level", "drivers", "rationale"]
     assert schema["additionalProperties"] is False
-    assert schema["properties"]["risk_score"] == {
-        "type": "integer",
-        "minimum": 0,
-        "maximum": 100,
-        "description": "0 = negligible risk, 100 = severe risk",
-    }
+    assert schema["properties"]["risk_score"] == {"type": "integer", "minimum": 0, "maximum": 100}
     assert schema["properties"]["risk_level"]["enum"] == ["low", "medium", "high"]
     assert schema["properties"]["drivers"]["maxItems"] == 3
 
@@ -115,7 +110,9 @@ def test_prompt_version_follows_prompt_schema_and_model(portfolio: pd.DataFrame)
     assert build_requests(portfolio, model="gpt-4.1-mini").attrs["prompt_version"] != base
     assert build_requests(portfolio, prompt="Be brief.").attrs["prompt_version"] != base
     schema = copy.deepcopy(RISK_SCHEMA)
-    schema["properties"]["rationale"]["description"] = "one sentence"
+    schema["properties"]["rationale"]["description"] = (
+        "one sentence"  # a new field changes the hash
+    )
     assert build_requests(portfolio, schema=schema).attrs["prompt_version"] != base
 
 
