@@ -117,26 +117,29 @@ def reset_client() -> None:
 
 
 def backend_name(c: Any) -> str:
-    """A stable name of the backend a client talks to: ``"openai"``, ``"azure"``,
-    ``"local:embedded:<engine>"`` for the embedded server, else ``"local:<base_url>"``.
+    """A stable name of the backend a client talks to: ``"openai"`` (``"openai:<org>:<project>"``
+    when those are set), ``"azure:<host>"``, ``"local:embedded:<engine>"`` for the embedded server,
+    else ``"local:<base_url>"``.
 
-    It is part of the idempotency key, so that the same file sent to two backends makes two batches.
+    It is part of the idempotency key, so that the same file sent to two backends makes two
+    batches; it never contains a key.
 
     >>> backend_name(openai.OpenAI(api_key="x"))
     'openai'
     """
-    if isinstance(c, openai.AzureOpenAI):
-        return "azure"
+    host = c.base_url.host
+    if isinstance(c, openai.AzureOpenAI) or host.endswith(
+        (".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com")
+    ):
+        return f"azure:{host}"
     base = str(c.base_url).rstrip("/")
     engine = _embedded_urls.get(base)
     if engine is not None:
         # The port changes per process; the data directory (and so the batches) does not.
         return f"local:embedded:{engine}"
-    host = c.base_url.host
     if host == "api.openai.com":
-        return "openai"
-    if host.endswith(".openai.azure.com") or host.endswith(".cognitiveservices.azure.com"):
-        return "azure"
+        scope = [s for s in (getattr(c, "organization", None), getattr(c, "project", None)) if s]
+        return ":".join(["openai", *scope])
     return f"local:{base}"
 
 

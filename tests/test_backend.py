@@ -40,7 +40,7 @@ def test_azure_trio_selects_azure(monkeypatch) -> None:
     monkeypatch.setenv("OPENAI_API_VERSION", "2024-10-21")
     c = pb.client()
     assert isinstance(c, openai.AzureOpenAI)
-    assert backend_name(c) == "azure"
+    assert backend_name(c) == "azure:my-res.openai.azure.com"
     assert "/openai/" in str(c.base_url)
 
 
@@ -86,3 +86,9 @@ def test_engine_override_selects_the_local_server_even_with_a_key(monkeypatch) -
 def test_other_base_urls_are_named_by_their_url() -> None:
     c = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="x")
     assert backend_name(c) == "local:http://127.0.0.1:9/v1"
+
+
+def test_openai_organisation_and_project_scope_the_backend_name() -> None:
+    c = openai.OpenAI(api_key="sk-x", organization="org-1", project="proj_2")
+    assert backend_name(c) == "openai:org-1:proj_2"
+    assert "sk-x" not in backend_name(c)
