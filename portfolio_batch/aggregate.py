@@ -20,6 +20,8 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any, cast
 
@@ -48,7 +50,7 @@ _RANK = {
 }
 _TERMINAL = {"completed", "failed", "expired", "cancelled"}
 _NOT_DATA = {"custom_id", "method", "url", "body"}
-_MISSING: tuple[Any, ...] = ("missing", *([None] * (len(ROW) - 1)))
+_CID = attrgetter("custom_id")
 _CHUNK = 512 << 10  # bytes decoded per call: small enough that its objects stay in the CPU cache
 _CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*("(?:[^"\\]|\\.)*")')
 RETRYABLE_CODES = frozenset(
@@ -76,6 +78,7 @@ class Validator:
 
     fields: list[str]
     dtypes: list[str]
+    getters: list[Callable[[Any], Any]]  # field k of a decoded answer
     decode: Callable[[str], Any]
     to_tuple: Callable[[Any], tuple[Any, ...]]
     empty: Any
@@ -99,6 +102,7 @@ class _StructValidator(Validator):
         self.to_tuple = astuple
         self.empty = struct(**{f"f{n}": None for n in range(len(fields))})
         self.fields, self.dtypes = fields, dtypes
+        self.getters = [attrgetter(f"f{n}") for n in range(len(fields))]
 
 
 class _JsonSchemaValidator(Validator):
@@ -121,6 +125,7 @@ class _JsonSchemaValidator(Validator):
         self.dtypes = [_dtype(p) for p in props.values()]
         self.to_tuple = tuple
         self.empty = (None,) * len(self.fields)
+        self.getters = [itemgetter(n) for n in range(len(self.fields))]
 
     def decode(self, content: str) -> tuple[Any, ...]:  # type: ignore[override]
         try:
@@ -293,27 +298,30 @@ class Collector:
         for v in distinct:
             for name, dtype in zip(v.fields, v.dtypes, strict=True):
                 self.fields.setdefault(name, dtype)
-        self.where = [0] * n
-        self.rows: list[tuple[Any, ...]] = [_MISSING]
-        # the answer of each row, kept apart so one zip(*) makes the field columns
-        self.nones = self.single.empty if self.single is not None else None
-        self.values: list[Any] = [self.nones]
+        self.where = np.zeros(n, dtype=np.intp)
+        # "no answer" in the answer slot (row[10]): what the field columns get for a failed row
+        self.empty = self.single.empty if self.single is not None else None
+        self.missing = ("missing", *([None] * (len(ROW) - 2)), self.empty)
+        self.rows: list[tuple[Any, ...]] = [self.missing]
         self.batch_id: list[str | None] = [None]
         self.unknown = self.duplicates = self.malformed = 0
 
     def add_lines(
-        self, lines: Iterable[Line], *, batch_id: str | None, name: str, first: int
+        self, lines: Sequence[Line], *, batch_id: str | None, name: str, first: int
     ) -> None:
         """Record decoded lines; ``name`` and ``first`` (line number of the first) are for logs."""
-        pos, where, rows, values, batches = (
+        if self.validators is None and self._add_fast(lines, batch_id):
+            return
+        pos, where, rows, batches, per_row = (
             self.pos,
             self.where,
             self.rows,
-            self.values,
             self.batch_id,
+            self.validators,
         )
-        nones, per_row = self.nones, self.validators
-        decode = self.single.decode if self.single is not None else None
+        decode, empty = (
+            (self.single.decode, self.empty) if self.single is not None else (None, None)
+        )
         for k, line in enumerate(lines):
             try:
                 i = pos[line.custom_id]
@@ -322,8 +330,8 @@ class Collector:
                 continue
             if per_row is not None:
                 v = per_row[i]
-                decode = None if v is None else v.decode
-            row = row_of(line, decode)
+                decode, empty = (None, None) if v is None else (v.decode, v.empty)
+            row = row_of(line, decode, empty)
             j = where[i]
             if (
                 j
@@ -333,8 +341,31 @@ class Collector:
                 continue
             where[i] = len(rows)
             rows.append(row)
-            values.append(row[10] or nones)
             batches.append(batch_id)
+
+    def _add_fast(self, lines: Sequence[Line], batch_id: str | None) -> bool:
+        """The usual block: known, new, distinct custom_ids and one schema. Done with C-level
+        maps instead of a Python loop; False (nothing recorded) when the block needs the loop."""
+        try:
+            idx = np.fromiter(
+                map(self.pos.__getitem__, map(_CID, lines)), dtype=np.intp, count=len(lines)
+            )
+        except KeyError:
+            return False
+        if self.where[idx].any() or len(np.unique(idx)) != len(idx):
+            return False
+        base = len(self.rows)
+        self.rows.extend(
+            map(
+                row_of,
+                lines,
+                repeat(self.single.decode if self.single else None),
+                repeat(self.empty),
+            )
+        )
+        self.where[idx] = np.arange(base, base + len(idx))
+        self.batch_id.extend(repeat(batch_id, len(idx)))
+        return True
 
     def _unknown(self, custom_id: str, where: str) -> None:
         self.unknown += 1
@@ -358,9 +389,11 @@ class Collector:
         log.warning("%s: malformed line (%s); custom_id %r left missing", where, problem, cid)
         if i is not None and self.rows[self.where[i]][0] == "missing":
             msg = f"its result line ({where}) is malformed: {problem}"
+            v = self.single if self.validators is None else self.validators[i]
             self.where[i] = len(self.rows)
-            self.rows.append(("missing", None, "malformed_line", msg, *_MISSING[4:]))
-            self.values.append(self.nones)
+            self.rows.append(
+                ("missing", None, "malformed_line", msg, *self.missing[4:10], v and v.empty)
+            )
             self.batch_id.append(None)
 
     def read_file(
@@ -419,30 +452,42 @@ class Collector:
         self, requests: pd.DataFrame, *, prices: Any = None, batch: bool = True
     ) -> pd.DataFrame:
         """The results frame, in the requests' row order."""
-        idx = np.asarray(self.where, dtype=np.intp)
-        got = dict(zip(ROW, zip(*self.rows, strict=True), strict=True))
+        idx, rows = self.where, self.rows
+
+        def text(k: int) -> pd.Series:  # column k of the rows, in request order
+            return _obj(_take(map(itemgetter(k), rows), len(rows), idx))
+
+        def number(k: int) -> np.ndarray:
+            return np.array(list(map(itemgetter(k), rows)), dtype=float)[idx]
+
         cols: dict[str, Any] = {"custom_id": _obj(self.ids)}
         for c in requests.columns:
             if c not in _NOT_DATA:
                 cols[c] = requests[c].array
-        cols["status"] = _obj(_take(got["status"], idx))
-        cols["http_status"] = _int_column(np.array(got["http_status"], dtype=float)[idx])
-        for name in ("error_code", "error_message", "finish_reason", "content"):
-            cols[name] = _obj(_take(got[name], idx))
-        for name, values in self._field_columns(idx).items():
+        cols["status"] = text(0)
+        cols["http_status"] = _int_column(number(1))
+        for k, name in (
+            (2, "error_code"),
+            (3, "error_message"),
+            (4, "finish_reason"),
+            (5, "content"),
+        ):
+            cols[name] = text(k)
+        answers = list(map(itemgetter(10), rows))
+        for name, values in self._field_columns(answers, idx).items():
             cols[name] = _typed(values, self.fields[name])
         tokens = {
-            c: np.array(got[c], dtype=float)[idx]
-            for c in ("prompt_tokens", "completion_tokens", "cached_tokens")
+            name: number(k)
+            for k, name in ((6, "prompt_tokens"), (7, "completion_tokens"), (8, "cached_tokens"))
         }
         for name, arr in tokens.items():
             cols[name] = _int_column(arr)
-        models = _take(got["model"], idx)
+        models = _take(map(itemgetter(9), rows), len(rows), idx)
         unnamed = models == None  # noqa: E711  (elementwise: rows whose response names no model)
         if unnamed.any():
             models[unnamed] = np.array(_request_models(requests), dtype=object)[unnamed]
         cols["cost_usd"] = _cost(models, tokens, prices=prices, batch=batch)
-        cols["batch_id"] = _obj(_take(self.batch_id, idx))
+        cols["batch_id"] = _obj(_take(self.batch_id, len(rows), idx))
         cols["model"] = _obj(models)
         out = pd.DataFrame(cols)
         out.index = pd.Index(self.ids, name="custom_id", dtype=object)
@@ -454,24 +499,26 @@ class Collector:
         )
         return out
 
-    def _field_columns(self, idx: np.ndarray) -> dict[str, Any]:
+    def _field_columns(self, answers: Sequence[Any], idx: np.ndarray) -> dict[str, Any]:
         """The answer fields as columns, in request order."""
         if self.single is not None:
-            tuples = map(self.single.to_tuple, self.values)
-            cols = zip(*tuples, strict=True)
-            return {f: _take(col, idx) for f, col in zip(self.single.fields, cols, strict=True)}
+            one = self.single
+            return {
+                f: _take(map(get, answers), len(answers), idx)
+                for f, get in zip(one.fields, one.getters, strict=True)
+            }
         out: dict[str, list[Any]] = {f: [None] * len(self.ids) for f in self.fields}
-        for i, (v, j) in enumerate(zip(self.validators or (), self.where, strict=True)):
-            vals = self.values[j]
-            if v is not None and vals is not None:
-                for f, x in zip(v.fields, v.to_tuple(vals), strict=True):
-                    out[f][i] = x
+        for i, (v, j) in enumerate(zip(self.validators or (), idx, strict=True)):
+            if v is not None and answers[j] is not None:
+                for f, get in zip(v.fields, v.getters, strict=True):
+                    out[f][i] = get(answers[j])
         return out
 
 
-def _take(column: Sequence[Any], idx: np.ndarray) -> np.ndarray:
-    """``column`` reordered by ``idx``, as an object array (lists stay elements, never a 2-D array)."""
-    return np.fromiter(column, dtype=object, count=len(column))[idx]
+def _take(column: Iterable[Any], n: int, idx: np.ndarray) -> np.ndarray:
+    """The ``n`` values of ``column`` reordered by ``idx``, as an object array (a list value stays
+    one element, never a second dimension)."""
+    return np.fromiter(column, dtype=object, count=n)[idx]
 
 
 def _blocks(fh: io.BufferedIOBase, size: int) -> Iterator[tuple[memoryview | bytes, int]]:
@@ -660,8 +707,9 @@ def _request_models(requests: pd.DataFrame) -> list[str | None]:
 
 
 def _obj(values: Any) -> pd.Series:
-    """An object column: pandas 3 would convert text to its str dtype, at 20-30 ms a column."""
-    return pd.Series(values, dtype=object)
+    """An object column: pandas 3 would convert text to its str dtype, at 20-30 ms a column.
+    ``copy=False``: the arrays are built here and owned by nobody else."""
+    return pd.Series(values, dtype=object, copy=False)
 
 
 def _typed(values: Any, dtype: str) -> Any:
@@ -685,31 +733,46 @@ def _cost(
     models: np.ndarray, tokens: dict[str, np.ndarray], *, prices: Any, batch: bool
 ) -> np.ndarray:
     """Actual cost per row: priced once per model, over whole token arrays."""
-    from portfolio_batch.cost import cost_usd
-
     prompt, completion, cached = (
         np.nan_to_num(tokens[c]) for c in ("prompt_tokens", "completion_tokens", "cached_tokens")
     )
-    cost = np.zeros(len(models))
     billed = (prompt > 0) | (completion > 0)
-    if not billed.any():
-        return cost
-    for model in set(models[billed]):
+    names = set(models[billed].tolist())
+    if len(names) == 1:  # the usual case: one model; rows without usage cost 0 anyway
+        return _priced(names.pop(), prompt, completion, cached, prices=prices, batch=batch)
+    cost = np.zeros(len(models))
+    for model in names:
         mask = billed & (models == model)
-        try:
-            if not isinstance(model, str) or not model:
-                raise PricingError(
-                    "the responses name no model; pass the requests frame they came from"
-                )
-            cost[mask] = cost_usd(
-                model, prompt[mask], completion[mask], cached[mask], batch=batch, prices=prices
-            )
-        except PricingError as exc:
-            log.warning(
-                "cost_usd is NaN for %d row(s) of model %r: %s", int(mask.sum()), model, exc
-            )
-            cost[mask] = np.nan
+        cost[mask] = _priced(
+            model, prompt[mask], completion[mask], cached[mask], prices=prices, batch=batch
+        )
     return cost
+
+
+def _priced(
+    model: Any,
+    prompt: np.ndarray,
+    completion: np.ndarray,
+    cached: np.ndarray,
+    *,
+    prices: Any,
+    batch: bool,
+) -> np.ndarray:
+    from portfolio_batch.cost import cost_usd
+
+    try:
+        if not isinstance(model, str) or not model:
+            raise PricingError(
+                "the responses name no model; pass the requests frame they came from"
+            )
+        return np.asarray(
+            cost_usd(model, prompt, completion, cached, batch=batch, prices=prices), dtype=float
+        )
+    except PricingError as exc:
+        billed = int(((prompt > 0) | (completion > 0)).sum())
+        if billed:
+            log.warning("cost_usd is NaN for %d row(s) of model %r: %s", billed, model, exc)
+        return np.where((prompt > 0) | (completion > 0), np.nan, 0.0)
 
 
 # -- summaries, retries, merges ----------------------------------------------------------------

@@ -202,18 +202,19 @@ ROW = (
 )
 
 
-def row_of(line: Line, decode: Callable[[str], Any] | None) -> tuple[Any, ...]:
-    """The results row one output/error line gives (see ``ROW``).
+def row_of(line: Line, decode: Callable[[str], Any] | None, empty: Any = None) -> tuple[Any, ...]:
+    """The results row one output/error line gives (see ``ROW``); ``decode`` decodes and checks
+    the answer text, ``empty`` is the answer slot of a row without a valid answer.
 
     Written for the common case, a 200 chat.completion with a valid answer: it runs 50,000 times
     per batch file, so it touches as few attributes as it can.
     """
     resp = line.response
     if resp is None:
-        return _no_response(line)
+        return _no_response(line, empty)
     body = resp.body
     if resp.status_code != 200 or type(body) is not _Body or body.error is not None:
-        return _http_failure(resp)
+        return _http_failure(resp, empty)
     u = body.usage
     if u is None:
         pt = ct = cached = None
@@ -233,7 +234,19 @@ def row_of(line: Line, decode: Callable[[str], Any] | None) -> tuple[Any, ...]:
         content, finish, refusal = _responses_answer(body)
     if content is not None:
         if decode is None:
-            return ("succeeded", 200, None, None, finish, content, pt, ct, cached, body.model, None)
+            return (
+                "succeeded",
+                200,
+                None,
+                None,
+                finish,
+                content,
+                pt,
+                ct,
+                cached,
+                body.model,
+                empty,
+            )
         try:
             answer = decode(content)  # validates while decoding
         except msgspec.ValidationError as exc:
@@ -263,11 +276,23 @@ def row_of(line: Line, decode: Callable[[str], Any] | None) -> tuple[Any, ...]:
     elif decode is not None:
         code, problem = "no_content", "the response has no answer text"
     else:
-        return ("succeeded", 200, None, None, finish, content, pt, ct, cached, body.model, None)
-    return ("invalid_output", 200, code, problem, finish, content, pt, ct, cached, body.model, None)
+        return ("succeeded", 200, None, None, finish, content, pt, ct, cached, body.model, empty)
+    return (
+        "invalid_output",
+        200,
+        code,
+        problem,
+        finish,
+        content,
+        pt,
+        ct,
+        cached,
+        body.model,
+        empty,
+    )
 
 
-def _no_response(line: Line) -> tuple[Any, ...]:
+def _no_response(line: Line, empty: Any) -> tuple[Any, ...]:
     err = line.error
     code = None if err is None or err.code is None else str(err.code)
     status = (
@@ -278,10 +303,10 @@ def _no_response(line: Line) -> tuple[Any, ...]:
         else "failed"
     )
     msg = err.message if err is not None else "the line has neither a response nor an error"
-    return (status, None, code, msg, None, None, None, None, None, None, None)
+    return (status, None, code, msg, None, None, None, None, None, None, empty)
 
 
-def _http_failure(resp: _Response) -> tuple[Any, ...]:
+def _http_failure(resp: _Response, empty: Any) -> tuple[Any, ...]:
     body = resp.body
     code: str | None = None
     if isinstance(body, _Body) and body.error is not None:
@@ -291,7 +316,7 @@ def _http_failure(resp: _Response) -> tuple[Any, ...]:
         msg = body
     else:
         msg = "the response has no body"
-    return ("failed", resp.status_code, code, msg, None, None, None, None, None, None, None)
+    return ("failed", resp.status_code, code, msg, None, None, None, None, None, None, empty)
 
 
 def _responses_answer(body: _Body) -> tuple[str | None, str | None, str | None]:
