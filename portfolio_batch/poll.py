@@ -48,7 +48,8 @@ log = logging.getLogger("portfolio_batch")
 
 # API errors worth another round rather than aborting a poll that may run for hours.
 TRANSIENT = (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)
-# Rounds in a row in which creating a queued shard may fail before poll gives up.
+# Rounds in a row in which creating a queued shard may fail (after the SDK's own retries)
+# before poll gives up.
 MAX_SUBMIT_FAILURES = 5
 
 
@@ -124,10 +125,12 @@ class _Display:
             self.bar.refresh()
 
     def close(self) -> None:
-        if self.panel is not None:
-            self.panel.close()
-        if self.bar is not None:
-            self.bar.close()
+        panel, bar = self.panel, self.bar
+        self.panel = self.bar = None
+        if panel is not None:
+            panel.close()
+        if bar is not None:
+            bar.close()
 
 
 def _token_limit(batch: dict[str, Any]) -> bool:
@@ -294,7 +297,7 @@ def poll(
                 try:
                     frame = _refresh(reg, c, keys, index, requeue_after=largest)
                     submit_failures = 0
-                except SubmitError as exc:
+                except (SubmitError, *TRANSIENT) as exc:
                     submit_failures += 1
                     if submit_failures >= MAX_SUBMIT_FAILURES:
                         raise
@@ -317,6 +320,7 @@ def poll(
                 if interval == "auto":
                     wait = min(wait * 1.5, largest)
         except KeyboardInterrupt:
+            display.close()  # so that the bar does not redraw over the hint
             sys.stderr.write("\nInterrupted. " + _resume_hint(run_ids))
             sys.stderr.flush()
             raise
