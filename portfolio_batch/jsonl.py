@@ -84,21 +84,17 @@ class _Shards:
         out_dir: Path,
         prefix: str,
         limits: tuple[int, int, int | None],
-        pool: ThreadPoolExecutor,
+        pool: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
     ) -> None:
         self.out_dir, self.prefix = out_dir, prefix
         self.max_requests, self.max_bytes, self.max_tokens = limits
         self.rows: list[dict[str, Any]] = []
         self.file: Any = None
-        # Writing and hashing release the GIL: a writer thread does them while the caller's
-        # thread serialises the next chunk. At most two chunks wait, so memory stays bounded.
-        self.pool = pool
-        self.pending: deque[Future[None]] = deque()
-
-    @staticmethod
-    def _write_hash(file: Any, digest: Any, data: bytes) -> None:
-        file.write(data)
-        digest.update(data)
+        # Writing and hashing release the GIL: a writer and a hasher thread (each in order) do
+        # them while the caller's thread serialises the next chunk. At most two chunks wait, so
+        # memory stays bounded.
+        self.pool, self.hash_pool = pool
+        self.pending: deque[Future[Any]] = deque()
 
     def _drain(self, keep: int) -> None:
         while len(self.pending) > keep:
@@ -169,8 +165,9 @@ class _Shards:
                 self._close()
                 continue
             data = b"".join(lines[start:stop])
-            self.pending.append(self.pool.submit(self._write_hash, self.file, self.hash, data))
-            self._drain(2)
+            self.pending.append(self.pool.submit(self.file.write, data))
+            self.pending.append(self.hash_pool.submit(self.hash.update, data))
+            self._drain(4)
             cur["n_requests"], cur["n_bytes"], cur["est_input_tokens"] = count, size, toks
             cur["max_output_tokens"] += sum(out_tokens[start:stop])
             cur["last_custom_id"] = ids[stop - 1]
@@ -325,8 +322,10 @@ def to_jsonl(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     splice = _Splicer.for_body(first, endpoint, model)
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="to_jsonl-writer")
-    shards = _Shards(out, prefix, (int(max_requests), int(max_bytes), max_input_tokens), pool)
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="to_jsonl-writer")
+    hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="to_jsonl-sha256")
+    limits = (int(max_requests), int(max_bytes), max_input_tokens)
+    shards = _Shards(out, prefix, limits, (writer, hasher))
     try:
         for start in range(0, len(bodies), _CHUNK):
             stop = min(start + _CHUNK, len(bodies))
@@ -340,7 +339,8 @@ def to_jsonl(
         shards.abort()
         raise
     finally:
-        pool.shutdown(wait=True)
+        writer.shutdown(wait=True)
+        hasher.shutdown(wait=True)
     _remove_stale(out, prefix, len(rows))
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     manifest.attrs = {
