@@ -79,6 +79,11 @@ class Validator:
     fields: list[str]
     dtypes: list[str]
     getters: list[Callable[[Any], Any]]  # field k of a decoded answer
+
+    def getter(self, field: str) -> Callable[[Any], Any] | None:
+        """The getter of a field of this schema, None if the schema has no such field."""
+        return self.getters[self.fields.index(field)] if field in self.fields else None
+
     decode: Callable[[str], Any]
     to_tuple: Callable[[Any], tuple[Any, ...]]
     empty: Any
@@ -271,11 +276,12 @@ def _dtype(prop: Any) -> str:
 
 
 class Collector:
-    """Every requested custom_id's row, filled line by line; one DataFrame at the end.
+    """Every requested custom_id's row, filled block by block; one DataFrame at the end.
 
-    A row is the tuple ``row_of`` returns. Rows are appended in file order (memory stays in that
-    order, which keeps the final transpose cache-friendly); ``where[i]`` is the row of request
-    ``i``, 0 being the shared "missing" row. ``frame`` transposes once and reorders with numpy.
+    Rows are stored as columns (lists), appended in file order: a block of lines is turned into
+    rows by ``row_of`` and transposed onto the columns at once, so no per-row tuple or decoded
+    answer outlives its block. ``where[i]`` is the row of request ``i``; row 0 is "missing".
+    ``frame`` reorders each column with numpy.
     """
 
     def __init__(self, requests: pd.DataFrame) -> None:
@@ -299,12 +305,15 @@ class Collector:
             for name, dtype in zip(v.fields, v.dtypes, strict=True):
                 self.fields.setdefault(name, dtype)
         self.where = np.zeros(n, dtype=np.intp)
-        # "no answer" in the answer slot (row[10]): what the field columns get for a failed row
         self.empty = self.single.empty if self.single is not None else None
-        self.missing = ("missing", *([None] * (len(ROW) - 2)), self.empty)
-        self.rows: list[tuple[Any, ...]] = [self.missing]
+        missing = ("missing", *([None] * (len(ROW) - 1)))
+        self.cols: list[list[Any]] = [[x] for x in missing[:10]]  # ROW without "values"
+        self.field_cols: dict[str, list[Any]] = {f: [None] for f in self.fields}
         self.batch_id: list[str | None] = [None]
         self.unknown = self.duplicates = self.malformed = 0
+
+    def __len__(self) -> int:  # rows stored, the shared "missing" row included
+        return len(self.batch_id)
 
     def add_lines(
         self, lines: Sequence[Line], *, batch_id: str | None, name: str, first: int
@@ -312,69 +321,67 @@ class Collector:
         """Record decoded lines; ``name`` and ``first`` (line number of the first) are for logs."""
         if self.validators is None and self._add_fast(lines, batch_id):
             return
-        pos, where, rows, batches, per_row = (
-            self.pos,
-            self.where,
-            self.rows,
-            self.batch_id,
-            self.validators,
-        )
-        decode, empty = (
-            (self.single.decode, self.empty) if self.single is not None else (None, None)
-        )
         for k, line in enumerate(lines):
             try:
-                i = pos[line.custom_id]
+                i = self.pos[line.custom_id]
             except KeyError:
-                self._unknown(line.custom_id, f"{name} line {first + k}")
+                self.unknown += 1
+                log.warning(
+                    "%s line %d: custom_id %r is not in the requests; ignored",
+                    name,
+                    first + k,
+                    line.custom_id,
+                )
                 continue
-            if per_row is not None:
-                v = per_row[i]
-                decode, empty = (None, None) if v is None else (v.decode, v.empty)
-            row = row_of(line, decode, empty)
-            j = where[i]
+            v = self.single if self.validators is None else self.validators[i]
+            row = row_of(line, None if v is None else v.decode, None if v is None else v.empty)
+            j = self.where[i]
             if (
                 j
-                and rows[j][0] != "missing"
-                and not self._replaces(i, row, f"{name} line {first + k}")
+                and self.cols[0][j] != "missing"
+                and not self._replaces(i, row[0], f"{name} line {first + k}")
             ):
                 continue
-            where[i] = len(rows)
-            rows.append(row)
-            batches.append(batch_id)
+            self._append(i, row, v, batch_id)
 
     def _add_fast(self, lines: Sequence[Line], batch_id: str | None) -> bool:
         """The usual block: known, new, distinct custom_ids and one schema. Done with C-level
         maps instead of a Python loop; False (nothing recorded) when the block needs the loop."""
+        n = len(lines)
         try:
-            idx = np.fromiter(
-                map(self.pos.__getitem__, map(_CID, lines)), dtype=np.intp, count=len(lines)
-            )
+            idx = np.fromiter(map(self.pos.__getitem__, map(_CID, lines)), dtype=np.intp, count=n)
         except KeyError:
             return False
-        if self.where[idx].any() or len(np.unique(idx)) != len(idx):
+        if self.where[idx].any() or len(np.unique(idx)) != n:
             return False
-        base = len(self.rows)
-        self.rows.extend(
-            map(
-                row_of,
-                lines,
-                repeat(self.single.decode if self.single else None),
-                repeat(self.empty),
-            )
-        )
-        self.where[idx] = np.arange(base, base + len(idx))
-        self.batch_id.extend(repeat(batch_id, len(idx)))
+        v = self.single
+        rows = list(map(row_of, lines, repeat(None if v is None else v.decode), repeat(self.empty)))
+        self.where[idx] = np.arange(len(self), len(self) + n)
+        columns = list(zip(*rows, strict=True))
+        for col, values in zip(self.cols, columns, strict=False):  # the 10 row columns
+            col.extend(values)
+        if v is not None:
+            for f, get in zip(v.fields, v.getters, strict=True):
+                self.field_cols[f].extend(map(get, columns[10]))
+        self.batch_id.extend(repeat(batch_id, n))
         return True
 
-    def _unknown(self, custom_id: str, where: str) -> None:
-        self.unknown += 1
-        log.warning("%s: custom_id %r is not in the requests; ignored", where, custom_id)
+    def _append(
+        self, i: int, row: tuple[Any, ...], v: Validator | None, batch_id: str | None
+    ) -> None:
+        self.where[i] = len(self)
+        for col, value in zip(self.cols, row, strict=False):
+            col.append(value)
+        answer = row[10]
+        for f, col in self.field_cols.items():
+            get = v.getter(f) if v is not None and answer is not None else None
+            col.append(get(answer) if get is not None else None)
+        self.batch_id.append(batch_id)
 
-    def _replaces(self, i: int, row: tuple[Any, ...], where: str) -> bool:
+    def _replaces(self, i: int, new: str, where: str) -> bool:
         """A second line for a custom_id: the more useful one wins (succeeded over failed…)."""
         self.duplicates += 1
-        old, new = self.rows[self.where[i]][0], row[0]
+        old = self.cols[0][self.where[i]]
         keep = _RANK[new] <= _RANK[old]
         what = "ignored, kept the earlier" if keep else "replaces the earlier"
         log.warning("%s: another line for %r (%s) %s %s one", where, self.ids[i], new, what, old)
@@ -387,14 +394,9 @@ class Collector:
         cid = _loads_or_none(m.group(1)) if m else None
         i = self.pos.get(cid) if isinstance(cid, str) else None
         log.warning("%s: malformed line (%s); custom_id %r left missing", where, problem, cid)
-        if i is not None and self.rows[self.where[i]][0] == "missing":
+        if i is not None and self.cols[0][self.where[i]] == "missing":
             msg = f"its result line ({where}) is malformed: {problem}"
-            v = self.single if self.validators is None else self.validators[i]
-            self.where[i] = len(self.rows)
-            self.rows.append(
-                ("missing", None, "malformed_line", msg, *self.missing[4:10], v and v.empty)
-            )
-            self.batch_id.append(None)
+            self._append(i, ("missing", None, "malformed_line", msg, *([None] * 7)), None, None)
 
     def read_file(
         self,
@@ -451,46 +453,85 @@ class Collector:
     def frame(
         self, requests: pd.DataFrame, *, prices: Any = None, batch: bool = True
     ) -> pd.DataFrame:
-        """The results frame, in the requests' row order."""
-        idx, rows = self.where, self.rows
+        """The results frame, in the requests' row order.
 
-        def text(k: int) -> pd.Series:  # column k of the rows, in request order
-            return _obj(_take(map(itemgetter(k), rows), len(rows), idx))
-
-        def number(k: int) -> np.ndarray:
-            return np.array(list(map(itemgetter(k), rows)), dtype=float)[idx]
-
-        cols: dict[str, Any] = {"custom_id": _obj(self.ids)}
-        for c in requests.columns:
-            if c not in _NOT_DATA:
-                cols[c] = requests[c].array
-        cols["status"] = text(0)
-        cols["http_status"] = _int_column(number(1))
+        The object columns are written straight into one 2-D block that becomes the frame's own
+        (no consolidation copy); the typed columns are inserted next to them.
+        """
+        idx, n, m = self.where, len(self.ids), len(self)
+        obj_fields = [f for f, d in self.fields.items() if d == "object"]
+        obj_names = [
+            "custom_id",
+            "status",
+            "error_code",
+            "error_message",
+            "finish_reason",
+            "content",
+            *obj_fields,
+            "batch_id",
+            "model",
+        ]
+        block = np.empty((len(obj_names), n), dtype=object)
+        put = dict(zip(obj_names, block, strict=True))
+        put["custom_id"][:] = np.fromiter(self.ids, dtype=object, count=n)
         for k, name in (
+            (0, "status"),
             (2, "error_code"),
             (3, "error_message"),
             (4, "finish_reason"),
             (5, "content"),
+            (9, "model"),
         ):
-            cols[name] = text(k)
-        answers = list(map(itemgetter(10), rows))
-        for name, values in self._field_columns(answers, idx).items():
-            cols[name] = _typed(values, self.fields[name])
+            np.take(np.fromiter(self.cols[k], dtype=object, count=m), idx, out=put[name])
+        np.take(np.fromiter(self.batch_id, dtype=object, count=m), idx, out=put["batch_id"])
+        typed: dict[str, Any] = {}
+        for f, values in self.field_cols.items():
+            arr = np.fromiter(values, dtype=object, count=m)
+            if f in put:
+                np.take(arr, idx, out=put[f])
+            else:
+                typed[f] = _typed(arr[idx], self.fields[f])
+        typed["http_status"] = _int_column(_numbers(self.cols[1])[idx])
         tokens = {
-            name: number(k)
+            name: _numbers(self.cols[k])[idx]
             for k, name in ((6, "prompt_tokens"), (7, "completion_tokens"), (8, "cached_tokens"))
         }
-        for name, arr in tokens.items():
-            cols[name] = _int_column(arr)
-        models = _take(map(itemgetter(9), rows), len(rows), idx)
+        typed.update((name, _int_column(arr)) for name, arr in tokens.items())
+        models = put["model"]
         unnamed = models == None  # noqa: E711  (elementwise: rows whose response names no model)
         if unnamed.any():
             models[unnamed] = np.array(_request_models(requests), dtype=object)[unnamed]
-        cols["cost_usd"] = _cost(models, tokens, prices=prices, batch=batch)
-        cols["batch_id"] = _obj(_take(self.batch_id, len(rows), idx))
-        cols["model"] = _obj(models)
-        out = pd.DataFrame(cols)
-        out.index = pd.Index(self.ids, name="custom_id", dtype=object)
+        typed["cost_usd"] = _cost(models, tokens, prices=prices, batch=batch)
+        for c in requests.columns:
+            if c not in _NOT_DATA:
+                typed[c] = requests[c].array
+        out = pd.DataFrame(
+            block.T,
+            columns=obj_names,
+            index=pd.Index(self.ids, name="custom_id", dtype=object),
+            dtype=object,
+            copy=False,
+        )
+        order = [
+            "custom_id",
+            *(c for c in requests.columns if c not in _NOT_DATA),
+            "status",
+            "http_status",
+            "error_code",
+            "error_message",
+            "finish_reason",
+            "content",
+            *self.fields,
+            "prompt_tokens",
+            "completion_tokens",
+            "cached_tokens",
+            "cost_usd",
+            "batch_id",
+            "model",
+        ]
+        for loc, name in enumerate(order):  # in final order, so each loc is already right
+            if name in typed:
+                out.insert(loc, name, typed[name])
         out.attrs.update(
             malformed_lines=self.malformed,
             unknown_custom_ids=self.unknown,
@@ -499,20 +540,9 @@ class Collector:
         )
         return out
 
-    def _field_columns(self, answers: Sequence[Any], idx: np.ndarray) -> dict[str, Any]:
-        """The answer fields as columns, in request order."""
-        if self.single is not None:
-            one = self.single
-            return {
-                f: _take(map(get, answers), len(answers), idx)
-                for f, get in zip(one.fields, one.getters, strict=True)
-            }
-        out: dict[str, list[Any]] = {f: [None] * len(self.ids) for f in self.fields}
-        for i, (v, j) in enumerate(zip(self.validators or (), idx, strict=True)):
-            if v is not None and answers[j] is not None:
-                for f, get in zip(v.fields, v.getters, strict=True):
-                    out[f][i] = get(answers[j])
-        return out
+
+def _numbers(values: list[Any]) -> np.ndarray:
+    return np.array(values, dtype=float)  # None -> NaN
 
 
 def _take(column: Iterable[Any], n: int, idx: np.ndarray) -> np.ndarray:
