@@ -7,6 +7,8 @@ stage and reports ``VmHWM`` minus the RSS before. Stages:
 - ``write``: ``to_jsonl(requests)`` from a requests frame (the Done-when figure; the input is
   the requests frame, whose own memory is not counted);
 - ``build+write``: ``build_requests(portfolio)`` then ``to_jsonl`` (input: the portfolio frame);
+- ``stream``: the same, 50,000 rows at a time: ``to_jsonl(build_requests(part) for part in ...)``,
+  so the whole requests frame never exists (same bytes as ``write``);
 - ``estimate``: ``estimate_cost(requests)`` (vocabulary loaded first, as in any session);
 - ``naive``: the baseline, ``iterrows`` + ``json.dumps`` one line at a time into one file.
 
@@ -142,6 +144,10 @@ def child(stage: str, n: int, out: Path) -> dict[str, Any]:
     elif stage == "build+write":
         manifest = pb.to_jsonl(pb.build_requests(df), out)
         result["sha256"] = manifest.sha256.tolist()
+    elif stage == "stream":
+        parts = (pb.build_requests(df.iloc[i : i + 50_000]) for i in range(0, n, 50_000))
+        manifest = pb.to_jsonl(parts, out)
+        result["sha256"] = manifest.sha256.tolist()
     elif stage == "estimate":
         costs = pb.estimate_cost(requests)
         result["usd"] = float(costs.batch_cost_usd.sum())
@@ -197,23 +203,25 @@ def main() -> None:
     )
     results = []
     for n in sizes:
-        stages = ["write", "write", "build+write", "estimate"] + (
+        stages = ["write", "write", "build+write", "stream", "estimate"] + (
             ["naive"] if n <= args.naive_rows else []
         )
-        runs = {}
+        runs: dict[str, dict[str, Any]] = {}
         for stage in stages:
             r = run(stage, n)
             results.append(r)
-            if stage == "write" and stage in runs:
-                same = r["sha256"] == runs[stage]["sha256"]
-                print(
-                    f"{'':<12} {'':>9} two runs byte-identical: {same} ({r['shards']} shards, {r['mb']:.0f} MB)"
-                )
-            runs.setdefault(stage, r)
             print(
                 f"{stage:<12} {n:>9,} {r['seconds']:>8.2f} {r['rows_per_s']:>10,.0f} {r['cpu_seconds']:>7.2f} "
                 f"{r['input_mb']:>9.0f} {r['peak_above_input_mb']:>20.0f}"
             )
+            if stage == "write" and stage in runs:
+                same = r["sha256"] == runs[stage]["sha256"]
+                print(
+                    f"{'':<22} two runs byte-identical: {same} ({r['shards']} shards, {r['mb']:.0f} MB)"
+                )
+            if stage in ("build+write", "stream"):
+                print(f"{'':<22} same bytes as write: {r['sha256'] == runs['write']['sha256']}")
+            runs.setdefault(stage, r)
     print(
         f"({os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}. CPU s = user + system time of "
         "the stage, all threads: steadier than wall time when other processes share the machine)"

@@ -17,7 +17,7 @@ import math
 import os
 import re
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Literal
@@ -278,7 +278,7 @@ def _remove_stale(out_dir: Path, prefix: str, n_shards: int) -> None:
 
 
 def to_jsonl(
-    requests: pd.DataFrame,
+    requests: pd.DataFrame | Iterable[pd.DataFrame],
     out_dir: str | os.PathLike[str],
     *,
     max_requests: int = 50_000,
@@ -297,6 +297,10 @@ def to_jsonl(
         >>> manifest = to_jsonl(build_requests(portfolio), "out/", max_requests=10)  # doctest: +SKIP
         >>> manifest.n_requests.tolist()                                           # doctest: +SKIP
         [10, 10, 10, 10]
+
+    ``requests`` may also be an iterable of requests frames, written one after the other into the
+    same shards, so a frame too big for memory never has to exist whole:
+    ``to_jsonl((build_requests(part) for part in chunks), "out/")``.
     """
     for name, value in (
         ("max_requests", max_requests),
@@ -309,31 +313,65 @@ def to_jsonl(
             raise InputError(f"{name}={value!r} must be a positive integer")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", prefix):
         raise InputError(f"prefix={prefix!r} may only use letters, digits, '_', '.' and '-'")
-    ids, endpoint = _check_frame(requests)
-    bodies = requests["body"].tolist()
-    first = bodies[0]
-    if not isinstance(first, Mapping) or not isinstance(first.get("model"), str):
-        _check_body(ids[0], first)
-    model = str(first["model"])
-
+    single = isinstance(requests, pd.DataFrame)
+    frames: Iterable[Any] = [requests] if single else requests
+    if not single and not isinstance(requests, Iterable):
+        _check_frame(requests)  # raises the "takes a requests DataFrame" error
     exact = costs is not None or max_input_tokens is not None
-    tokens = _exact_tokens(requests, costs, model) if exact else None
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    splice = _Splicer.for_body(first, endpoint, model)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="to_jsonl-writer")
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="to_jsonl-sha256")
     limits = (int(max_requests), int(max_bytes), max_input_tokens)
     shards = _Shards(out, prefix, limits, (writer, hasher))
+    seen: set[str] = set()  # custom_ids of earlier frames (iterable input only)
+    first_id = endpoint = model = ""
     try:
-        for start in range(0, len(bodies), _CHUNK):
-            stop = min(start + _CHUNK, len(bodies))
-            lines, approx, out_tokens = _serialise(
-                ids, bodies, start, stop, endpoint, model, splice, need_approx=not exact
+        for frame in frames:
+            if not single and isinstance(frame, pd.DataFrame) and frame.empty:
+                continue
+            ids, frame_endpoint = _check_frame(frame)
+            bodies = frame["body"].tolist()
+            if not first_id:
+                first_id, endpoint = ids[0], frame_endpoint
+                _check_body(ids[0], bodies[0])
+                model = str(bodies[0]["model"])
+            elif frame_endpoint != endpoint:
+                raise InputError(
+                    f"custom_id {ids[0]!r}: url {frame_endpoint!r} differs from the file's endpoint "
+                    f"{endpoint!r} (custom_id {first_id!r}); write each endpoint to its own out_dir"
+                )
+            if not single:
+                repeated = seen.intersection(ids)
+                if repeated:
+                    raise InputError(
+                        f"custom_id {sorted(repeated)[0]!r} is in two of the frames given; custom_ids "
+                        "must be unique within a batch file: drop the duplicate"
+                    )
+                seen.update(ids)
+            tokens = _exact_tokens(frame, costs, model) if exact else None
+            # each build_requests call has its own shared objects: recognise this frame's
+            splice = _Splicer.for_body(bodies[0], endpoint, model)
+            for start in range(0, len(bodies), _CHUNK):
+                stop = min(start + _CHUNK, len(bodies))
+                lines, approx, out_tokens = _serialise(
+                    ids,
+                    bodies,
+                    start,
+                    stop,
+                    endpoint,
+                    model,
+                    splice,
+                    first_id,
+                    need_approx=not exact,
+                )
+                chunk_tokens = tokens[start:stop] if tokens is not None else approx
+                shards.write(lines, ids[start:stop], chunk_tokens, out_tokens, model, endpoint)
+        if not first_id:
+            raise InputError(
+                "No requests were given (every frame was empty): there is nothing to write"
             )
-            chunk_tokens = tokens[start:stop] if tokens is not None else approx
-            shards.write(lines, ids[start:stop], chunk_tokens, out_tokens, model, endpoint)
         rows = shards.finish()
     except BaseException:
         shards.abort()
@@ -418,6 +456,7 @@ def _serialise(
     endpoint: str,
     model: str,
     splice: _Splicer | None,
+    first_id: str,
     *,
     need_approx: bool,
 ) -> tuple[list[bytes], list[int], list[int]]:
@@ -466,7 +505,7 @@ def _serialise(
         _check_body(cid, body)
         if body["model"] != model:
             raise InputError(
-                f"custom_id {cid!r} uses model {body['model']!r} but custom_id {ids[0]!r} uses {model!r}; "
+                f"custom_id {cid!r} uses model {body['model']!r} but custom_id {first_id!r} uses {model!r}; "
                 "a batch file takes one model: split the frame by model and write each part to its own out_dir"
             )
         try:

@@ -317,3 +317,24 @@ def test_golden_results_cover_every_request(testdata: Path) -> None:
         for line in errors
     )
     assert codes == ["batch_expired", "invalid_request_error", "server_error"]
+
+
+def test_an_iterable_of_frames_writes_the_same_bytes(testdata: Path, tmp_path: Path) -> None:
+    portfolio = load_portfolio(testdata / "portfolio.csv")
+    whole = to_jsonl(build_requests(portfolio), tmp_path / "whole", max_requests=15)
+    parts = (build_requests(portfolio.iloc[i : i + 7]) for i in range(0, len(portfolio), 7))
+    streamed = to_jsonl(parts, tmp_path / "streamed", max_requests=15)
+    assert streamed.drop(columns="path").equals(whole.drop(columns="path"))
+    assert streamed.n_requests.tolist() == [15, 15, 10]
+    requests = build_requests(portfolio)
+    with pytest.raises(
+        InputError, match=rf"custom_id '{requests.index[3]}' is in two of the frames"
+    ):
+        to_jsonl([requests.iloc[:5], requests.iloc[3:8]], tmp_path / "dup")
+    azure = build_requests(portfolio, endpoint="/chat/completions")
+    with pytest.raises(
+        InputError, match=r"url '/chat/completions' differs from the file's endpoint"
+    ):
+        to_jsonl([requests.iloc[:5], azure.iloc[5:8]], tmp_path / "mixed")
+    with pytest.raises(InputError, match="No requests were given"):
+        to_jsonl([requests.iloc[:0]], tmp_path / "none")
