@@ -16,6 +16,7 @@ them once): treat bodies as read-only, ``copy.deepcopy`` one before editing it.
 
 from __future__ import annotations
 
+import copy
 import gc
 import hashlib
 import re
@@ -133,7 +134,7 @@ def _schema_from(schema: Any) -> tuple[str, dict[str, Any]]:
             f"schema= must be a JSON schema dict or a pydantic model class, got {type(schema).__name__}; "
             "pass e.g. schema=MyAnswer (a pydantic.BaseModel subclass) or schema={'type': 'object', ...}"
         )
-    if "schema" in schema and "type" not in schema:  # a {"name", "schema", "strict"} wrapper
+    if "schema" in schema and "type" not in schema:  # {"name", "schema", "strict"}: json_schema
         name = str(schema.get("name") or "response")
         return name, dict(schema["schema"])
     name = re.sub(r"[^A-Za-z0-9_-]", "_", str(schema.get("title") or "response"))[:64]
@@ -324,6 +325,10 @@ def build_requests(
 
     system_prompt, user_prompt = _prompts(prompt)
     schema_name, schema_dict = _schema_from(schema)
+    schema_dict = copy.deepcopy(schema_dict)  # bodies and attrs must not alias RISK_SCHEMA / yours
+    strict = not (
+        isinstance(schema, Mapping) and schema.get("strict") is False and "schema" in schema
+    )
     if schema is not None:  # jsonschema takes ~1 s to import: only for a user's own schema
         from jsonschema.exceptions import SchemaError
         from jsonschema.validators import validator_for
@@ -334,7 +339,8 @@ def build_requests(
             raise InputError(
                 f"schema= is not a valid JSON schema: {exc.message} (at {exc.json_path}); fix that keyword"
             ) from None
-    _check_strict(schema_dict, "$")
+    if strict:
+        _check_strict(schema_dict, "$")
     placeholders = [f for _, f, _, _ in string.Formatter().parse(user_prompt) if f]
     unknown = [f for f in placeholders if f not in df.columns]
     if unknown:
@@ -343,7 +349,7 @@ def build_requests(
             f"columns are {list(map(str, df.columns))} (write literal braces as '{{{{' and '}}}}')"
         )
 
-    json_schema = {"name": schema_name, "strict": True, "schema": schema_dict}
+    json_schema = {"name": schema_name, "strict": strict, "schema": schema_dict}
     version_src = [system_prompt, user_prompt, json_schema, model]
     prompt_version = hashlib.sha256(
         orjson.dumps(version_src, option=orjson.OPT_SORT_KEYS)

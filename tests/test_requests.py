@@ -269,3 +269,12 @@ def test_readme_requests_section_runs(
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
     assert (tmp_path / "out" / "requests-00000.jsonl").is_file()
+
+
+def test_schema_is_copied_and_strict_can_be_turned_off(portfolio: pd.DataFrame) -> None:
+    requests = build_requests(portfolio)
+    requests.body.iloc[0]["response_format"]["json_schema"]["schema"]["required"].append("x")
+    assert RISK_SCHEMA["required"] == ["risk_score", "risk_level", "drivers", "rationale"]
+    loose = {"type": "object", "properties": {"label": {"type": "string"}}}
+    spec = build_requests(portfolio, schema={"name": "loose", "strict": False, "schema": loose})
+    assert spec.body.iloc[0]["response_format"]["json_schema"]["strict"] is False
