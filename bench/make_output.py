@@ -19,7 +19,34 @@ from pathlib import Path
 import orjson
 
 HERE = Path(__file__).resolve().parent
-SYMBOLS = "AAPL MSFT NVDA AMZN GOOGL META TSLA BRK.B JPM V UNH XOM JNJ PG MA HD CVX MRK ABBV PEP KO AVGO COST LLY WMT BAC".split()
+SYMBOLS = [
+    "AAPL",
+    "MSFT",
+    "NVDA",
+    "AMZN",
+    "GOOGL",
+    "META",
+    "TSLA",
+    "BRK.B",
+    "JPM",
+    "V",
+    "UNH",
+    "XOM",
+    "JNJ",
+    "PG",
+    "MA",
+    "HD",
+    "CVX",
+    "MRK",
+    "ABBV",
+    "PEP",
+    "KO",
+    "AVGO",
+    "COST",
+    "LLY",
+    "WMT",
+    "BAC",
+]
 SECTORS = ["Technology", "Financials", "Health Care", "Energy", "Consumer Staples", "Industrials"]
 DRIVERS = [
     "high position weight",
