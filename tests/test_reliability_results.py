@@ -47,7 +47,7 @@ def _resend_and_merge(
 def test_expired_batch_keeps_its_results_and_resends_only_the_rest(
     local_server: Any, openai_client: Any, requests: pd.DataFrame, tmp_path: Path
 ) -> None:
-    local_server.configure(request_delay=0.25, completion_window_seconds=1.5)
+    local_server.configure(request_delay=0.3, completion_window_seconds=2.0)
     jobs = _run(openai_client, requests, tmp_path / "a")
     assert jobs["status"].tolist() == ["expired"]
     res = pb.aggregate_df(jobs, requests, client=openai_client)
