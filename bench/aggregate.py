@@ -189,7 +189,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--lines", type=int, default=50_000)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--data", type=Path, default=HERE / "data")
     ap.add_argument(
         "--no-4x", dest="four", action="store_false", help="skip the 4x-file memory check"
