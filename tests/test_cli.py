@@ -320,3 +320,79 @@ def test_resume_after_interrupt_creates_no_second_batch(
     csv = pd.read_csv(out / "results.csv")  # the run's own --out by default
     assert len(csv) == N_POSITIONS and set(csv["status"]) == {"succeeded"}
     assert "Positions by risk" in resumed.stdout
+
+
+@pytest.mark.slow
+def test_jobs_results_cancel_on_a_running_run(tmp_path: Path) -> None:
+    from portfolio_batch.local import serve
+
+    # 40 requests at 0.5 s: the run is still going when the CLI cancels it.
+    with serve(engine="rules", data_dir=tmp_path / "server-data", request_delay=0.5) as server:
+        _results_and_cancel(tmp_path, server)
+
+
+def _results_and_cancel(tmp_path: Path, slow_server: Any) -> None:
+    import portfolio_batch as pb
+
+    # A run submitted from Python (no run.json): the CLI rebuilds its requests from the shards.
+    client = slow_server.client()
+    requests = pb.build_requests(pb.load_portfolio(PORTFOLIO))
+    jobs = pb.submit(pb.to_jsonl(requests, tmp_path / "shards"), client=client)
+    run_id = jobs["run_id"].iloc[0]
+    env = cli_env(OPENAI_BASE_URL=str(slow_server.base_url), OPENAI_API_KEY="test-key")
+
+    early = run_cli("jobs", "results", run_id, cwd=tmp_path, env=env)
+    assert early.returncode == 2
+    assert (
+        "not finished" in early.stderr and f"portfolio-batch jobs resume {run_id}" in early.stderr
+    )
+
+    cancelled = run_cli("jobs", "cancel", run_id, cwd=tmp_path, env=env)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "Cancel requested for 1 batch" in cancelled.stderr
+    assert "cancelling" in cancelled.stdout or "cancelled" in cancelled.stdout
+    pb.poll(pb.resume(run_id, client=client), client=client, progress=False)
+
+    out = tmp_path / "collected"
+    proc = run_cli("jobs", "results", run_id, "--out", out, cwd=tmp_path, env=env)
+    assert proc.returncode == 3, proc.stderr  # the requests that never ran are "cancelled"
+    csv = pd.read_csv(out / "results.csv")
+    assert len(csv) == N_POSITIONS
+    assert "cancelled" in set(csv["status"])
+    assert list(csv["custom_id"]) == list(requests.index)
+    assert len(list(client.batches.list())) == 1
+
+
+def test_serve_command_answers_the_openai_sdk(tmp_path: Path) -> None:
+    import socket
+
+    import openai
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        cli_args("serve", "--port", str(port), "--data-dir", tmp_path / "data"),
+        cwd=tmp_path,
+        env=cli_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="test-key", max_retries=0
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert list(client.batches.list()) == []
+                break
+            except openai.APIConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+                time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert (tmp_path / "data").is_dir()

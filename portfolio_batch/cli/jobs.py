@@ -21,6 +21,7 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 
+_FINISHED = ["completed", "failed", "expired", "cancelled"]
 _Ident = Annotated[
     str, typer.Argument(metavar="ID", help="A run id (from `jobs list`) or one of its batch ids.")
 ]
@@ -59,7 +60,7 @@ def list_jobs(
         err.print("No runs yet. Start one with `portfolio-batch analyze-risk PORTFOLIO`.")
         return
     if running:
-        jobs = jobs[~jobs["status"].isin(["completed", "failed", "expired", "cancelled"])]
+        jobs = jobs[~jobs["status"].isin(_FINISHED)]
     out.print(jobs_table(jobs, title=f"Jobs ({jobs['run_id'].nunique()} runs)"))
 
 
@@ -156,7 +157,7 @@ def results(
     run_id = str(found["run_id"].iloc[0])
     client = client_for_run(found, engine.value if engine else None)
     jobs = pb.resume(run_id, client=client)
-    running = jobs[~jobs["status"].isin(["completed", "failed", "expired", "cancelled"])]
+    running = jobs[~jobs["status"].isin(_FINISHED)]
     if len(running):
         raise InputError(
             f"run {run_id} is not finished ({len(running)} of {len(jobs)} batches still "
@@ -186,9 +187,18 @@ def cancel(ident: _Ident, engine: _Engine = None) -> None:
     found = find_run(ident)
     run_id = str(found["run_id"].iloc[0])
     client = client_for_run(found, engine.value if engine else None)
-    jobs = pb.cancel(pb.resume(run_id, client=client), client=client)
+    current = pb.resume(run_id, client=client)
+    running = current[~current["status"].isin(_FINISHED)]
+    if not len(running):
+        out.print(jobs_table(current, title=f"Run {run_id}"))
+        err.print(
+            f"Nothing to cancel: every batch of run {run_id} has finished. Its results: "
+            f"`portfolio-batch jobs results {run_id}`."
+        )
+        return
+    jobs = pb.cancel(current, client=client)
     out.print(jobs_table(jobs, title=f"Run {run_id}"))
     err.print(
-        f"Cancel requested. Collect what finished with `portfolio-batch jobs results {run_id}` "
-        "once the batches are cancelled."
+        f"Cancel requested for {len(running)} batch(es). Requests that finished keep their results: "
+        f"collect them with `portfolio-batch jobs results {run_id}` once the batches are cancelled."
     )
