@@ -564,3 +564,37 @@ def test_readme_results_examples_run_and_print_what_they_say(
             assert printed.getvalue().splitlines() == expected
     finally:
         reset_client()
+
+
+def test_requests_with_different_schemas_get_the_union_of_fields(
+    tmp_path: Path, testdata: Path
+) -> None:
+    portfolio = pb.load_portfolio(testdata / "portfolio.csv")
+    other = {
+        "type": "object",
+        "properties": {
+            "verdict": {"type": "string", "enum": ["buy", "sell"]},
+            "risk_score": {"type": "integer"},
+        },
+        "required": ["verdict", "risk_score"],
+        "additionalProperties": False,
+    }
+    a = pb.build_requests(portfolio.iloc[:2])
+    b = pb.build_requests(portfolio.iloc[2:4], schema=other)
+    req = pd.concat([a, b])
+    req.attrs = {}  # each body carries its own schema
+    ids = req.index.tolist()
+    out = write_jsonl(
+        tmp_path / "o.jsonl",
+        [
+            ok_line(ids[0]),
+            ok_line(ids[1], {"verdict": "buy", "risk_score": 3}),
+            ok_line(ids[2], {"verdict": "sell", "risk_score": 7}),
+            ok_line(ids[3], ANSWER),
+        ],
+    )
+    res = pb.aggregate_df(None, req, output_files=[out])
+    assert res["status"].tolist() == ["succeeded", "invalid_output", "succeeded", "invalid_output"]
+    assert res["risk_score"].tolist()[0] == 72 and res["risk_score"].tolist()[2] == 7
+    assert res["verdict"].tolist()[2] == "sell" and pd.isna(res["verdict"].iloc[0])
+    assert res["risk_level"].iloc[0] == "high" and pd.isna(res["risk_level"].iloc[2])
