@@ -58,6 +58,15 @@ def make_client(engine: str | None, *, default_engine: str | None = None) -> Any
                 )
             )
         return pb.client()
+    if os.environ.get("OPENAI_BASE_URL"):
+        err.print(
+            Text(
+                f"OPENAI_BASE_URL is set ({os.environ['OPENAI_BASE_URL']}) but OPENAI_API_KEY is not, "
+                "so it is not used. To use that server, set OPENAI_API_KEY (any non-empty value "
+                "for a local server).",
+                style="yellow",
+            )
+        )
     engine = engine or default_engine
     name = engine or os.environ.get("PORTFOLIO_BATCH_ENGINE") or "rules"
     err.print(
