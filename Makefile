@@ -22,8 +22,11 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@
 
 ## demo: the main job, offline: risk review of testdata/portfolio.csv on the embedded local server
+# SmolLM2 (135M) often runs past max_tokens and its JSON is cut: those positions are reported as
+# invalid_output and the command exits 3 (partial results, all written), which is the demo working.
 demo: $(VENV)/.installed-demo
-	env -u OPENAI_API_KEY -u AZURE_OPENAI_API_KEY $(BIN)/portfolio-batch analyze-risk testdata/portfolio.csv --batch --yes --engine smollm2 --out demo-out/
+	env -u OPENAI_API_KEY -u AZURE_OPENAI_API_KEY $(BIN)/portfolio-batch analyze-risk testdata/portfolio.csv --batch --yes --engine smollm2 --out demo-out/ \
+	  || { rc=$$?; [ $$rc -eq 3 ] && echo "make demo: partial results (exit 3) are expected from the tiny offline model; see demo-out/report.html" >&2 || exit $$rc; }
 
 ## test: lint, format check, types, the test suite and the notebooks
 test: $(VENV)/.installed-test lint typecheck pytest notebooks
