@@ -144,6 +144,7 @@ def test_partial_run_exits_3_and_still_writes_results(tmp_path: Path) -> None:
     assert csv.loc[csv["status"] == "succeeded", "risk_score"].notna().all()
     assert (out / "report.html").is_file() and (out / "results.parquet").is_file()
     assert "Partial results" in proc.stderr
+    assert f"{len(cut)} answer(s) were cut" in proc.stderr and "--max-tokens" in proc.stderr
     errors = proc.stdout.split(f"Errors ({len(cut)})", 1)[1]
     assert all(cid in errors for cid in cut["custom_id"])
 

@@ -72,5 +72,18 @@ def finish(
                 style="yellow",
             )
         )
+        cut = int(
+            (
+                (results["status"] == "invalid_output") & (results.get("finish_reason") == "length")
+            ).sum()
+        )
+        if cut:
+            err.print(
+                Text(
+                    f"{cut} answer(s) were cut at the output-token limit (finish_reason length): "
+                    "run again with a larger --max-tokens.",
+                    style="yellow",
+                )
+            )
         return EXIT_PARTIAL
     return EXIT_OK
