@@ -368,6 +368,8 @@ def to_jsonl(
                 )
                 chunk_tokens = tokens[start:stop] if tokens is not None else approx
                 shards.write(lines, ids[start:stop], chunk_tokens, out_tokens, model, endpoint)
+            # let this frame go before the iterable builds the next one
+            del frame, bodies, ids, tokens, lines
         if not first_id:
             raise InputError(
                 "No requests were given (every frame was empty): there is nothing to write"
