@@ -200,6 +200,18 @@ def _fragments(df: pd.DataFrame, column: Any) -> list[str]:
     """``,"column":value`` for each row, or ``""`` where the value is missing (NaN/None/NA/NaT)."""
     series = df[column]
     head = "," + orjson.dumps(str(column)).decode() + ":"
+    if _mostly_repeated(series):
+        # Sectors, names, betas: serialise each distinct value once, then fan out by code.
+        codes, uniques = pd.factorize(series, use_na_sentinel=True)
+        if isinstance(uniques, pd.Categorical):
+            uniques = np.asarray(uniques, dtype=object)
+        try:
+            distinct = _fragments(pd.DataFrame({column: pd.Series(uniques)}), column)
+        except InputError:
+            pass  # the row-by-row path below names the right row
+        else:
+            table = np.asarray([*distinct, ""], dtype=object)  # code -1 (missing) -> ""
+            return table[codes].tolist()
     missing = series.isna().to_numpy()
     dtype = series.dtype
     if isinstance(dtype, np.dtype) and dtype.kind in "biuf":
@@ -240,6 +252,16 @@ def _fragments(df: pd.DataFrame, column: Any) -> list[str]:
                 f"cannot be written as JSON ({exc}); convert the column to str or a number first"
             ) from None
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _mostly_repeated(series: pd.Series) -> bool:
+    """Whether a column repeats its values enough for factorize to pay (judged on a sample)."""
+    if len(series) < 1000:
+        return False
+    try:
+        return int(series.iloc[:1000].nunique(dropna=True)) < 500
+    except TypeError:  # unhashable values (lists, dicts)
+        return False
 
 
 def _key_strings(df: pd.DataFrame, key: Any) -> list[str]:

@@ -278,3 +278,31 @@ def test_schema_is_copied_and_strict_can_be_turned_off(portfolio: pd.DataFrame) 
     loose = {"type": "object", "properties": {"label": {"type": "string"}}}
     spec = build_requests(portfolio, schema={"name": "loose", "strict": False, "schema": loose})
     assert spec.body.iloc[0]["response_format"]["json_schema"]["strict"] is False
+
+
+def test_repeated_values_serialise_like_row_by_row() -> None:
+    """Columns with few distinct values take a factorised fast path: same JSON as one row at a time."""
+    n = 3000
+    rng = np.random.default_rng(7)
+    df = pd.DataFrame(
+        {
+            "ticker": [f"T{i}" for i in range(n)],
+            "sector": rng.choice(["Energy", "Utilities", None], n),
+            "beta": rng.choice([0.5, 1.25, np.nan, 1e-7], n),
+            "lots": rng.choice([1, 2, 3], n),
+            "flag": rng.choice([True, False], n),
+            "rating": pd.Categorical(rng.choice(["A", "BB"], n)),
+            "asof": pd.to_datetime(rng.choice(["2024-01-02", "2024-03-04"], n)),
+        }
+    )
+    lines = [
+        b["messages"][1]["content"].splitlines()[-1] for b in build_requests(df, key="ticker").body
+    ]
+    for pos in (0, 1, 17, n - 1):
+        row = {k: v for k, v in df.iloc[pos].items() if not pd.isna(v)}
+        row["asof"] = row["asof"].isoformat()
+        expected = orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+        assert lines[pos] == expected
+    df.loc[2500, "beta"] = np.inf
+    with pytest.raises(InputError, match=r"row 2500 \(index 2500\), column 'beta': inf"):
+        build_requests(df)
