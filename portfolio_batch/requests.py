@@ -379,13 +379,19 @@ def build_requests(
 
     columns = [key, *[c for c in df.columns if c != key]]
     keys = _key_strings(df, key)
-    safe = _SAFE_ID.fullmatch
-    ids = [
-        f"{id_prefix}-{k}-{prompt_version}"
-        if len(k) <= _MAX_ID_KEY and safe(k)
-        else custom_id_for(k, prompt_version, prefix=id_prefix)
-        for k in keys
-    ]
+    # one regex over all keys at once: most keys need no escaping
+    plain = re.compile(rf"(?m)^[A-Za-z0-9._-]{{1,{_MAX_ID_KEY}}}$")
+    joined = "\n".join(keys)
+    if joined.count("\n") == len(keys) - 1 and len(plain.findall(joined)) == len(keys):
+        ids = [f"{id_prefix}-{k}-{prompt_version}" for k in keys]
+    else:
+        safe = _SAFE_ID.fullmatch
+        ids = [
+            f"{id_prefix}-{k}-{prompt_version}"
+            if len(k) <= _MAX_ID_KEY and safe(k)
+            else custom_id_for(k, prompt_version, prefix=id_prefix)
+            for k in keys
+        ]
     if len(set(ids)) != len(ids):
         seen: dict[str, int] = {}
         for pos, cid in enumerate(ids):
@@ -398,13 +404,17 @@ def build_requests(
                 )
 
     frags = [_fragments(df, c) for c in columns]
-    row_json = ["{" + "".join(parts)[1:] + "}" for parts in zip(*frags, strict=True)]
+    join = "".join
+    # Each row's fragments start with ","; the first one is sliced off inside the braces.
     if placeholders:
         filled = _fill_template(df, user_prompt, placeholders)
-        contents = [f"{head}\n{line}" for head, line in zip(filled, row_json, strict=True)]
+        contents = [
+            f"{head}\n{{{join(parts)[1:]}}}" for head, *parts in zip(filled, *frags, strict=True)
+        ]
     else:
-        head = user_prompt + "\n"
-        contents = [head + line for line in row_json]
+        head = user_prompt + "\n{"
+        contents = [f"{head}{join(parts)[1:]}}}" for parts in zip(*frags, strict=True)]
+    del frags
 
     # One shared system message and response_format for every body (see module docstring).
     system_message = {"role": "system", "content": system_prompt}

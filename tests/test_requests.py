@@ -306,3 +306,10 @@ def test_repeated_values_serialise_like_row_by_row() -> None:
     df.loc[2500, "beta"] = np.inf
     with pytest.raises(InputError, match=r"row 2500 \(index 2500\), column 'beta': inf"):
         build_requests(df)
+
+
+def test_a_key_with_a_newline_cannot_hide_an_unsafe_key() -> None:
+    ids = build_requests(pd.DataFrame({"ticker": ["A\nB", "C/D"], "weight": [0.5, 0.5]}))[
+        "custom_id"
+    ]
+    assert ids.str.startswith(("risk-A%0AB-", "risk-C%2FD-")).all()
