@@ -62,7 +62,9 @@ class BudgetExceededError(PortfolioBatchError):
 class BatchFailedError(PortfolioBatchError):
     """A batch ended in status ``failed`` (validation or enqueued-token limit)."""
 
-    def __init__(self, message: str, *, jobs: Any = None, errors: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self, message: str, *, jobs: Any = None, errors: list[dict[str, Any]] | None = None
+    ) -> None:
         super().__init__(message)
         self.jobs = jobs
         self.errors = errors or []
