@@ -28,10 +28,32 @@ def _read(path: Path, key: str) -> pd.DataFrame:
         )
     suffix = "".join(path.suffixes[-2:]).lower()
     if suffix.endswith((".parquet", ".pq")):
-        return pd.read_parquet(path)
+        try:
+            return pd.read_parquet(path)
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise InputError(
+                f"{path}: not a readable Parquet file ({exc}); export the portfolio again as "
+                ".parquet or .csv"
+            ) from exc
     if suffix.endswith((".csv", ".csv.gz", ".txt")):
-        # The key as text: "0700" (a Hong Kong ticker) must not become 700.
-        return pd.read_csv(path, dtype={key: str}, skipinitialspace=True)
+        try:
+            # The key as text: "0700" (a Hong Kong ticker) must not become 700.
+            return pd.read_csv(path, dtype={key: str}, skipinitialspace=True)
+        except pd.errors.EmptyDataError as exc:
+            raise InputError(
+                f"{path}: the file is empty; a portfolio CSV needs a header line "
+                f"({key},weight,...) and one line per position"
+            ) from exc
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"{path}: not a text CSV file (byte {exc.start} is not UTF-8); save the portfolio "
+                "as a UTF-8 .csv, or as .parquet"
+            ) from exc
+        except pd.errors.ParserError as exc:
+            raise InputError(
+                f"{path}: not a well-formed CSV ({exc}); check the quoting and the number of "
+                "fields on that line"
+            ) from exc
     raise InputError(
         f"{path}: unknown file type {path.suffix!r}; use a .csv or .parquet file, or pass a DataFrame"
     )

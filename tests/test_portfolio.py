@@ -142,3 +142,18 @@ def test_bad_paths(tmp_path: Path) -> None:
         load_portfolio(tmp_path / "p.xlsx")
     with pytest.raises(InputError, match="takes a CSV/Parquet path or a DataFrame"):
         load_portfolio([1, 2])  # type: ignore[arg-type]
+
+
+def test_unreadable_files_are_input_errors(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    with pytest.raises(InputError, match=r"empty\.csv: the file is empty"):
+        load_portfolio(empty)
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe" * 10)
+    with pytest.raises(InputError, match=r"binary\.csv: not a text CSV file"):
+        load_portfolio(binary)
+    parquet = tmp_path / "fake.parquet"
+    parquet.write_text("ticker,weight\nA,1\n")
+    with pytest.raises(InputError, match=r"fake\.parquet: not a readable Parquet file"):
+        load_portfolio(parquet)
