@@ -22,7 +22,7 @@ from test_local_support import (
     wire,
 )
 
-from portfolio_batch.tokens import count_chat_tokens, count_text_tokens
+from portfolio_batch.tokens import count_body_tokens, count_text_tokens
 
 STAGES = ["validating", "in_progress", "finalizing", "completed"]
 
@@ -95,7 +95,8 @@ def test_lifecycle_counts_timestamps_usage_and_output(
         jsonschema.validate(answer, RISK_SCHEMA)
         request = by_id[line["custom_id"]]["body"]
         usage = body["usage"]
-        assert usage["prompt_tokens"] == count_chat_tokens(request["messages"], model="gpt-4o-mini")
+        # The schema is billed as prompt tokens; counted as the cost estimate counts it.
+        assert usage["prompt_tokens"] == count_body_tokens([request], model="gpt-4o-mini")[0]
         assert usage["completion_tokens"] == count_text_tokens(choice["message"]["content"])
         assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
         assert usage["prompt_tokens_details"]["cached_tokens"] == 0
@@ -162,7 +163,7 @@ def test_empty_file(openai_client: Any) -> None:
 
 
 def test_token_limit_counts_other_active_batches(local_server: Any, openai_client: Any) -> None:
-    per_request = count_chat_tokens(risk_line(0)["body"]["messages"], model="gpt-4o-mini")
+    per_request = int(count_body_tokens([risk_line(0)["body"]], model="gpt-4o-mini")[0])
     local_server.configure(max_enqueued_tokens=per_request * 5, request_delay=0.2)
     first = create_batch(openai_client, [risk_line(i) for i in range(3)])
     wait(openai_client, first.id, until=("in_progress",))
@@ -245,7 +246,7 @@ def test_expiry_gives_partial_output_and_expired_lines(
 
 
 def test_request_level_failures_go_to_the_error_file(local_server: Any, openai_client: Any) -> None:
-    local_server.configure(context_tokens=200)
+    local_server.configure(context_tokens=300)
     long_notes = "Long analyst notes. " * 100
     lines = [
         risk_line(0, max_tokens=50),
@@ -261,7 +262,7 @@ def test_request_level_failures_go_to_the_error_file(local_server: Any, openai_c
     body_error = error["response"]["body"]["error"]
     assert body_error["code"] == "context_length_exceeded"
     assert body_error["type"] == "invalid_request_error"
-    assert "maximum context length is 200 tokens" in body_error["message"]
+    assert "maximum context length is 300 tokens" in body_error["message"]
     assert len(read_lines(openai_client, batch["output_file_id"])) == 2
 
 

@@ -15,7 +15,12 @@ from portfolio_batch.errors import InputError
 from portfolio_batch.local.engines import load_engine
 from portfolio_batch.local.engines.rules import position_from_messages, risk_answer
 from portfolio_batch.local.engines.schema_fill import conform
-from portfolio_batch.tokens import count_chat_tokens, count_text_tokens
+from portfolio_batch.tokens import (
+    count_body_tokens,
+    count_chat_tokens,
+    count_text_tokens,
+    response_format_tokens,
+)
 
 BASE = {"ticker": "X", "sector": "Industrials", "weight": 0.05, "beta": 1.0, "volatility": 0.25}
 
@@ -149,7 +154,7 @@ def test_sync_chat_honours_response_format(openai_client: Any) -> None:
     answer = orjson.loads(reply.choices[0].message.content)
     jsonschema.validate(answer, RISK_SCHEMA)
     assert reply.id.startswith("chatcmpl-") and reply.system_fingerprint == "fp_local_rules"
-    assert reply.usage.prompt_tokens == count_chat_tokens(body["messages"], model=body["model"])
+    assert reply.usage.prompt_tokens == count_body_tokens([body], model=body["model"])[0]
     assert reply.usage.completion_tokens == count_text_tokens(reply.choices[0].message.content)
     again = openai_client.chat.completions.create(**body)
     assert again.choices[0].message.content == reply.choices[0].message.content  # deterministic
@@ -227,4 +232,4 @@ def test_embeddings_and_responses(openai_client: Any) -> None:
             {"role": "system", "content": "Answer in JSON."},
             {"role": "user", "content": "Is this fine?"},
         ]
-    )
+    ) + response_format_tokens({"type": "json_schema", "json_schema": {"schema": schema}})

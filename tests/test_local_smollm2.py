@@ -15,7 +15,7 @@ import pytest
 from test_local_support import create_batch, read_lines, risk_body, risk_line, wait
 
 from portfolio_batch.local import serve
-from portfolio_batch.tokens import count_chat_tokens, count_text_tokens
+from portfolio_batch.tokens import count_body_tokens, count_text_tokens
 
 pytestmark = [
     pytest.mark.slow,
@@ -48,8 +48,8 @@ def test_batch_of_real_model_answers(llm_server: Any) -> None:
         assert content.strip()
         assert choice["finish_reason"] in ("stop", "length")
         request = lines[int(line["custom_id"].split("-")[1])]["body"]
-        assert body["usage"]["prompt_tokens"] == count_chat_tokens(
-            request["messages"], model="gpt-4o-mini"
+        assert (
+            body["usage"]["prompt_tokens"] == count_body_tokens([request], model="gpt-4o-mini")[0]
         )
         assert body["usage"]["completion_tokens"] == count_text_tokens(content) <= 80
         if choice["finish_reason"] == "stop":  # the schema is the grammar: a finished answer parses

@@ -20,10 +20,16 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import orjson
+
 from portfolio_batch.local.config import ServerConfig
 from portfolio_batch.local.engines import Engine
 from portfolio_batch.local.store import ApiError
-from portfolio_batch.tokens import encoding_for_model, encoding_name_for_model
+from portfolio_batch.tokens import (
+    encoding_for_model,
+    encoding_name_for_model,
+    response_format_tokens,
+)
 
 __all__ = ["SUPPORTED_ENDPOINTS", "Executor", "Usage"]
 
@@ -70,10 +76,21 @@ def _content_text(content: Any) -> str:
     return "" if content is None else str(content)
 
 
-def count_prompt_tokens(messages: list[dict[str, Any]], model: str) -> int:
-    """Same count as ``portfolio_batch.tokens.count_chat_tokens``, with a cache per text."""
+@lru_cache(maxsize=256)
+def _format_tokens(response_format: str, model: str) -> int:
+    return response_format_tokens(orjson.loads(response_format), model=model)
+
+
+def count_prompt_tokens(
+    messages: list[dict[str, Any]], model: str, response_format: Any = None
+) -> int:
+    """Same count as ``portfolio_batch.tokens.count_chat_tokens``, with a cache per text, plus
+    the tokens of ``response_format``: the API bills a JSON schema as prompt tokens, and we count
+    it as ``tokens.response_format_tokens`` does so estimates and actual usage agree."""
     encoding = encoding_name_for_model(model)
     total = 3
+    if isinstance(response_format, dict):
+        total += _format_tokens(orjson.dumps(response_format).decode(), model)
     for message in messages:
         total += 3
         for key, value in message.items():
@@ -151,7 +168,7 @@ class Executor:
         response_format: Any,
         max_tokens: int | None,
     ) -> tuple[str, str, Usage]:
-        prompt_tokens = count_prompt_tokens(messages, model)
+        prompt_tokens = count_prompt_tokens(messages, model, response_format)
         limit = self.context_tokens
         if prompt_tokens > limit:
             raise _bad(

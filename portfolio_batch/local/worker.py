@@ -347,7 +347,7 @@ class BatchWorker:
                     "body.model",
                 )
             if count_tokens and isinstance(body.get("messages"), list) and model:
-                tokens += count_prompt_tokens(body["messages"], model)
+                tokens += count_prompt_tokens(body["messages"], model, body.get("response_format"))
         if total == 0:
             error("empty_file", "The input file is empty: it has no requests.", None)
         elif total > self.config.max_requests_per_batch:
