@@ -521,11 +521,14 @@ def open_registry(path: Path | str | None = None) -> Registry:
 
 
 def jobs(run_id: str | None = None) -> pd.DataFrame:
-    """Every shard the registry knows, newest first, or one run's shards in order.
+    """Every shard the registry knows, newest first, or one run's shards in order. In a notebook
+    it displays as a rich table (status badges, counts), elsewhere as a plain DataFrame.
 
     >>> import portfolio_batch as pb
     >>> pb.jobs().columns[:4].tolist()
     ['run_id', 'shard', 'batch_id', 'status']
     """
+    from portfolio_batch.widgets import JobsFrame  # pandas only; ipywidgets is not imported
+
     with open_registry() as reg:
-        return reg.jobs_frame(run_id=run_id)
+        return JobsFrame(reg.jobs_frame(run_id=run_id))

@@ -115,6 +115,13 @@ def test_shard_and_batch_round_trip_into_the_jobs_frame() -> None:
     assert second["batch_id"] is None and second["status"] == "queued"
     assert pd.isna(second["created_at"])
 
+    # pb.jobs() is the same frame, displayed in a notebook as a table with a row per shard.
+    listed = pb.jobs()
+    assert sorted(listed["shard"]) == [0, 1]
+    html = listed._repr_html_()
+    assert html.startswith("<table") and "batch_1" in html and "queued" in html
+    assert html.count("<tr") == 3  # header + two shards
+
 
 def test_failed_and_cancelled_shards_are_not_live() -> None:
     with open_registry() as reg:
