@@ -47,9 +47,9 @@ _LAZY = {
     "poll": "portfolio_batch.poll",
     "jobs": "portfolio_batch.registry",
     "aggregate_df": "portfolio_batch.aggregate",
-    "summarize": "portfolio_batch.aggregate",
-    "retry_failed": "portfolio_batch.aggregate",
-    "merge_results": "portfolio_batch.aggregate",
+    "summarize": "portfolio_batch.summary",
+    "retry_failed": "portfolio_batch.retry",
+    "merge_results": "portfolio_batch.retry",
     "run_sync": "portfolio_batch.sync",
     "report": "portfolio_batch.report",
 }
@@ -86,7 +86,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from portfolio_batch.aggregate import aggregate_df, merge_results, retry_failed, summarize
+    from portfolio_batch.aggregate import aggregate_df
     from portfolio_batch.backend import client
     from portfolio_batch.cost import check_budget, compare_models, estimate_cost
     from portfolio_batch.jsonl import to_jsonl
@@ -95,7 +95,9 @@ if TYPE_CHECKING:
     from portfolio_batch.registry import jobs
     from portfolio_batch.report import report
     from portfolio_batch.requests import RISK_SCHEMA, build_requests
+    from portfolio_batch.retry import merge_results, retry_failed
     from portfolio_batch.submit import cancel, resume, submit
+    from portfolio_batch.summary import summarize
     from portfolio_batch.sync import run_sync
 
 

@@ -2,13 +2,12 @@
 
     >>> results = aggregate_df(jobs, requests)                              # doctest: +SKIP
     >>> results = aggregate_df(None, requests, output_files=["out.jsonl"])  # doctest: +SKIP
-    >>> summarize(results)                                                  # doctest: +SKIP
-    >>> again = retry_failed(results, requests, max_tokens=800)             # doctest: +SKIP
 
 Files are read line by line. Each line is decoded by ``msgspec`` straight into typed Structs holding
 only the fields kept, and the answer text is decoded by a Struct built from the request's JSON
 schema, so decoding also validates; schemas that need more than a flat object fall back to
 ``jsonschema``. Columns are built as lists and turned into one DataFrame at the end.
+Summaries are in ``summary.py``, retries and merges in ``retry.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ import logging
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from itertools import repeat
 from operator import attrgetter
 from pathlib import Path
@@ -41,7 +39,7 @@ from portfolio_batch.download import (
 )
 from portfolio_batch.errors import InputError, PricingError
 
-__all__ = ["Summary", "aggregate_df", "merge_results", "retry_failed", "summarize"]
+__all__ = ["aggregate_df"]
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +58,6 @@ _NOT_DATA = {"custom_id", "method", "url", "body"}
 _CID = attrgetter("custom_id")
 _CHUNK = 512 << 10  # bytes decoded per call: small enough that its objects stay in the CPU cache
 _CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*("(?:[^"\\]|\\.)*")')
-RETRYABLE_CODES = frozenset(
-    {
-        "rate_limit_exceeded",
-        "server_error",
-        "request_timeout",
-        "timeout",
-        "connection_error",
-        "internal_error",
-        "service_unavailable",
-    }
-)
 
 
 class Collector:
@@ -83,7 +70,7 @@ class Collector:
     """
 
     def __init__(self, requests: pd.DataFrame) -> None:
-        self.ids = _custom_ids(requests)
+        self.ids = custom_ids(requests)
         n = len(self.ids)
         self.pos = dict(zip(self.ids, range(n), strict=True))
         if len(self.pos) != n:
@@ -495,7 +482,8 @@ def _loads_or_none(raw: bytes) -> Any:
         return None
 
 
-def _custom_ids(requests: pd.DataFrame) -> list[str]:
+def custom_ids(requests: pd.DataFrame) -> list[str]:
+    """The requests' custom_ids (column or index), checked to be non-empty strings."""
     if "custom_id" in requests.columns:
         ids = requests["custom_id"].tolist()
     elif requests.index.name == "custom_id":
@@ -603,225 +591,8 @@ def _priced(
         return np.where((prompt > 0) | (completion > 0), np.nan, 0.0)
 
 
-# -- summaries, retries, merges ----------------------------------------------------------------
-
-
-@dataclass
-class Summary:
-    """What a run gave: ``items`` requested, ``successes``, ``failures`` (counts by status and
-    error code), ``errors`` (the rows that did not succeed) and estimated vs actual cost.
-
-    >>> s = summarize(results, costs=costs)  # doctest: +SKIP
-    >>> s.successes, s.items, s.actual_cost_usd  # doctest: +SKIP
-    (38, 40, 0.0123)
-    """
-
-    items: int
-    successes: int
-    failures: pd.DataFrame
-    errors: pd.DataFrame
-    by_status: dict[str, int] = field(default_factory=dict)
-    actual_cost_usd: float = 0.0
-    est_cost_usd: float | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    def to_frame(self) -> pd.DataFrame:
-        """The headline numbers as a two-column frame (metric, value)."""
-        rows: list[tuple[str, Any]] = [("items", self.items), ("successes", self.successes)]
-        rows += [(f"status: {k}", v) for k, v in self.by_status.items() if k != "succeeded"]
-        rows += [
-            ("prompt_tokens", self.prompt_tokens),
-            ("completion_tokens", self.completion_tokens),
-            ("actual_cost_usd", self.actual_cost_usd),
-            ("est_cost_usd", self.est_cost_usd),
-        ]
-        return pd.DataFrame(rows, columns=["metric", "value"])
-
-    def __str__(self) -> str:
-        est = "n/a" if self.est_cost_usd is None else f"${self.est_cost_usd:.4f}"
-        lines = [
-            f"{self.successes}/{self.items} succeeded; actual cost ${self.actual_cost_usd:.4f} (estimate {est})",
-        ]
-        lines += [
-            f"  {r.status:<15} {r.error_code if isinstance(r.error_code, str) else '-':<28} {r.count}"
-            for r in self.failures.itertuples()
-        ]
-        return "\n".join(lines)
-
-    def _repr_html_(self) -> str:
-        return (
-            "<div><b>portfolio_batch summary</b>"
-            + self.to_frame().to_html(index=False)
-            + (
-                "<p>Failures by status and code</p>" + self.failures.to_html(index=False)
-                if len(self.failures)
-                else ""
-            )
-            + "</div>"
-        )
-
-
-def summarize(results: pd.DataFrame, costs: pd.DataFrame | None = None) -> Summary:
-    """Successes, failures by status and code, and estimated vs actual cost of a results frame.
-
-    ``costs`` is the ``estimate_cost`` frame; its batch (or, for ``run_sync`` results, sync)
-    estimate of the same custom_ids is compared with the actual ``cost_usd``.
-
-    >>> print(summarize(results))  # doctest: +SKIP
-    38/40 succeeded; actual cost $0.0123 (estimate n/a)
-    """
-    _need(results, "results", ("status", "error_code"))
-    bad = results[results["status"] != "succeeded"]
-    failures = (
-        bad.groupby([bad["status"], bad["error_code"].astype(object)], dropna=False, sort=False)
-        .size()
-        .rename("count")
-        .reset_index()
-        .sort_values(["count", "status"], ascending=[False, True], ignore_index=True)
-    )
-    failures["error_code"] = (
-        failures["error_code"].astype(object).where(failures["error_code"].notna(), None)
-    )
-    keep = [c for c in results.columns if c not in ("content",) and c in _error_columns(results)]
-    est = None
-    if costs is not None:
-        col = "sync_cost_usd" if results.attrs.get("mode") == "sync" else "batch_cost_usd"
-        _need(costs, "costs", (col,))
-        est = float(costs[col].reindex(results.index).sum())
-    by_status = {str(s): int(n) for s, n in results["status"].value_counts().items()}
-    return Summary(
-        items=len(results),
-        successes=by_status.get("succeeded", 0),
-        failures=failures,
-        errors=bad[keep].copy(),
-        by_status=by_status,
-        actual_cost_usd=float(np.nansum(results["cost_usd"].to_numpy(dtype=float)))
-        if "cost_usd" in results
-        else 0.0,
-        est_cost_usd=est,
-        prompt_tokens=int(results["prompt_tokens"].sum()) if "prompt_tokens" in results else 0,
-        completion_tokens=int(results["completion_tokens"].sum())
-        if "completion_tokens" in results
-        else 0,
-    )
-
-
-def _error_columns(results: pd.DataFrame) -> list[str]:
-    first = next((c for c in results.columns if c not in ("custom_id", "status")), None)
-    return [
-        "custom_id",
-        first or "custom_id",
-        "status",
-        "http_status",
-        "error_code",
-        "error_message",
-        "batch_id",
-    ]
-
-
-def retryable(results: pd.DataFrame) -> pd.Series:
-    """True for the rows worth sending again (see ``retry_failed``)."""
-    status = results["status"]
-    http = (
-        results["http_status"].astype("Float64")
-        if "http_status" in results
-        else pd.Series(np.nan, index=results.index)
-    )
-    code = results["error_code"].astype(object)
-    transient_failure = (status == "failed") & (
-        code.isin(RETRYABLE_CODES).to_numpy(dtype=bool)
-        | http.isin([408, 409, 429]).to_numpy(dtype=bool)
-        | (http >= 500).fillna(False).to_numpy(dtype=bool)
-    )
-    return status.isin(["expired", "cancelled", "missing", "invalid_output"]) | transient_failure
-
-
-def retry_failed(
-    results: pd.DataFrame, requests: pd.DataFrame, *, max_tokens: int | None = None
-) -> pd.DataFrame:
-    """The requests worth sending again, as a requests frame ready for ``to_jsonl``/``submit``.
-
-    Picked: ``expired``, ``cancelled``, ``missing``, ``invalid_output``, and ``failed`` with a
-    transient cause (HTTP 408/409/429/5xx, or codes such as ``rate_limit_exceeded``,
-    ``server_error``, ``request_timeout``). A 400 such as ``context_length_exceeded`` is not
-    resent: it would fail the same way. ``max_tokens`` raises the limit of the ``invalid_output``
-    rows (answers cut at ``max_tokens``); their custom_id stays, so ``merge_results`` pairs them up.
-
-    >>> again = retry_failed(results, requests, max_tokens=800)  # doctest: +SKIP
-    >>> merged = merge_results(results, aggregate_df(poll(submit(again)), again))  # doctest: +SKIP
-    """
-    _need(results, "results", ("status", "error_code"))
-    picked = results.index[retryable(results).to_numpy(dtype=bool)]
-    ids = _custom_ids(requests)
-    unknown = picked.difference(pd.Index(ids))
-    if len(unknown):
-        raise InputError(
-            f"{len(unknown)} result row(s) are not in the requests frame, e.g. custom_id {unknown[0]!r}: "
-            "pass the requests these results came from"
-        )
-    wanted = set(picked)
-    mask = np.fromiter((cid in wanted for cid in ids), dtype=bool, count=len(ids))
-    out = requests.loc[mask].copy()
-    out.attrs = dict(requests.attrs)
-    if max_tokens is not None and len(out):
-        cut = set(results.index[(results["status"] == "invalid_output").to_numpy(dtype=bool)])
-        out["body"] = [
-            _raise_max_tokens(body, max_tokens) if cid in cut else body
-            for cid, body in zip(_custom_ids(out), out["body"], strict=True)
-        ]
-    log.info("retry_failed: %d of %d request(s) to send again", len(out), len(results))
-    return out
-
-
-def _raise_max_tokens(body: Any, max_tokens: int) -> Any:
-    if not isinstance(body, dict):
-        return body
-    new = dict(body)  # never touch the caller's dict
-    key = next(
-        (k for k in ("max_completion_tokens", "max_output_tokens", "max_tokens") if k in new),
-        "max_tokens",
-    )
-    new[key] = max(int(new.get(key) or 0), int(max_tokens))
-    return new
-
-
-def merge_results(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
-    """``old`` with the rows of ``new`` laid over it: the latest attempt per custom_id wins.
-
-    A ``missing`` row in ``new`` (not attempted there) does not replace an earlier result. Adds an
-    ``attempt`` column (1 for the first run) so retried rows are visible.
-
-    >>> merged = merge_results(results, retried_results)  # doctest: +SKIP
-    >>> merged["attempt"].max()  # doctest: +SKIP
-    2
-    """
-    _need(old, "old", ("status",))
-    _need(new, "new", ("status",))
-    old = old.copy()
-    if "attempt" not in old:
-        old["attempt"] = 1
-    taken = new[
-        (new["status"] != "missing").to_numpy(dtype=bool) | ~new.index.isin(old.index)
-    ].copy()
-    prior = old["attempt"].reindex(taken.index)
-    base = taken["attempt"] if "attempt" in taken else pd.Series(1, index=taken.index)
-    taken["attempt"] = np.where(prior.notna(), prior.fillna(0) + base, base).astype(int)
-    kept = old[~old.index.isin(taken.index)]
-    parts = [p for p in (kept, taken) if len(p)]
-    merged = pd.concat(parts) if parts else old.iloc[:0]
-    order = old.index.append(taken.index[~taken.index.isin(old.index)])
-    merged = merged.reindex(order)
-    merged["attempt"] = merged["attempt"].astype(int)
-    merged.attrs = {
-        **old.attrs,
-        "malformed_lines": int(old.attrs.get("malformed_lines", 0))
-        + int(new.attrs.get("malformed_lines", 0)),
-    }
-    return merged
-
-
-def _need(df: Any, name: str, columns: Iterable[str]) -> None:
+def need_columns(df: Any, name: str, columns: Iterable[str]) -> None:
+    """Raise an InputError naming what ``df`` (called ``name`` in the message) lacks."""
     if not isinstance(df, pd.DataFrame):
         raise InputError(f"{name} must be a DataFrame, got {type(df).__name__}")
     missing = [c for c in columns if c not in df.columns]

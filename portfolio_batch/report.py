@@ -354,7 +354,7 @@ def report(
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     if summary is None:
-        from portfolio_batch.aggregate import summarize
+        from portfolio_batch.summary import summarize
 
         try:
             summary = summarize(results, costs)
