@@ -28,16 +28,9 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from portfolio_batch.download import (
-    LINE_DECODER,
-    ROW,
-    Line,
-    Validator,
-    row_of,
-    schema_of_body,
-    validator_for,
-)
+from portfolio_batch.decode import LINE_DECODER, ROW, Line, row_of
 from portfolio_batch.errors import InputError, PricingError
+from portfolio_batch.validate import Validator, schema_of_body, validator_for
 
 __all__ = ["aggregate_df"]
 

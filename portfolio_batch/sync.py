@@ -16,7 +16,7 @@ import openai
 import pandas as pd
 
 from portfolio_batch.aggregate import Collector, gc_paused
-from portfolio_batch.download import Line
+from portfolio_batch.decode import Line
 from portfolio_batch.errors import InputError
 
 __all__ = ["run_sync"]

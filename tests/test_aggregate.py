@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 
 import portfolio_batch as pb
-from portfolio_batch.aggregate import validator_for
 from portfolio_batch.cost import cost_usd
 from portfolio_batch.download import download_file
 from portfolio_batch.errors import DownloadError, InputError
 from portfolio_batch.requests import RISK_SCHEMA
+from portfolio_batch.validate import validator_for
 
 ANSWER = {
     "risk_score": 72,
