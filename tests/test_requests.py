@@ -313,3 +313,28 @@ def test_a_key_with_a_newline_cannot_hide_an_unsafe_key() -> None:
         "custom_id"
     ]
     assert ids.str.startswith(("risk-A%0AB-", "risk-C%2FD-")).all()
+
+
+@pytest.mark.parametrize("storage", ["pyarrow", "python"])
+def test_text_columns_serialise_like_orjson_whatever_the_string_storage(storage: str) -> None:
+    """pyarrow string columns with nothing to escape skip orjson: the bytes must not change."""
+    texts = ["plain", "é中\u2028\x7f", "x y", None, 'quote"d', "back\\slash", "tab\there", "\x1f"]
+    keys = [f"K{i}" for i in range(len(texts))] + [" padded ", "BRK/B"]
+    df = pd.DataFrame(
+        {
+            "ticker": pd.Series(keys, dtype=pd.StringDtype(storage)),
+            "notes": pd.Series([*texts, "ok", "ok"], dtype=pd.StringDtype(storage)),
+        }
+    )
+    requests = build_requests(df)
+    for pos, body in enumerate(requests.body):
+        row = {"ticker": keys[pos]}  # the row as given; only its custom_id is stripped
+        if pos < len(texts) and texts[pos] is not None:
+            row["notes"] = texts[pos]
+        elif pos >= len(texts):
+            row["notes"] = "ok"
+        assert body["messages"][1]["content"].split("\n")[-1] == orjson.dumps(row).decode()
+    assert requests.custom_id.iloc[-2].startswith("risk-padded-")
+    assert requests.custom_id.iloc[-1].startswith("risk-BRK%2FB-")
+    plain = build_requests(df.iloc[:8])
+    assert plain.custom_id.str.fullmatch(r"risk-K\d-[0-9a-f]{8}").all()
