@@ -16,6 +16,7 @@ from portfolio_batch.download import download_file
 from portfolio_batch.errors import DownloadError, InputError
 from portfolio_batch.requests import RISK_SCHEMA
 from portfolio_batch.validate import validator_for
+from tests import readme
 
 ANSWER = {
     "risk_score": 72,
@@ -541,27 +542,18 @@ def test_last_line_without_newline(tmp_path: Path, requests: pd.DataFrame) -> No
 def test_readme_results_examples_run_and_print_what_they_say(
     testdata: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import contextlib
-    import io
-    import re
     import shutil
 
     from portfolio_batch.backend import reset_client
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("<!-- section:pipeline -->")[1].split("<!-- /section:pipeline -->")[0]
-    mine = section.split("<!-- aggregate docs below -->")[1]
-    blocks = re.findall(r"```python\n(.*?)```", mine, flags=re.S)
+    mine = readme.section("pipeline").split("<!-- aggregate docs below -->")[1]
+    blocks = readme.python_blocks(mine)
     assert len(blocks) == 2
     shutil.copytree(testdata, tmp_path / "testdata")
     monkeypatch.chdir(tmp_path)
     try:
         for block in blocks:
-            printed = io.StringIO()
-            with contextlib.redirect_stdout(printed):
-                exec(compile(block, "README.md", "exec"), {})
-            expected = re.findall(r"^# -> (.*)$", block, flags=re.M)
-            assert printed.getvalue().splitlines() == expected
+            assert readme.run_block(block) == readme.expected_output(block)
     finally:
         reset_client()
 

@@ -4,14 +4,13 @@ exact usage line, every option it accepts is mentioned there, and no documented 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from portfolio_batch.cli import app
+from tests import readme
 
-README = Path(__file__).resolve().parent.parent / "README.md"
 COMMANDS = [
     ["analyze-risk"],
     ["estimate"],
@@ -31,16 +30,9 @@ def _help(command: list[str]) -> str:
     return result.output
 
 
-def _cli_section() -> str:
-    text = README.read_text()
-    match = re.search(r"<!-- section:cli -->(.*?)<!-- /section:cli -->", text, re.S)
-    assert match, "README.md has no cli section"
-    return match.group(1)
-
-
 def _readme_blocks() -> dict[str, str]:
     """``### `portfolio-batch …` `` heading (the usage line) -> the text under it."""
-    parts = re.split(r"^### `(portfolio-batch [^`]+)`\s*$", _cli_section(), flags=re.M)
+    parts = re.split(r"^### `(portfolio-batch [^`]+)`\s*$", readme.section("cli"), flags=re.M)
     return {parts[i].strip(): parts[i + 1] for i in range(1, len(parts), 2)}
 
 
@@ -69,7 +61,7 @@ def test_readme_lists_every_command() -> None:
 
 def test_readme_examples_parse() -> None:
     """The command lines in the section's code block use real commands and options."""
-    code = re.search(r"```bash\n(.*?)```", _cli_section(), re.S)
+    code = re.search(r"```bash\n(.*?)```", readme.section("cli"), re.S)
     assert code
     for line in code.group(1).splitlines():
         words = line.split()

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
-from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+from tests import readme
 
 
 def test_readme_local_server_example_runs() -> None:
-    section = re.search(
-        r"<!-- section:local-server -->(.*?)<!-- /section:local-server -->",
-        README.read_text(),
-        re.S,
-    )
-    assert section, "README.md has no local-server section"
-    code = re.search(r"```python\n(.*?)```", section.group(1), re.S)
-    assert code
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        exec(compile(code.group(1), "README.md", "exec"), {})
-    expected = re.search(r"# (completed \w+ \d+)", code.group(1))
+    (block,) = readme.python_blocks(readme.section("local-server"))
+    expected = re.search(r"# (completed \w+ \d+)", block)
     assert expected
-    assert printed.getvalue().strip() == expected.group(1)
+    assert readme.run_block(block) == [expected.group(1)]

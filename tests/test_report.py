@@ -14,6 +14,7 @@ from test_charts import BAD, make_frames
 
 from portfolio_batch.errors import InputError
 from portfolio_batch.report import report
+from tests import readme
 
 
 @pytest.fixture
@@ -208,16 +209,11 @@ def test_readme_notebooks_example_runs(frames, jobs, tmp_path, monkeypatch):
     """The Python block of the README's notebooks section runs as written."""
     import portfolio_batch as pb
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    section = readme.split("<!-- section:notebooks -->")[1].split("<!-- /section:notebooks -->")[0]
-    code = re.search(r"```python\n(.*?)```", section, re.S)
-    assert code, "the notebooks section has a python example"
+    blocks = readme.python_blocks(readme.section("notebooks"))
+    assert blocks, "the notebooks section has a python example"
     results, costs = frames
     monkeypatch.chdir(tmp_path)
-    exec(
-        compile(code.group(1), "README.md", "exec"),
-        {"pb": pb, "results": results, "costs": costs, "jobs": jobs},
-    )
+    readme.run_block(blocks[0], {"pb": pb, "results": results, "costs": costs, "jobs": jobs})
     doc = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert doc.count("data:image/png;base64") == 6
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from portfolio_batch import RISK_SCHEMA, InputError, build_requests, load_portfolio
 from portfolio_batch.requests import DEFAULT_SYSTEM_PROMPT, custom_id_for
+from tests import readme
 
 
 @pytest.fixture
@@ -259,15 +260,13 @@ def test_bodies_share_the_constant_parts(portfolio: pd.DataFrame) -> None:
 def test_readme_requests_section_runs(
     testdata: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("<!-- section:requests -->")[1].split("<!-- /section:requests -->")[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    blocks = readme.python_blocks(readme.section("requests"))
     assert blocks, "the README's requests section has no python example"
     (tmp_path / "testdata").mkdir()
     (tmp_path / "testdata" / "portfolio.csv").write_bytes((testdata / "portfolio.csv").read_bytes())
     monkeypatch.chdir(tmp_path)
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), {})
+        readme.run_block(block)
     assert (tmp_path / "out" / "requests-00000.jsonl").is_file()
 
 

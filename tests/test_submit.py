@@ -13,6 +13,7 @@ import portfolio_batch as pb
 from portfolio_batch.errors import BudgetExceededError, InputError, RegistryError
 from portfolio_batch.home import home
 from portfolio_batch.registry import JOBS_COLUMNS, open_registry, registry_path
+from tests import readme
 
 
 @pytest.fixture
@@ -199,23 +200,18 @@ def test_cancel_stops_running_batches(local_server, openai_client, manifest) -> 
 def test_readme_sending_example_runs_and_prints_what_it_says(
     testdata, tmp_path, monkeypatch
 ) -> None:
-    import contextlib
-    import io
-    import re
     import shutil
 
     from portfolio_batch.backend import reset_client
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("<!-- section:pipeline -->")[1].split("<!-- aggregate docs below -->")[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    blocks = readme.python_blocks(
+        readme.section("pipeline").split("<!-- aggregate docs below -->")[0]
+    )
     assert len(blocks) == 1
     shutil.copytree(testdata, tmp_path / "testdata")
     monkeypatch.chdir(tmp_path)
-    printed = io.StringIO()
     try:
-        with contextlib.redirect_stdout(printed):
-            exec(compile(blocks[0], "README.md", "exec"), {})
+        printed = readme.run_block(blocks[0])
     finally:
         reset_client()
-    assert printed.getvalue().splitlines() == re.findall(r"^# -> (.*)$", blocks[0], flags=re.M)
+    assert printed == readme.expected_output(blocks[0])
