@@ -22,10 +22,17 @@ from typing import Any
 
 import openai
 
-from portfolio_batch.errors import LocalServerError
+from portfolio_batch.errors import InputError, LocalServerError
 from portfolio_batch.home import home
 
-__all__ = ["backend_name", "client", "embedded_server", "poll_interval_bounds", "reset_client"]
+__all__ = [
+    "backend_name",
+    "client",
+    "configured_backend",
+    "embedded_server",
+    "poll_interval_bounds",
+    "reset_client",
+]
 
 log = logging.getLogger("portfolio_batch")
 
@@ -78,6 +85,27 @@ def embedded_server(engine: str | None = None) -> Any:
         return server
 
 
+def configured_backend() -> str | None:
+    """``"openai"`` or ``"azure"`` when the environment configures a real backend, else None.
+
+    Azure half set up (one or two of its three variables) is an error rather than a silent fall
+    back to the local server: the user meant to reach Azure, and would otherwise get local answers.
+    """
+    if os.environ.get("OPENAI_API_KEY"):
+        return "openai"
+    present = [v for v in _AZURE_VARS if os.environ.get(v)]
+    if len(present) == len(_AZURE_VARS):
+        return "azure"
+    if present:
+        missing = [v for v in _AZURE_VARS if v not in present]
+        raise InputError(
+            f"Azure OpenAI is partly configured: {', '.join(present)} set but {', '.join(missing)} "
+            f"missing. Set {' and '.join(missing)} (e.g. OPENAI_API_VERSION=2024-10-21) to use "
+            f"Azure, or unset {', '.join(present)} to use the local server."
+        )
+    return None
+
+
 def client(**overrides: Any) -> openai.OpenAI:
     """An ``openai`` client for the backend the environment selects.
 
@@ -88,10 +116,11 @@ def client(**overrides: Any) -> openai.OpenAI:
     5
     """
     engine = overrides.pop("engine", None)
-    if engine is None and os.environ.get("OPENAI_API_KEY"):
+    configured = configured_backend() if engine is None else None
+    if configured == "openai":
         _log_once("openai", "OpenAI (OPENAI_API_KEY is set)")
         return openai.OpenAI(**overrides)
-    if engine is None and all(os.environ.get(v) for v in _AZURE_VARS):
+    if configured == "azure":
         _log_once("azure", f"Azure OpenAI at {os.environ['AZURE_OPENAI_ENDPOINT']}")
         return openai.AzureOpenAI(**overrides)
     server = embedded_server(engine)

@@ -9,6 +9,7 @@ import openai
 import pytest
 
 import portfolio_batch as pb
+from portfolio_batch import InputError
 from portfolio_batch.backend import backend_name, poll_interval_bounds, reset_client
 from portfolio_batch.home import home
 
@@ -45,11 +46,17 @@ def test_azure_trio_selects_azure(monkeypatch) -> None:
     assert "/openai/" in str(c.base_url)
 
 
-def test_incomplete_azure_settings_fall_back_to_the_local_server(monkeypatch) -> None:
+def test_incomplete_azure_settings_are_an_error_not_a_silent_local_run(monkeypatch) -> None:
+    # Someone who set Azure's endpoint and key meant to reach Azure: falling back to the local
+    # server would hand them made-up answers while they think the API ran.
     monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", "https://my-res.openai.azure.com")
-    c = pb.client()
-    assert not isinstance(c, openai.AzureOpenAI)
-    assert backend_name(c) == "local:embedded:rules"
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "azure-test-key")
+    with pytest.raises(InputError, match=r"OPENAI_API_VERSION missing.*unset"):
+        pb.client()
+    # An explicit engine (the CLI's --engine with no key) or an OpenAI key still decides.
+    assert backend_name(pb.client(engine="rules")) == "local:embedded:rules"
+    monkeypatch.setenv("OPENAI_API_KEY", "openai-test-key")
+    assert type(pb.client()) is openai.OpenAI
 
 
 def test_no_key_starts_one_embedded_server_whose_data_survives(caplog) -> None:

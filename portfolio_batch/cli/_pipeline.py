@@ -30,9 +30,12 @@ __all__ = [
 
 
 def has_api_key() -> bool:
-    """A real backend is configured: requests leave this machine (and cost money)."""
-    azure = os.environ.get("AZURE_OPENAI_ENDPOINT") and os.environ.get("AZURE_OPENAI_API_KEY")
-    return bool(os.environ.get("OPENAI_API_KEY") or azure)
+    """A real backend is configured: requests leave this machine (and cost money). The same
+    decision as ``pb.client()``'s, so the CLI never says "the API" while answers come from the
+    local server (a half-configured Azure raises ``InputError`` naming the missing variable)."""
+    from portfolio_batch.backend import configured_backend
+
+    return configured_backend() is not None
 
 
 def engine_of(jobs: pd.DataFrame) -> str | None:
