@@ -67,6 +67,24 @@ _RISK_SCHEMA_NAME = "position_risk"
 # OpenAI needs the /v1 prefix; Azure OpenAI's batch files use the bare path.
 SUPPORTED_ENDPOINTS = ("/v1/chat/completions", "/chat/completions")
 _RESERVED = ("custom_id", "method", "url", "body")
+# The columns aggregate_df / run_sync add beside the input's (docs/design.md, Results) and
+# merge_results' attempt count: an input column with one of these names, or a schema field's name,
+# would collide with them only after the batch is paid for, so build_requests refuses it up front.
+RESULT_COLUMNS = (
+    "status",
+    "http_status",
+    "error_code",
+    "error_message",
+    "finish_reason",
+    "content",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cost_usd",
+    "batch_id",
+    "model",
+    "attempt",
+)
 _SAFE_ID = re.compile(r"[A-Za-z0-9._-]+")
 _MAX_ID_KEY = 64
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
@@ -383,6 +401,14 @@ def build_requests(
 
     system_prompt, user_prompt = _prompts(prompt)
     schema_name, schema_dict = _schema_from(schema)
+    answer_fields = list((schema_dict or {}).get("properties") or {})
+    taken = [c for c in df.columns if c in RESULT_COLUMNS or c in answer_fields]
+    if taken:
+        raise InputError(
+            f"Input column(s) {taken} have the name of a results column (the answer's fields "
+            f"{answer_fields} or {list(RESULT_COLUMNS)}), so the results could not hold both; "
+            f"rename them first, e.g. df.rename(columns={{{taken[0]!r}: 'input_{taken[0]}'}})"
+        )
     schema_dict = copy.deepcopy(schema_dict)  # bodies and attrs must not alias RISK_SCHEMA / yours
     strict = not (
         isinstance(schema, Mapping) and schema.get("strict") is False and "schema" in schema

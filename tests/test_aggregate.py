@@ -590,3 +590,21 @@ def test_requests_with_different_schemas_get_the_union_of_fields(
     assert res["risk_score"].tolist()[0] == 72 and res["risk_score"].tolist()[2] == 7
     assert res["verdict"].tolist()[2] == "sell" and pd.isna(res["verdict"].iloc[0])
     assert res["risk_level"].iloc[0] == "high" and pd.isna(res["risk_level"].iloc[2])
+
+
+def test_results_columns_are_the_ones_build_requests_reserves(testdata: Path) -> None:
+    # build_requests refuses input columns named like these; the list must stay the real one.
+    from portfolio_batch.requests import RESULT_COLUMNS
+
+    requests = pb.build_requests(pb.load_portfolio(testdata / "portfolio.csv"))
+    results = pb.aggregate_df(
+        None,
+        requests,
+        output_files=[testdata / "batch" / "output.jsonl"],
+        error_files=[testdata / "batch" / "errors.jsonl"],
+    )
+    added = [c for c in results.columns if c not in requests.columns]
+    fields = list(requests.attrs["schema"]["properties"])
+    assert [c for c in added if c not in fields] == [c for c in RESULT_COLUMNS if c != "attempt"]
+    merged = pb.merge_results(results, results)
+    assert "attempt" in merged.columns

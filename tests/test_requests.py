@@ -174,6 +174,12 @@ def test_bad_options_are_named(portfolio: pd.DataFrame) -> None:
         build_requests(portfolio.set_index("ticker"))
     with pytest.raises(InputError, match=r"\['url'\] clash.*rename"):
         build_requests(portfolio.assign(url="x"))
+    # A portfolio that already carries a risk_score or a status would collide with the results
+    # only after the batch is paid for: refused here, naming the column and a rename.
+    with pytest.raises(InputError, match=r"\['risk_score'\] have the name of a results column"):
+        build_requests(portfolio.assign(risk_score=50))
+    with pytest.raises(InputError, match=r"\['status', 'model'\].*'input_status'"):
+        build_requests(portfolio.assign(status="held", model="x"))
     with pytest.raises(InputError, match="prompt= must be a string"):
         build_requests(portfolio, prompt={"sytem": "typo"})
 
