@@ -121,3 +121,21 @@ def test_requests_rebuilt_from_shards(tmp_path: Path) -> None:
     # without run.json everything is derived from the shard lines alone
     bare = requests_from_shards(manifest["path"].tolist())
     assert bare.attrs["key"] == "ticker" and bare.attrs["schema"] == requests.attrs["schema"]
+
+
+def test_overwritten_shards_are_refused_before_rebuilding(tmp_path: Path) -> None:
+    import portfolio_batch as pb
+    from portfolio_batch.cli._pipeline import aggregate_run
+    from portfolio_batch.errors import InputError
+
+    portfolio = pb.load_portfolio(Path(__file__).parent.parent / "testdata" / "portfolio.csv")
+    first = pb.to_jsonl(pb.build_requests(portfolio.iloc[:4]), tmp_path)
+    # A later run into the same directory rewrites requests-00000.jsonl with other positions.
+    pb.to_jsonl(pb.build_requests(portfolio.iloc[4:9]), tmp_path)
+    jobs = first.assign(run_id="run_a")  # the registry's path and sha256 of the first run
+
+    with pytest.raises(InputError) as caught:
+        aggregate_run(jobs, client=None)
+    message = str(caught.value)
+    assert str(first["path"].iloc[0]) in message
+    assert "run run_a" in message and "overwritten" in message and "--out" in message

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from portfolio_batch.cli._console import EXIT_INTERRUPTED, err, error_line
 from portfolio_batch.cli._progress import BatchProgress
-from portfolio_batch.cli._runs import load_run_info, requests_from_shards
+from portfolio_batch.cli._runs import check_shards, load_run_info, requests_from_shards
 from portfolio_batch.errors import BatchFailedError, InputError
 
 if TYPE_CHECKING:
@@ -142,6 +142,7 @@ def aggregate_run(
     """Rebuild the run's requests from its shard files and aggregate: results, requests, costs."""
     import portfolio_batch as pb
 
+    check_shards(jobs)
     paths = [str(p) for p in jobs.sort_values("shard")["path"].tolist()]
     info = load_run_info(Path(paths[0]).parent)
     requests = requests_from_shards(paths, info=info)

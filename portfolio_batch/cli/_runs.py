@@ -10,6 +10,7 @@ requests as the original run.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RUN_FILE",
+    "check_shards",
     "find_run",
     "load_portfolio_file",
     "load_run_info",
@@ -31,6 +33,7 @@ __all__ = [
 
 RUN_FILE = "run.json"
 _REQUEST_COLUMNS = ("custom_id", "method", "url", "body")
+_CHUNK = 1 << 20
 
 
 def load_portfolio_file(path: Path) -> pd.DataFrame:
@@ -116,6 +119,42 @@ def _row_fields(body: dict[str, Any]) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         return {}
     return fields if isinstance(fields, dict) else {}
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_shards(jobs: pd.DataFrame) -> None:
+    """Refuse shard files that are not the bytes the run uploaded (the registry's ``sha256``).
+
+    Another run into the same ``--out`` rewrites ``requests-*.jsonl``; rebuilding this run's
+    requests from those would match its results to the wrong positions.
+
+    >>> check_shards(pb.resume("run-20261115-103000-ab12cd"))  # doctest: +SKIP
+    """
+    import pandas as pd
+
+    run_id = jobs["run_id"].iloc[0] if "run_id" in jobs and len(jobs) else None
+    run = f"run {run_id}" if run_id is not None else "this run"
+    for row in jobs.sort_values("shard").to_dict("records"):
+        path, expected = row.get("path"), row.get("sha256")
+        # A batch adopted from the server without our metadata has nothing to compare with.
+        if pd.isna(path) or pd.isna(expected) or not expected or not Path(path).is_file():
+            continue
+        if _file_sha256(Path(path)) != expected:
+            raise InputError(
+                f"request shard {path} (shard {row['shard']} of {run}) is not the file that run "
+                f"uploaded: its sha256 differs from the registry's {str(expected)[:12]}…, so it "
+                "was overwritten, most likely by a later run with the same --out. Its results "
+                "are still on the server, but cannot be matched to positions without the original "
+                "shard: restore that file, or run analyze-risk again on the portfolio with its "
+                "own --out directory."
+            )
 
 
 def requests_from_shards(paths: list[str], *, info: dict[str, Any] | None = None) -> pd.DataFrame:

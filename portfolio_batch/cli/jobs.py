@@ -115,10 +115,12 @@ def resume(
     import portfolio_batch as pb
     from portfolio_batch.cli._outputs import finish
     from portfolio_batch.cli._pipeline import aggregate_run, client_for_run, poll_run
-    from portfolio_batch.cli._runs import find_run
+    from portfolio_batch.cli._runs import check_shards, find_run
 
     found = find_run(ident)
     run_id = str(found["run_id"].iloc[0])
+    # Before waiting on the batches: their results would be useless without the right shards.
+    check_shards(found)
     client = client_for_run(found, engine.value if engine else None)
     jobs = pb.resume(run_id, client=client)
     target = _out_dir(jobs["path"].tolist(), out_dir)
