@@ -213,3 +213,39 @@ def test_server_restart_on_same_data_dir_keeps_files(tmp_path: Any) -> None:
             orjson.loads(x) for x in client.files.content(file_id).content.splitlines()
         ] == lines
         validate(client.files.with_raw_response.list().http_response.json(), "ListFilesResponse")
+
+
+@pytest.mark.parametrize("failure", ["engine", "thread"])
+def test_failed_start_frees_the_port_and_state(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    import socket
+
+    import uvicorn
+
+    import portfolio_batch.local.server as server_module
+    from portfolio_batch.errors import LocalServerError
+
+    if failure == "engine":
+
+        def no_engine(name: str) -> Any:
+            raise LocalServerError(f"engine {name} needs llama-cpp-python; pip install it.")
+
+        monkeypatch.setattr(server_module, "load_engine", no_engine)
+    else:
+        monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
+
+    server = server_module.LocalServer(engine="rules", data_dir=tmp_path / "data")
+    with pytest.raises(LocalServerError) as caught:
+        server.start()
+    assert ("llama-cpp-python" if failure == "engine" else "did not start") in str(caught.value)
+
+    # The port is free again: binding it without SO_REUSEADDR fails while a socket still holds it.
+    with socket.socket() as probe:
+        probe.bind((server.host, server.port))
+    with pytest.raises(LocalServerError, match="not running"):
+        server.state  # noqa: B018
+
+    monkeypatch.undo()
+    with server:  # a later start() works
+        assert server.client().files.list().data == []

@@ -148,6 +148,7 @@ class LocalServer:
         with self._lock:
             if self._server is not None:
                 return self
+            made_data_dir = self.data_dir is None
             if self.data_dir is None:
                 self.data_dir = Path(tempfile.mkdtemp(prefix="pb-local-"))
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -160,36 +161,55 @@ class LocalServer:
                     f"Cannot listen on {self.host}:{self.port}: {exc}. Pick another --port (0 = any free port)."
                 ) from exc
             self.port = sock.getsockname()[1]
-            self._state = _build_state(
-                engine=self.engine,
-                data_dir=self.data_dir,
-                api_key=self.api_key,
-                config=self._config,
-            )
-            config = uvicorn.Config(
-                create_app(self._state),
-                log_level="warning",
-                access_log=False,
-                timeout_graceful_shutdown=2,
-                lifespan="off",
-            )
-            server = uvicorn.Server(config)
-            thread = threading.Thread(
-                target=server.run, kwargs={"sockets": [sock]}, name="pb-local-server", daemon=True
-            )
-            thread.start()
-            deadline = time.monotonic() + 30
-            while not server.started:
-                if not thread.is_alive() or time.monotonic() > deadline:
-                    sock.close()
+            try:
+                server, thread = self._serve(sock, self.data_dir)
+            except BaseException:
+                # Whatever failed (a missing engine dependency, the thread), leave nothing behind:
+                # the port is free and a later start() begins afresh.
+                sock.close()
+                if self._state is not None:
                     self._state.worker.shutdown()
-                    raise LocalServerError(
-                        f"The local server did not start on {self.host}:{self.port}; see the log above."
-                    )
-                time.sleep(0.01)
+                    self._state = None
+                if made_data_dir:
+                    shutil.rmtree(self.data_dir, ignore_errors=True)
+                    self.data_dir = None
+                raise
             self._server, self._thread, self._sock = server, thread, sock
             atexit.register(self.stop)
         return self
+
+    def _serve(
+        self, sock: socket.socket, data_dir: Path
+    ) -> tuple[uvicorn.Server, threading.Thread]:
+        """Build the state and run uvicorn on ``sock`` in a thread; return once it accepts."""
+        self._state = _build_state(
+            engine=self.engine,
+            data_dir=data_dir,
+            api_key=self.api_key,
+            config=self._config,
+        )
+        config = uvicorn.Config(
+            create_app(self._state),
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=2,
+            lifespan="off",
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="pb-local-server", daemon=True
+        )
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                server.should_exit = True
+                thread.join(timeout=5)
+                raise LocalServerError(
+                    f"The local server did not start on {self.host}:{self.port}; see the log above."
+                )
+            time.sleep(0.01)
+        return server, thread
 
     def stop(self) -> None:
         """Stop serving, stop the batch worker and remove a temporary data dir."""
