@@ -30,8 +30,9 @@ __all__ = ["DEAD", "ServerIndex", "cancel_batch", "create_shard_batch", "submit_
 
 log = logging.getLogger("portfolio_batch")
 
-# Server-side statuses whose batch must not be reused: a new batch is made instead.
-DEAD = frozenset({"failed", "cancelled", "cancelling"})
+# Server-side statuses whose batch must not be reused: a new batch is made instead (an expired
+# batch left requests unfinished, like a cancelled one).
+DEAD = frozenset({"failed", "cancelled", "cancelling", "expired"})
 # How far along a batch is, to choose which of several copies to keep.
 PROGRESS = {"validating": 1, "in_progress": 2, "finalizing": 3, "completed": 4, "expired": 4}
 # How far back batches.list is read when looking for a batch by its metadata: OpenAI deletes a
@@ -87,7 +88,7 @@ class ServerIndex:
     def batches_for(
         self, sha256: str, *, run_id: str | None = None, shard: int | None = None
     ) -> list[dict[str, Any]]:
-        """Reusable batches (not failed/cancelled) carrying this hash, oldest first."""
+        """Reusable batches (not failed/cancelled/expired) carrying this hash, oldest first."""
         out = []
         for b in self.batches():
             md = b.get("metadata") or {}

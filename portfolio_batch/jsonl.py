@@ -332,8 +332,11 @@ def to_jsonl(
     shards = _Shards(out, prefix, limits, (writer, hasher))
     seen: set[str] = set()  # custom_ids of earlier frames (iterable input only)
     first_id = endpoint = model = ""
+    retry_of: set[str] = set()  # retry_failed()'s mark, carried into the manifest for submit()
     try:
         for frame in frames:
+            if isinstance(frame, pd.DataFrame):
+                retry_of.update(frame.attrs.get("retry_of_batches") or ())
             if not single and isinstance(frame, pd.DataFrame) and frame.empty:
                 continue
             ids, frame_endpoint = _check_frame(frame)
@@ -397,6 +400,8 @@ def to_jsonl(
         "max_bytes": int(max_bytes),
         "max_input_tokens": max_input_tokens,
     }
+    if retry_of:
+        manifest.attrs["retry_of_batches"] = sorted(retry_of)
     return manifest
 
 

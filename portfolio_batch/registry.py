@@ -42,8 +42,9 @@ __all__ = [
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 # Statuses that count against an organisation's enqueued-token limit.
 ACTIVE = frozenset({"validating", "in_progress", "finalizing"})
-# Shards in these states may be submitted again: the idempotency lookup skips them.
-RETRYABLE = frozenset({"failed", "cancelling", "cancelled"})
+# Shards in these states may be submitted again: the idempotency lookup skips them. An expired
+# batch is one of them: the requests it did not finish must be sendable again.
+RETRYABLE = frozenset({"failed", "cancelling", "cancelled", "expired"})
 
 JOBS_COLUMNS = [
     "run_id",
@@ -293,7 +294,8 @@ class Registry:
     # -- shards -----------------------------------------------------------------------------------
     def live_shard(self, idem_key: str) -> dict[str, Any] | None:
         """The newest shard with this idempotency key that is queued or whose batch may still
-        produce results (anything but failed / cancelling / cancelled)."""
+        produce results or has produced them all (anything but failed / cancelling / cancelled /
+        expired)."""
         rows = self._rows(
             f"""SELECT * FROM shards WHERE idem_key = ?
                 AND status NOT IN ({",".join("?" * len(RETRYABLE))})

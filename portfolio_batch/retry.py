@@ -16,7 +16,11 @@ import pandas as pd
 from portfolio_batch.aggregate import custom_ids, need_columns
 from portfolio_batch.errors import InputError
 
-__all__ = ["merge_results", "retry_failed"]
+__all__ = ["RETRY_OF", "merge_results", "retry_failed"]
+
+# attrs key of a retry frame (and of the manifest to_jsonl writes from it): the batch ids whose
+# results it replaces, which submit() never reuses for it.
+RETRY_OF = "retry_of_batches"
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,8 @@ def retry_failed(
     ``server_error``, ``request_timeout``). A 400 such as ``context_length_exceeded`` is not
     resent: it would fail the same way. ``max_tokens`` raises the limit of the ``invalid_output``
     rows (answers cut at ``max_tokens``); their custom_id stays, so ``merge_results`` pairs them up.
+    ``attrs["retry_of_batches"]`` names the batches the results came from: ``submit`` never hands
+    one of them back, even when the retry's file is byte-identical to its (every row retried).
 
     >>> again = retry_failed(results, requests, max_tokens=800)  # doctest: +SKIP
     >>> merged = merge_results(results, aggregate_df(poll(submit(again)), again))  # doctest: +SKIP
@@ -77,6 +83,11 @@ def retry_failed(
     mask = np.fromiter((cid in wanted for cid in ids), dtype=bool, count=len(ids))
     out = requests.loc[mask].copy()
     out.attrs = dict(requests.attrs)
+    # The batches these results came from: a retry frame byte-identical to one of their files
+    # (every row retried, bodies unchanged) must make a new batch, not get that one back.
+    source = _source_batches(results)
+    if source:
+        out.attrs[RETRY_OF] = source
     if max_tokens is not None and len(out):
         cut = set(results.index[(results["status"] == "invalid_output").to_numpy(dtype=bool)])
         out["body"] = [
@@ -85,6 +96,16 @@ def retry_failed(
         ]
     log.info("retry_failed: %d of %d request(s) to send again", len(out), len(results))
     return out
+
+
+def _source_batches(results: pd.DataFrame) -> list[str]:
+    ids: set[str] = set()
+    if "batch_id" in results:
+        ids.update(str(b) for b in results["batch_id"].dropna().unique() if b)
+    for stats in results.attrs.get("files") or ():
+        if isinstance(stats, dict) and stats.get("batch_id"):
+            ids.add(str(stats["batch_id"]))
+    return sorted(ids)
 
 
 def _raise_max_tokens(body: Any, max_tokens: int) -> Any:

@@ -36,6 +36,7 @@ from portfolio_batch.errors import (
     RegistryError,
 )
 from portfolio_batch.registry import TERMINAL, Registry, open_registry
+from portfolio_batch.retry import RETRY_OF
 
 __all__ = ["cancel", "idempotency_key", "resume", "submit"]
 
@@ -166,8 +167,9 @@ def submit(
 ) -> pd.DataFrame:
     """Upload each shard and create its batch, once; returns the jobs frame (one row per shard).
 
-    A shard already submitted (same sha256, endpoint, model and backend) and not failed or
-    cancelled returns its existing batch; ``force=True`` makes a new one anyway. ``budget_usd``
+    A shard already submitted (same sha256, endpoint, model and backend) and not failed,
+    cancelled or expired returns its existing batch; ``force=True`` makes a new one anyway. A
+    ``retry_failed`` frame (or its manifest) never gets back the batches its results came from. ``budget_usd``
     refuses, before any upload, an estimate above it. ``max_enqueued_tokens`` creates only the
     shards that fit; the rest stay ``queued`` and ``poll`` creates them as capacity frees.
 
@@ -202,6 +204,8 @@ def submit(
     backend = backend_name(c)
     run_id = run_id or new_run_id()
     index = ServerIndex(c)
+    # retry_failed()'s frame names the batches whose answers it replaces: never hand those back.
+    retry_of = frozenset(manifest.attrs.get(RETRY_OF) or ())
     keys: list[tuple[str, int]] = []
     with open_registry() as reg:
         run_made = False
@@ -211,10 +215,14 @@ def submit(
             key = idempotency_key(row["sha256"], row["endpoint"], row["model"], backend)
             if not force:
                 live = reg.live_shard(key)
-                if live is not None:
+                if live is not None and live["batch_id"] not in retry_of:
                     keys.append((live["run_id"], live["shard"]))
                     continue
-                found = index.batches_for(row["sha256"])
+                found = (
+                    [b for b in index.batches_for(row["sha256"]) if b["id"] not in retry_of]
+                    if live is None
+                    else []
+                )
                 if found:
                     keys.append(_adopt(reg, found[0], backend=backend, row=row, est=est, key=key))
                     continue

@@ -123,15 +123,18 @@ def test_shard_and_batch_round_trip_into_the_jobs_frame() -> None:
     assert html.count("<tr") == 3  # header + two shards
 
 
-def test_failed_and_cancelled_shards_are_not_live() -> None:
+def test_failed_cancelled_and_expired_shards_are_not_live() -> None:
     with open_registry() as reg:
         _run(reg, "run-b")
         reg.upsert_shard(_shard("run-b", 0, status="failed", batch_id="batch_x"))
         reg.upsert_shard(_shard("run-b", 1, status="cancelled"))
         reg.upsert_shard(_shard("run-b", 2, status="expired", batch_id="batch_y"))
+        reg.upsert_shard(_shard("run-b", 3, status="completed", batch_id="batch_z"))
         assert reg.live_shard("key-run-b-0") is None
         assert reg.live_shard("key-run-b-1") is None
-        assert reg.live_shard("key-run-b-2")["status"] == "expired"
+        # expired: the requests it did not finish must be sendable again
+        assert reg.live_shard("key-run-b-2") is None
+        assert reg.live_shard("key-run-b-3")["status"] == "completed"
 
 
 def test_jobs_lists_newest_first_and_filters_by_run() -> None:

@@ -168,3 +168,45 @@ def test_smollm2_broken_json_becomes_invalid_output(testdata: Path, tmp_path: Pa
     assert set(short) <= set(again.index) and all(
         b["max_tokens"] == 400 for b in again.loc[short, "body"]
     )
+
+
+def test_a_fully_expired_batch_is_resent_whole_by_the_retry_loop(
+    local_server: Any, openai_client: Any, requests: pd.DataFrame, tmp_path: Path
+) -> None:
+    # The README retry loop on a batch that expired before any request ran: the retry frame is
+    # every row, byte-identical to the first shard, and must still make a new batch.
+    small = requests.iloc[:5]
+    local_server.configure(request_delay=0.3, completion_window_seconds=0.1)
+    jobs = _run(openai_client, small, tmp_path / "a")
+    assert jobs["status"].tolist() == ["expired"]
+    first = pb.aggregate_df(jobs, small, client=openai_client)
+    assert first["status"].isin(["expired", "missing"]).all()
+    again = pb.retry_failed(first, small)
+    assert again.index.tolist() == small.index.tolist()
+
+    local_server.configure(request_delay=0.0, completion_window_seconds=3600)
+    retried_jobs = _run(openai_client, again, tmp_path / "b")
+    assert retried_jobs["batch_id"].iloc[0] != jobs["batch_id"].iloc[0]
+    assert retried_jobs["status"].tolist() == ["completed"]
+    merged = pb.merge_results(first, pb.aggregate_df(retried_jobs, again, client=openai_client))
+    assert merged["status"].eq("succeeded").all() and merged["attempt"].eq(2).all()
+    assert len(openai_client.batches.list().data) == 2
+
+
+def test_a_completed_batch_whose_every_answer_is_retried_is_sent_again_once(
+    openai_client: Any, requests: pd.DataFrame, tmp_path: Path
+) -> None:
+    # Every answer of a completed batch judged unusable (here: marked invalid_output after the
+    # fact) gives a retry frame byte-identical to the batch's file: it must be a new batch, and
+    # running the same retry cell a second time must reuse that new batch, not pay a third time.
+    small = requests.iloc[:4]
+    jobs = _run(openai_client, small, tmp_path / "a")
+    first = pb.aggregate_df(jobs, small, client=openai_client)
+    first["status"] = "invalid_output"
+    again = pb.retry_failed(first, small)
+    retried = _run(openai_client, again, tmp_path / "b")
+    assert retried["batch_id"].iloc[0] != jobs["batch_id"].iloc[0]
+    assert _run(openai_client, again, tmp_path / "c")["batch_id"].tolist() == (
+        retried["batch_id"].tolist()
+    )
+    assert len(openai_client.batches.list().data) == 2
