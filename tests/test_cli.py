@@ -83,7 +83,8 @@ def test_full_run_writes_every_output_and_jobs_results_matches(tmp_path: Path) -
     assert "No errors." in proc.stdout
     assert "Traceback" not in proc.stderr
 
-    shards = sorted(out.glob("*.jsonl"))
+    (run_file,) = out.glob("requests/*/run.json")  # one directory per run
+    shards = sorted(run_file.parent.glob("*.jsonl"))
     assert len(shards) == 3
     lines = [json.loads(line) for path in shards for line in path.read_text().splitlines()]
     assert len(lines) == N_POSITIONS
@@ -100,8 +101,9 @@ def test_full_run_writes_every_output_and_jobs_results_matches(tmp_path: Path) -
 
     html = (out / "report.html").read_text()
     assert "NVDA" in html and "<html" in html.lower()
-    run = json.loads((out / "run.json").read_text())
-    assert "OPENAI_API_KEY" not in (out / "run.json").read_text()
+    run = json.loads(run_file.read_text())
+    assert "OPENAI_API_KEY" not in run_file.read_text()
+    assert run_file.parent.name == run["run_id"] and run["out"] == str(out)
 
     jobs = registry_jobs()
     assert set(jobs["run_id"]) == {run["run_id"]}
@@ -183,6 +185,38 @@ def test_sync_run(tmp_path: Path) -> None:
     csv = pd.read_csv(out / "results.csv")
     assert len(csv) == N_POSITIONS and set(csv["status"]) == {"succeeded"}
     assert len(registry_jobs()) == 0  # no batch for a synchronous run
+
+
+@pytest.mark.slow
+def test_two_runs_into_one_out_keep_their_own_shards(tmp_path: Path) -> None:
+    # Run A, then run B on other positions into the same default --out: A's results stay A's.
+    portfolio = pd.read_csv(PORTFOLIO)
+    portfolio.iloc[:4].to_csv(tmp_path / "a.csv", index=False)
+    portfolio.iloc[4:9].to_csv(tmp_path / "b.csv", index=False)
+    out = tmp_path / "portfolio-batch-out"
+    for name in ("a", "b"):
+        proc = run_cli("analyze-risk", f"{name}.csv", "--yes", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    b_results = (out / "results.csv").read_bytes()
+    assert set(pd.read_csv(out / "results.csv")["ticker"]) == set(portfolio["ticker"].iloc[4:9])
+
+    jobs = registry_jobs()
+    assert jobs["run_id"].nunique() == 2
+    run_a = jobs.sort_values("created_at")["run_id"].iloc[0]
+    again = tmp_path / "again"
+    proc = run_cli("jobs", "results", run_a, "--out", again, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    csv = pd.read_csv(again / "results.csv")
+    assert set(csv["ticker"]) == set(portfolio["ticker"].iloc[:4])
+    assert set(csv["status"]) == {"succeeded"}
+    assert (out / "results.csv").read_bytes() == b_results
+
+    # A shard rewritten anyway is refused, naming the file, rather than matched to wrong rows.
+    (shard,) = jobs.loc[jobs["run_id"] == run_a, "path"]
+    Path(shard).write_text(Path(shard).read_text().replace("gpt-4o-mini", "gpt-4o"))
+    proc = run_cli("jobs", "results", run_a, "--out", again, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert shard in proc.stderr.replace("\n", "") and "overwritten" in proc.stderr
 
 
 def _write(path: Path, text: str | bytes) -> Path:

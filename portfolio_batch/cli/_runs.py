@@ -1,7 +1,8 @@
 """What a CLI run leaves in ``--out`` so another process can finish it.
 
 ``analyze-risk`` writes the request shards and ``run.json`` (run id, model, key column, column
-order) into ``--out``; the registry records the shard paths. ``jobs resume`` / ``jobs results``
+order, ``--out``) into ``--out/requests/RUN_ID/``, one directory per run so a later run into the
+same ``--out`` leaves them alone; the registry records the shard paths and their sha256. ``jobs resume`` / ``jobs results``
 rebuild the requests frame from those shard files (custom_id, method, url, body, and the row's
 fields from the last line of the user message), so aggregation after a restart sees the same
 requests as the original run.
@@ -28,6 +29,8 @@ __all__ = [
     "load_portfolio_file",
     "load_run_info",
     "requests_from_shards",
+    "run_out_dir",
+    "shard_dir",
     "write_run_info",
 ]
 
@@ -69,16 +72,42 @@ def load_portfolio_file(path: Path) -> pd.DataFrame:
         raise
 
 
+def shard_dir(out_dir: Path, run_id: str) -> Path:
+    """``out_dir/requests/<run_id>/``, created: where one run's shards and ``run.json`` go.
+
+    >>> shard_dir(Path("demo-out"), "run-20261115-103000-ab12cd")  # doctest: +SKIP
+    PosixPath('demo-out/requests/run-20261115-103000-ab12cd')
+    """
+    path = out_dir / "requests" / run_id
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run_out_dir(shard_path: str | Path) -> Path:
+    """The ``--out`` of the run whose shard is ``shard_path`` (recorded in ``run.json``), or the
+    shard's directory for a run submitted from Python."""
+    here = Path(shard_path).parent
+    recorded = load_run_info(here).get("out")
+    return Path(recorded) if recorded else here
+
+
 def write_run_info(
-    out_dir: Path, *, run_id: str | None, requests: pd.DataFrame, mode: str, portfolio: Path
+    directory: Path,
+    *,
+    run_id: str | None,
+    requests: pd.DataFrame,
+    mode: str,
+    portfolio: Path,
+    out_dir: Path | None = None,
 ) -> Path:
-    """Record the run in ``out_dir/run.json`` (never the API key: nothing secret is in here)."""
+    """Record the run in ``directory/run.json``, next to its shards (never the API key: nothing secret is in here)."""
     data_columns = [c for c in requests.columns if c not in _REQUEST_COLUMNS]
     attrs = requests.attrs
     info = {
         "run_id": run_id,
         "mode": mode,
         "portfolio": str(portfolio),
+        "out": str(out_dir) if out_dir is not None else None,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "model": attrs.get("model"),
         "endpoint": attrs.get("endpoint"),
@@ -87,14 +116,14 @@ def write_run_info(
         "columns": data_columns,
         "n_requests": len(requests),
     }
-    path = out_dir / RUN_FILE
+    path = directory / RUN_FILE
     path.write_bytes(orjson.dumps(info, option=orjson.OPT_INDENT_2, default=str))
     return path
 
 
-def load_run_info(shard_dir: Path) -> dict[str, Any]:
+def load_run_info(directory: Path) -> dict[str, Any]:
     """``run.json`` next to the shards, or ``{}`` for a run submitted from Python."""
-    path = shard_dir / RUN_FILE
+    path = directory / RUN_FILE
     if not path.is_file():
         return {}
     try:

@@ -69,7 +69,8 @@ def analyze_risk(
         typer.Option(
             "--out",
             "-o",
-            help="Directory for the request shards, results.csv/.parquet and report.html.",
+            help="Directory for results.csv/.parquet and report.html; each run's request shards "
+            "go to requests/RUN_ID/ in it.",
         ),
     ] = Path("portfolio-batch-out"),
     engine: Annotated[
@@ -107,15 +108,19 @@ def analyze_risk(
     from portfolio_batch.cli._outputs import finish
     from portfolio_batch.cli._pipeline import make_client, poll_run
     from portfolio_batch.cli._render import estimate_table
-    from portfolio_batch.cli._runs import load_portfolio_file, write_run_info
+    from portfolio_batch.cli._runs import load_portfolio_file, shard_dir, write_run_info
+    from portfolio_batch.submit import new_run_id
 
     engine_name = engine.value if engine is not None else None
     frame = load_portfolio_file(portfolio)
     requests = pb.build_requests(frame, model=model, max_tokens=max_tokens)
     costs = pb.estimate_cost(requests)
     out_dir = out_dir.resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = pb.to_jsonl(requests, out_dir, max_requests=max_requests, costs=costs)
+    # The run id is chosen here so the shards go to their own directory: a later run into the
+    # same --out must not rewrite the files this run's results are matched against.
+    run_id = new_run_id() if batch else "sync-" + new_run_id().removeprefix("run-")
+    shards = shard_dir(out_dir, run_id)
+    manifest = pb.to_jsonl(requests, shards, max_requests=max_requests, costs=costs)
     err.print(estimate_table(costs, manifest))
 
     cost_column = "batch_cost_usd" if batch else "sync_cost_usd"
@@ -130,14 +135,29 @@ def analyze_risk(
     client = make_client(engine_name)
     key = requests.attrs.get("key")
     if not batch:
-        write_run_info(out_dir, run_id=None, requests=requests, mode=mode, portfolio=portfolio)
+        write_run_info(
+            shards, run_id=None, requests=requests, mode=mode, portfolio=portfolio, out_dir=out_dir
+        )
         err.print(f"Sending {len(requests)} requests synchronously...")
         results = pb.run_sync(requests, client=client, progress=err.is_terminal)
         raise typer.Exit(finish(results, costs=costs, jobs=None, out_dir=out_dir, key=key))
 
-    jobs = pb.submit(manifest, client=client, budget_usd=budget)
-    run_id = str(jobs["run_id"].iloc[0])
-    write_run_info(out_dir, run_id=run_id, requests=requests, mode=mode, portfolio=portfolio)
+    # Written before submitting, so a run killed while polling can still be resumed into --out.
+    write_run_info(
+        shards, run_id=run_id, requests=requests, mode=mode, portfolio=portfolio, out_dir=out_dir
+    )
+    jobs = pb.submit(manifest, client=client, budget_usd=budget, run_id=run_id)
+    if str(jobs["run_id"].iloc[0]) != run_id:
+        # Shards submitted before come back as that earlier run's batches.
+        run_id = str(jobs["run_id"].iloc[0])
+        write_run_info(
+            shards,
+            run_id=run_id,
+            requests=requests,
+            mode=mode,
+            portfolio=portfolio,
+            out_dir=out_dir,
+        )
     err.print(Text.assemble("Run ", (run_id, "bold"), f": {len(jobs)} batch(es) submitted."))
     jobs = poll_run(jobs, client=client, out_dir=out_dir)
     results = pb.aggregate_df(jobs, requests, client=client)

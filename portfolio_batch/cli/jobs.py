@@ -36,8 +36,10 @@ _Engine = Annotated[
 
 
 def _out_dir(jobs_paths: list[str], out_dir: Path | None) -> Path:
-    # By default, write next to the run's request shards: the original --out.
-    return (out_dir or Path(jobs_paths[0]).parent).resolve()
+    from portfolio_batch.cli._runs import run_out_dir
+
+    # By default, the run's original --out (from its run.json next to the shards).
+    return (out_dir or run_out_dir(jobs_paths[0])).resolve()
 
 
 @app.command("list")
