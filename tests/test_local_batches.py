@@ -245,6 +245,22 @@ def test_expiry_gives_partial_output_and_expired_lines(
     )
 
 
+def test_expiry_before_any_request_ran_reports_every_request_expired(
+    local_server: Any, openai_client: Any
+) -> None:
+    # The window closes while the batch is still validating: no request ever runs, and every
+    # one of them must still be in the error file as batch_expired (not silently absent).
+    local_server.configure(completion_window_seconds=0.1, request_delay=0.3)
+    lines = [risk_line(i) for i in range(5)]
+    batch, _ = wait(openai_client, create_batch(openai_client, lines).id)
+    assert batch["status"] == "expired" and batch["in_progress_at"] is None
+    assert batch["output_file_id"] is None
+    assert batch["request_counts"] == {"total": 5, "completed": 0, "failed": 5}
+    errors = read_lines(openai_client, batch["error_file_id"])
+    assert sorted(line["custom_id"] for line in errors) == [line["custom_id"] for line in lines]
+    assert {line["error"]["code"] for line in errors} == {"batch_expired"}
+
+
 def test_request_level_failures_go_to_the_error_file(local_server: Any, openai_client: Any) -> None:
     local_server.configure(context_tokens=300)
     long_notes = "Long analyst notes. " * 100

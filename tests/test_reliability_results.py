@@ -180,7 +180,7 @@ def test_a_fully_expired_batch_is_resent_whole_by_the_retry_loop(
     jobs = _run(openai_client, small, tmp_path / "a")
     assert jobs["status"].tolist() == ["expired"]
     first = pb.aggregate_df(jobs, small, client=openai_client)
-    assert first["status"].isin(["expired", "missing"]).all()
+    assert first["status"].eq("expired").all() and first["error_code"].eq("batch_expired").all()
     again = pb.retry_failed(first, small)
     assert again.index.tolist() == small.index.tolist()
 

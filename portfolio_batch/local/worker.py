@@ -274,7 +274,41 @@ class BatchWorker:
         if reason == "cancelled":
             self._transition(batch_id, "cancelled", cancelled_at=now)
         elif reason == "expired":
-            self._transition(batch_id, "expired", expired_at=now)
+            # As on OpenAI, every request the window cut short is in the error file as
+            # batch_expired, even when none of them ran.
+            batch = self.store.batches[batch_id]
+            writer = _ResultWriter(self.store, self.config)
+            try:
+                n = self._expire_all(batch, writer)
+            except BaseException:
+                writer.abandon()
+                raise
+            ids = writer.close()
+            writer.register(batch, ids)
+            counts = {"total": n, "completed": 0, "failed": n}
+            if not self._transition(
+                batch_id, "expired", expired_at=now, error_file_id=ids[1], request_counts=counts
+            ):
+                self._transition(batch_id, "cancelled", cancelled_at=now)
+
+    def _expire_all(self, batch: dict[str, Any], writer: _ResultWriter) -> int:
+        """Write a batch_expired error line for each request of the input file; returns how many.
+        Lines validation would have refused (no JSON object, no custom_id, a repeat) are skipped."""
+        path = self.store.content_path(batch["input_file_id"])
+        if not path.exists():
+            return 0
+        seen: set[str] = set()
+        error = {"code": "batch_expired", "message": EXPIRED_MESSAGE}
+        for _number, line in _lines(path):
+            try:
+                request = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            custom_id = request.get("custom_id") if isinstance(request, dict) else None
+            if isinstance(custom_id, str) and custom_id and custom_id not in seen:
+                seen.add(custom_id)
+                writer.add("error", _result_line(custom_id, None, error))
+        return len(seen)
 
     def _validate(
         self, batch: dict[str, Any], event: threading.Event
