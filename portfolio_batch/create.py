@@ -39,6 +39,13 @@ PROGRESS = {"validating": 1, "in_progress": 2, "finalizing": 3, "completed": 4, 
 # batch's output 30 days after it completes, so an older one cannot be reused anyway.
 MAX_LISTED = 10_000
 MAX_AGE_SECONDS = 30 * 24 * 3600
+# A shard's batch is created by one caller at a time: it holds the shard's ``creating`` time,
+# refreshed before the create POST. Another caller takes over only after this long (the holder
+# was killed mid-upload or mid-create) and first looks on the server for what it left.
+CREATE_LEASE_SECONDS = 15 * 60
+# ``creating`` of an attempt that ended not knowing whether its create POST made a batch: old
+# enough that the next caller takes over at once and looks on the server first.
+UNKNOWN_OUTCOME = 1.0
 
 
 def _file_name(sha256: str) -> str:
@@ -187,9 +194,43 @@ def _keep_one_file(
 
 def create_shard_batch(
     reg: Registry, c: openai.OpenAI, index: ServerIndex, shard: dict[str, Any]
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Create the batch of a registered shard (or adopt the one a crashed or retried call made)
-    and record it. Returns the batch as a dict."""
+    and record it. Returns the batch as a dict, or None when another caller (thread, process)
+    is creating it or already has."""
+    claimed = reg.claim_creation(shard["run_id"], shard["shard"], lease=CREATE_LEASE_SECONDS)
+    if claimed is None:
+        return None
+    attempt = {"posted": False}
+    try:
+        return _create_claimed(reg, c, index, claimed, attempt)
+    except BaseException as exc:
+        # Release the claim, saying whether the next attempt must look for a batch this one
+        # may have made (a SubmitError means none exists).
+        unknown = attempt["posted"] and not isinstance(exc, SubmitError)
+        try:
+            reg.update_shard(
+                shard["run_id"], shard["shard"], creating=UNKNOWN_OUTCOME if unknown else None
+            )
+        except RegistryError as release_exc:
+            log.warning(
+                "shard %s of run %s: cannot release its creation claim (%s); another caller "
+                "takes over after %d s",
+                shard["shard"],
+                shard["run_id"],
+                release_exc,
+                CREATE_LEASE_SECONDS,
+            )
+        raise
+
+
+def _create_claimed(
+    reg: Registry,
+    c: openai.OpenAI,
+    index: ServerIndex,
+    shard: dict[str, Any],
+    attempt: dict[str, bool],
+) -> dict[str, Any]:
     run = reg.run(shard["run_id"]) or {}
     metadata = {
         **_json_dict(run.get("metadata")),
@@ -210,6 +251,7 @@ def create_shard_batch(
         )
         error: Exception | None = None
         retried = False
+        attempt["posted"] = True
         try:
             raw = c.batches.with_raw_response.create(
                 input_file_id=file_id,
@@ -328,6 +370,6 @@ def submit_ready(
                 busy = reg.active_tokens(backend=shard["backend"], model=shard["model"])
                 if busy and busy + (shard["est_input_tokens"] or 0) > limit:
                     break  # keep shard order: later shards wait for this one
-            create_shard_batch(reg, c, index, shard)
-            created += 1
+            if create_shard_batch(reg, c, index, shard) is not None:
+                created += 1
     return created

@@ -304,6 +304,77 @@ class Registry:
         )
         return rows[0] if rows else None
 
+    def claim_shard(
+        self,
+        run: dict[str, Any],
+        row: dict[str, Any],
+        *,
+        skip_batches: frozenset[str] = frozenset(),
+    ) -> dict[str, Any] | None:
+        """Register ``row`` (and its ``run``) unless a live shard with its idempotency key exists,
+        in one write transaction, so that two processes submitting the same content at once
+        register it once. Returns the live shard found (nothing written), or None when ``row``
+        was registered. A live shard whose batch is in ``skip_batches`` does not count."""
+        now = _now()
+        try:
+            with self.transaction() as conn:
+                live = conn.execute(
+                    f"""SELECT * FROM shards WHERE idem_key = ?
+                        AND status NOT IN ({",".join("?" * len(RETRYABLE))})
+                        ORDER BY created_at DESC LIMIT 1""",
+                    (row["idem_key"], *sorted(RETRYABLE)),
+                ).fetchone()
+                if live is not None and live["batch_id"] not in skip_batches:
+                    return dict(live)
+                run = {
+                    **run,
+                    "metadata": orjson.dumps(run.get("metadata") or {}).decode(),
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                conn.execute(
+                    f"""INSERT INTO runs ({",".join(run)}) VALUES ({",".join("?" * len(run))})
+                        ON CONFLICT (run_id) DO UPDATE SET updated_at = excluded.updated_at""",
+                    list(run.values()),
+                )
+                shard = {"attempts": 0, "not_before": None, **row}
+                shard.update(created_at=now, updated_at=now)
+                conn.execute(
+                    f"""INSERT INTO shards ({",".join(shard)}) VALUES ({",".join("?" * len(shard))})
+                        ON CONFLICT (run_id, shard) DO UPDATE SET
+                        {",".join(f"{c} = excluded.{c}" for c in shard if c not in ("run_id", "shard", "created_at"))}""",
+                    list(shard.values()),
+                )
+                return None
+        except sqlite3.Error as exc:
+            raise RegistryError(f"Cannot write the job registry {self.path}: {exc}") from exc
+
+    def claim_creation(self, run_id: str, shard: int, *, lease: float) -> dict[str, Any] | None:
+        """Take the right to create a queued shard's batch, atomically: returns the shard as it
+        was (its ``creating`` says whether an earlier attempt may have left a batch behind), or
+        None when it has a batch, is not queued, or another caller took it less than ``lease``
+        seconds ago."""
+        now = _now()
+        try:
+            with self.transaction() as conn:
+                row = conn.execute(
+                    "SELECT * FROM shards WHERE run_id = ? AND shard = ?", (run_id, shard)
+                ).fetchone()
+                if (
+                    row is None
+                    or row["status"] != "queued"
+                    or row["batch_id"] is not None
+                    or (row["creating"] is not None and row["creating"] > now - lease)
+                ):
+                    return None
+                conn.execute(
+                    "UPDATE shards SET creating = ?, updated_at = ? WHERE run_id = ? AND shard = ?",
+                    (now, now, run_id, shard),
+                )
+                return dict(row)
+        except sqlite3.Error as exc:
+            raise RegistryError(f"Cannot write the job registry {self.path}: {exc}") from exc
+
     def shard(self, run_id: str, shard: int) -> dict[str, Any] | None:
         rows = self._rows("SELECT * FROM shards WHERE run_id = ? AND shard = ?", (run_id, shard))
         return rows[0] if rows else None

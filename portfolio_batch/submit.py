@@ -207,39 +207,45 @@ def submit(
     # retry_failed()'s frame names the batches whose answers it replaces: never hand those back.
     retry_of = frozenset(manifest.attrs.get(RETRY_OF) or ())
     keys: list[tuple[str, int]] = []
+    run_row: dict[str, Any] = {
+        "run_id": run_id,
+        "backend": backend,
+        "model": str(manifest["model"].iloc[0]),
+        "endpoint": str(manifest["endpoint"].iloc[0]),
+        "pb_version": __version__,
+        "metadata": user_md,
+        "max_enqueued_tokens": max_enqueued_tokens,
+        "budget_usd": budget_usd,
+        "est_cost_usd": _sum(costs),
+    }
     with open_registry() as reg:
         run_made = False
         records: list[dict[str, Any]] = manifest.to_dict("records")  # type: ignore[assignment]
         for row, est in zip(records, costs, strict=True):
             shard_no = int(row["shard"])
             key = idempotency_key(row["sha256"], row["endpoint"], row["model"], backend)
-            if not force:
+            shard_row = _shard_row(run_id, shard_no, row, est=est, key=key, backend=backend)
+            if force:
+                reg.ensure_run(**run_row)
+                reg.upsert_shard(shard_row)
+            else:
                 live = reg.live_shard(key)
-                if live is not None and live["batch_id"] not in retry_of:
+                if live is None:
+                    # The registry may be new or lost: the server's batch metadata knows.
+                    found = [b for b in index.batches_for(row["sha256"]) if b["id"] not in retry_of]
+                    if found:
+                        keys.append(
+                            _adopt(reg, found[0], backend=backend, row=row, est=est, key=key)
+                        )
+                        continue
+                if live is None or live["batch_id"] in retry_of:
+                    # Checked again and registered in one transaction: of two submits of the
+                    # same content at once, one registers the shard and the other reuses it.
+                    live = reg.claim_shard(run_row, shard_row, skip_batches=retry_of)
+                if live is not None:
                     keys.append((live["run_id"], live["shard"]))
                     continue
-                found = (
-                    [b for b in index.batches_for(row["sha256"]) if b["id"] not in retry_of]
-                    if live is None
-                    else []
-                )
-                if found:
-                    keys.append(_adopt(reg, found[0], backend=backend, row=row, est=est, key=key))
-                    continue
-            if not run_made:
-                reg.ensure_run(
-                    run_id,
-                    backend=backend,
-                    model=str(row["model"]),
-                    endpoint=str(row["endpoint"]),
-                    pb_version=__version__,
-                    metadata=user_md,
-                    max_enqueued_tokens=max_enqueued_tokens,
-                    budget_usd=budget_usd,
-                    est_cost_usd=_sum(costs),
-                )
-                run_made = True
-            reg.upsert_shard(_shard_row(run_id, shard_no, row, est=est, key=key, backend=backend))
+            run_made = True
             keys.append((run_id, shard_no))
         if run_made:
             submit_ready(reg, c, [run_id], index=index)

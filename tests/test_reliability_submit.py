@@ -223,3 +223,35 @@ def test_interrupted_between_create_and_record_adopts_the_batch(
         ("run-int", str(s)): 1 for s in range(len(manifest))
     }
     assert len(list(observer.batches.list(limit=100))) == len(manifest)
+
+
+def test_two_simultaneous_submits_of_one_manifest_make_one_batch_per_shard(
+    local_server, manifest
+) -> None:
+    import threading
+
+    local_server.configure(latency=0.05)  # widens the window between the check and the create
+    barrier = threading.Barrier(2)
+    frames: list[pd.DataFrame] = []
+    errors: list[BaseException] = []
+
+    def submit() -> None:
+        client = local_server.client()
+        barrier.wait()
+        try:
+            frames.append(pb.submit(manifest, client=client))
+        except BaseException as exc:  # reported below, with the other thread's outcome
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submit) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    observer = local_server.client()
+    assert len(list(observer.batches.list(limit=100))) == len(manifest)
+    assert frames[0]["run_id"].tolist() == frames[1]["run_id"].tolist()
+    final = pb.poll(frames[1], client=observer, progress=False, timeout=60)
+    assert final["status"].eq("completed").all()
+    assert len(list(observer.batches.list(limit=100))) == len(manifest)
