@@ -218,6 +218,7 @@ def submit(
         "budget_usd": budget_usd,
         "est_cost_usd": _sum(costs),
     }
+    pending: list[str] = []  # runs with shards still to create
     with open_registry() as reg:
         run_made = False
         records: list[dict[str, Any]] = manifest.to_dict("records")  # type: ignore[assignment]
@@ -244,11 +245,16 @@ def submit(
                     live = reg.claim_shard(run_row, shard_row, skip_batches=retry_of)
                 if live is not None:
                     keys.append((live["run_id"], live["shard"]))
+                    if live["status"] == "queued" and live["batch_id"] is None:
+                        pending.append(live["run_id"])  # e.g. an earlier creation failed
                     continue
             run_made = True
             keys.append((run_id, shard_no))
         if run_made:
-            submit_ready(reg, c, [run_id], index=index)
+            pending.insert(0, run_id)
+        # Creates this run's shards and the queued ones reused from earlier runs (a shard whose
+        # creation another caller holds right now is left to it).
+        submit_ready(reg, c, pending, index=index)
         return reg.jobs_frame(keys=keys)
 
 

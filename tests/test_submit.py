@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import portfolio_batch as pb
-from portfolio_batch.errors import BudgetExceededError, InputError, RegistryError
+from portfolio_batch.errors import BudgetExceededError, InputError, RegistryError, SubmitError
 from portfolio_batch.home import home
 from portfolio_batch.registry import JOBS_COLUMNS, open_registry, registry_path
 from tests import readme
@@ -215,3 +215,15 @@ def test_readme_sending_example_runs_and_prints_what_it_says(
     finally:
         reset_client()
     assert printed == readme.expected_output(blocks[0])
+
+
+def test_after_a_failed_batch_creation_submit_again_creates_it(local_server, manifest) -> None:
+    client = local_server.client(max_retries=0)
+    local_server.configure(fault_rate_500=1.0, fault_endpoints=frozenset({"batches.create"}))
+    with pytest.raises(SubmitError, match=r"run submit\(\) again"):
+        pb.submit(manifest.iloc[:1], client=client)
+    assert _server_batches(client) == []
+    local_server.configure(fault_rate_500=0.0)
+    again = pb.submit(manifest.iloc[:1], client=client)  # what the error said to do
+    assert again["batch_id"].notna().all() and (again["status"] != "queued").all()
+    assert len(_server_batches(client)) == 1
