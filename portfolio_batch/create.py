@@ -241,7 +241,9 @@ def _create_claimed(
     }
     batch: dict[str, Any] | None = None
     if shard.get("creating"):
-        # A previous attempt died between create and record: the batch may exist already.
+        # A previous attempt died between create and record: the batch may exist already, made
+        # after the index last listed (poll keeps one index for its whole run), so list again.
+        index.batches(refresh=True)
         found = index.batches_for(shard["sha256"], run_id=shard["run_id"], shard=shard["shard"])
         batch = found[0] if found else None
     if batch is None:
