@@ -24,23 +24,14 @@ import openai
 import orjson
 import psutil
 
+from portfolio_batch.requests import RISK_SCHEMA
+
 SYSTEM = (
     "You are a portfolio risk analyst. For the position below, return a JSON object with "
     "risk_score (0-100), risk_level (low, medium or high), up to three drivers and a one-sentence "
     "rationale. Consider position weight, annualised volatility, beta and sector concentration."
 )
 SECTORS = ["Technology", "Energy", "Utilities", "Consumer Staples", "Financials", "Health Care"]
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "risk_score": {"type": "integer", "minimum": 0, "maximum": 100},
-        "risk_level": {"type": "string", "enum": ["low", "medium", "high"]},
-        "drivers": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
-        "rationale": {"type": "string"},
-    },
-    "required": ["risk_score", "risk_level", "drivers", "rationale"],
-    "additionalProperties": False,
-}
 
 
 def write_requests(path: Path, n: int) -> int:
@@ -66,7 +57,7 @@ def write_requests(path: Path, n: int) -> int:
                 "max_tokens": 300,
                 "response_format": {
                     "type": "json_schema",
-                    "json_schema": {"name": "risk", "strict": True, "schema": SCHEMA},
+                    "json_schema": {"name": "risk", "strict": True, "schema": RISK_SCHEMA},
                 },
             }
             line = {

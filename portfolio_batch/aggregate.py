@@ -30,6 +30,7 @@ import pandas as pd
 
 from portfolio_batch.decode import LINE_DECODER, ROW, Line, row_of
 from portfolio_batch.errors import InputError, PricingError
+from portfolio_batch.requests import ANSWER_COLUMNS, USAGE_COLUMNS
 from portfolio_batch.validate import Validator, schema_of_body, validator_for
 
 __all__ = ["aggregate_df"]
@@ -293,19 +294,9 @@ class Collector:
         order = [
             "custom_id",
             *(c for c in requests.columns if c not in _NOT_DATA),
-            "status",
-            "http_status",
-            "error_code",
-            "error_message",
-            "finish_reason",
-            "content",
+            *ANSWER_COLUMNS,
             *self.fields,
-            "prompt_tokens",
-            "completion_tokens",
-            "cached_tokens",
-            "cost_usd",
-            "batch_id",
-            "model",
+            *USAGE_COLUMNS,
         ]
         for loc, name in enumerate(order):  # in final order, so each loc is already right
             if name in typed:

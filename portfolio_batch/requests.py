@@ -70,21 +70,25 @@ _RESERVED = ("custom_id", "method", "url", "body")
 # The columns aggregate_df / run_sync add beside the input's (docs/design.md, Results) and
 # merge_results' attempt count: an input column with one of these names, or a schema field's name,
 # would collide with them only after the batch is paid for, so build_requests refuses it up front.
-RESULT_COLUMNS = (
+ANSWER_COLUMNS = (
     "status",
     "http_status",
     "error_code",
     "error_message",
     "finish_reason",
     "content",
+)
+USAGE_COLUMNS = (
     "prompt_tokens",
     "completion_tokens",
     "cached_tokens",
     "cost_usd",
     "batch_id",
     "model",
-    "attempt",
 )
+# The results frame is: custom_id, the input columns, ANSWER_COLUMNS, the schema's fields,
+# USAGE_COLUMNS (and merge_results' attempt).
+RESULT_COLUMNS = (*ANSWER_COLUMNS, *USAGE_COLUMNS, "attempt")
 _SAFE_ID = re.compile(r"[A-Za-z0-9._-]+")
 _MAX_ID_KEY = 64
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY

@@ -14,21 +14,12 @@ import orjson
 import pytest
 import yaml
 
+from portfolio_batch.requests import RISK_SCHEMA
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SPEC_PATH = SHARED / "openapi" / "batch-subset.yaml"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
-RISK_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "risk_score": {"type": "integer", "minimum": 0, "maximum": 100},
-        "risk_level": {"type": "string", "enum": ["low", "medium", "high"]},
-        "drivers": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
-        "rationale": {"type": "string"},
-    },
-    "required": ["risk_score", "risk_level", "drivers", "rationale"],
-    "additionalProperties": False,
-}
 SECTORS = ["Technology", "Energy", "Utilities", "Consumer Staples", "Financials"]
 
 
