@@ -148,6 +148,10 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
 ]
 
 
+# How long any registry operation waits for another process's lock before giving up.
+_LOCK_WAIT_S = 30.0
+
+
 def registry_path() -> Path:
     """Where the registry lives: ``home()/registry.sqlite``."""
     return home() / "registry.sqlite"
@@ -169,9 +173,9 @@ class Registry:
         try:
             # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so that two processes
             # never both read-then-write the same shard.
-            self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            self.conn = sqlite3.connect(self.path, timeout=_LOCK_WAIT_S, isolation_level=None)
             self.conn.row_factory = sqlite3.Row
-            self.conn.execute("PRAGMA journal_mode=WAL")
+            self._use_wal()
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute("PRAGMA foreign_keys=ON")
             self._migrate()
@@ -180,6 +184,25 @@ class Registry:
                 f"Cannot open the job registry {self.path}: {exc}. Check that the directory is "
                 "writable (set PORTFOLIO_BATCH_HOME to move it)."
             ) from exc
+
+    def _use_wal(self) -> None:
+        # WAL is a property of the file, set once by whichever process creates it. Switching
+        # needs an exclusive lock and SQLite answers SQLITE_BUSY at once, without the busy
+        # timeout, when another connection is opening the new file too: so retry until one of
+        # us has switched it, within the same 30 s the other operations wait.
+        deadline = time.monotonic() + _LOCK_WAIT_S
+        delay = 0.005
+        while True:
+            try:
+                mode = self.conn.execute("PRAGMA journal_mode").fetchone()[0]
+                if str(mode).lower() == "wal":
+                    return
+                self.conn.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.25)
 
     # -- plumbing ---------------------------------------------------------------------------------
     def close(self) -> None:
