@@ -23,12 +23,15 @@ from portfolio_batch._version import __version__
 from portfolio_batch.errors import (
     BatchFailedError,
     BudgetExceededError,
+    DownloadError,
     InputError,
     LocalServerError,
     MissingDependencyError,
+    PollTimeoutError,
     PortfolioBatchError,
     PricingError,
     RegistryError,
+    SubmitError,
 )
 
 # public name -> module that defines it
@@ -58,12 +61,15 @@ __all__ = [
     "RISK_SCHEMA",
     "BatchFailedError",
     "BudgetExceededError",
+    "DownloadError",
     "InputError",
     "LocalServerError",
     "MissingDependencyError",
+    "PollTimeoutError",
     "PortfolioBatchError",
     "PricingError",
     "RegistryError",
+    "SubmitError",
     "__version__",
     "aggregate_df",
     "build_requests",

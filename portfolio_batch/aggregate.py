@@ -29,7 +29,7 @@ import orjson
 import pandas as pd
 
 from portfolio_batch.decode import LINE_DECODER, ROW, Line, row_of
-from portfolio_batch.errors import InputError, PricingError
+from portfolio_batch.errors import DownloadError, InputError, PricingError
 from portfolio_batch.requests import ANSWER_COLUMNS, USAGE_COLUMNS
 from portfolio_batch.validate import Validator, schema_of_body, validator_for
 
@@ -452,7 +452,11 @@ def _job_files(jobs: pd.DataFrame, client: Any) -> Iterator[tuple[str, Path, str
             )
         for kind, file_id in (("output", out_id), ("error", err_id)):
             if isinstance(file_id, str) and file_id:
-                yield kind, download_file(file_id, client=client), str(batch_id), file_id
+                try:
+                    path = download_file(file_id, client=client)
+                except DownloadError as exc:
+                    raise DownloadError(f"batch {batch_id}, {kind} {exc}") from exc
+                yield kind, path, str(batch_id), file_id
 
 
 def _present(value: Any) -> bool:

@@ -24,7 +24,7 @@ import openai
 from portfolio_batch.errors import DownloadError, InputError
 from portfolio_batch.home import cache_dir
 
-__all__ = ["download_file"]
+__all__ = ["download_file", "is_cached"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,15 @@ _RETRYABLE: tuple[type[BaseException], ...] = (
     openai.InternalServerError,
     openai.RateLimitError,
 )
+
+
+def _cache_path(file_id: str) -> Path:
+    return cache_dir("files") / f"{file_id}.jsonl"
+
+
+def is_cached(file_id: str) -> bool:
+    """Whether ``file_id`` was downloaded whole into the cache (so the server may delete it)."""
+    return bool(_SAFE_ID.match(file_id)) and _cache_path(file_id).exists()
 
 
 def download_file(
@@ -60,13 +69,34 @@ def download_file(
     """
     if not isinstance(file_id, str) or not _SAFE_ID.match(file_id):
         raise InputError(f"file id {file_id!r} is not a valid OpenAI file id (e.g. 'file-abc123')")
-    dest = cache_dir("files") / f"{file_id}.jsonl"
+    dest = _cache_path(file_id)
     if dest.exists():  # only ever created by the rename below, after the size check
         log.debug("using cached %s", dest)
         return dest
-    if expected_bytes is None:
-        expected_bytes = getattr(client.files.retrieve(file_id), "bytes", None)
     part = dest.with_name(dest.name + ".part")
+    try:
+        if expected_bytes is None:
+            expected_bytes = getattr(client.files.retrieve(file_id), "bytes", None)
+        return _download(client, file_id, dest, part, expected_bytes, attempts, backoff)
+    except openai.NotFoundError as exc:
+        raise DownloadError(
+            f"file {file_id} is no longer on the server ({exc.message}) and was never downloaded "
+            "here. OpenAI deletes batch result files 30 days after the batch (or at its "
+            "output_expires_after). If you still have the file, pass it with "
+            "output_files=/error_files=; otherwise submit() the same requests again: it sees "
+            "that these results are gone and sends a new batch for them (billed again)."
+        ) from exc
+
+
+def _download(
+    client: Any,
+    file_id: str,
+    dest: Path,
+    part: Path,
+    expected_bytes: int | None,
+    attempts: int,
+    backoff: float,
+) -> Path:
     problem = "no attempt made"
     for attempt in range(1, max(1, attempts) + 1):
         have = part.stat().st_size if part.exists() else 0

@@ -28,6 +28,7 @@ from portfolio_batch._version import __version__
 from portfolio_batch.backend import backend_name
 from portfolio_batch.backend import client as default_client
 from portfolio_batch.create import DEAD, ServerIndex, _dump, cancel_batch, submit_ready
+from portfolio_batch.download import is_cached
 from portfolio_batch.errors import (
     BudgetExceededError,
     InputError,
@@ -206,6 +207,7 @@ def submit(
     index = ServerIndex(c)
     # retry_failed()'s frame names the batches whose answers it replaces: never hand those back.
     retry_of = frozenset(manifest.attrs.get(RETRY_OF) or ())
+    skip = set(retry_of)  # and batches whose results the server no longer has
     keys: list[tuple[str, int]] = []
     run_row: dict[str, Any] = {
         "run_id": run_id,
@@ -231,18 +233,33 @@ def submit(
                 reg.upsert_shard(shard_row)
             else:
                 live = reg.live_shard(key)
-                if live is None:
+                gone = None
+                if live is not None and live["batch_id"] not in skip:
+                    gone = _results_gone(reg, c, live)
+                    if gone:
+                        log.warning(
+                            "shard %s: not reusing batch %s: %s; submitting it again",
+                            shard_no,
+                            live["batch_id"],
+                            gone,
+                        )
+                        skip.add(live["batch_id"])
+                if live is None or gone:
                     # The registry may be new or lost: the server's batch metadata knows.
-                    found = [b for b in index.batches_for(row["sha256"]) if b["id"] not in retry_of]
+                    found = [
+                        b
+                        for b in index.batches_for(row["sha256"])
+                        if b["id"] not in skip and not _server_results_gone(c, b)
+                    ]
                     if found:
                         keys.append(
                             _adopt(reg, found[0], backend=backend, row=row, est=est, key=key)
                         )
                         continue
-                if live is None or live["batch_id"] in retry_of:
+                if live is None or live["batch_id"] in skip:
                     # Checked again and registered in one transaction: of two submits of the
                     # same content at once, one registers the shard and the other reuses it.
-                    live = reg.claim_shard(run_row, shard_row, skip_batches=retry_of)
+                    live = reg.claim_shard(run_row, shard_row, skip_batches=frozenset(skip))
                 if live is not None:
                     keys.append((live["run_id"], live["shard"]))
                     if live["status"] == "queued" and live["batch_id"] is None:
@@ -256,6 +273,45 @@ def submit(
         # creation another caller holds right now is left to it).
         submit_ready(reg, c, pending, index=index)
         return reg.jobs_frame(keys=keys)
+
+
+# OpenAI ends every batch within its 24 h completion window; a registry entry older than that
+# which still says "in progress" was simply never polled again.
+_STALE_AFTER_S = 24 * 3600
+
+
+def _results_gone(reg: Registry, client: Any, live: dict[str, Any]) -> str | None:
+    """Why the registry's live shard can no longer give its results (None when it can): its
+    batch ended and a result file is neither cached here nor on the server. OpenAI deletes
+    batch files after 30 days; handing such a batch back would only fail at download."""
+    batch_id = live.get("batch_id")
+    row = reg.batch(batch_id) if batch_id else None
+    if row is None:
+        return None
+    if row["status"] not in TERMINAL and time.time() - row["updated_at"] > _STALE_AFTER_S:
+        fresh = _dump(client.batches.retrieve(batch_id))
+        reg.update_batch(fresh)
+        if fresh["status"] in DEAD:
+            return f"it ended {fresh['status']} while nobody polled it"
+        row = {**row, **fresh}
+    return _server_results_gone(client, row)
+
+
+def _server_results_gone(client: Any, batch: dict[str, Any]) -> str | None:
+    if batch.get("status") != "completed":
+        return None
+    for kind in ("output", "error"):
+        file_id = batch.get(f"{kind}_file_id")
+        if not file_id or is_cached(file_id):
+            continue
+        try:
+            client.files.retrieve(file_id)
+        except openai.NotFoundError:
+            return (
+                f"its {kind} file {file_id} is gone from the server (OpenAI deletes batch files "
+                "after 30 days) and was never downloaded here"
+            )
+    return None
 
 
 def _sum(costs: Sequence[float | None]) -> float | None:

@@ -253,3 +253,65 @@ def test_crash_recovery_looks_at_a_fresh_server_listing(local_server, manifest) 
         assert submit_ready(reg, client, ["run-crash"], index=index) == 1
         assert reg.shard("run-crash", 0)["batch_id"] == made.id
     assert [b.id for b in _server_batches(client)] == [made.id]
+
+
+def _complete(client: Any, manifest: pd.DataFrame) -> pd.DataFrame:
+    return pb.poll(pb.submit(manifest, client=client), client=client, interval=0.05, progress=False)
+
+
+def test_a_completed_batch_whose_results_the_server_deleted_is_sent_again(
+    openai_client, manifest, requests, caplog
+) -> None:
+    # A portfolio re-run more than 30 days later: OpenAI has deleted the old batch's files and
+    # they were never downloaded here. Handing that batch back would only fail at download.
+    first = _complete(openai_client, manifest.iloc[:1])
+    openai_client.files.delete(first["output_file_id"].iloc[0])
+    with pytest.raises(pb.DownloadError) as err:
+        pb.aggregate_df(first, requests, client=openai_client)
+    message = str(err.value)
+    assert first["batch_id"].iloc[0] in message and first["output_file_id"].iloc[0] in message
+    assert "submit() the same requests again" in message
+
+    with caplog.at_level(logging.WARNING, logger="portfolio_batch"):
+        second = _complete(openai_client, manifest.iloc[:1])
+    assert second["batch_id"].iloc[0] != first["batch_id"].iloc[0]
+    assert "is gone from the server" in caplog.text and first["batch_id"].iloc[0] in caplog.text
+    results = pb.aggregate_df(second, requests.iloc[:4], client=openai_client)
+    assert results["status"].eq("succeeded").all()
+    # The new batch is the live one now: a third submit reuses it.
+    third = pb.submit(manifest.iloc[:1], client=openai_client)
+    assert third["batch_id"].tolist() == second["batch_id"].tolist()
+
+
+def test_results_already_downloaded_keep_the_batch_reused(
+    openai_client, manifest, requests
+) -> None:
+    first = _complete(openai_client, manifest.iloc[:1])
+    pb.aggregate_df(first, requests.iloc[:4], client=openai_client)  # caches the files
+    openai_client.files.delete(first["output_file_id"].iloc[0])
+    again = pb.submit(manifest.iloc[:1], client=openai_client)
+    assert again["batch_id"].tolist() == first["batch_id"].tolist()
+    assert len(_server_batches(openai_client)) == 1
+    results = pb.aggregate_df(again, requests.iloc[:4], client=openai_client)
+    assert results["status"].eq("succeeded").all()
+
+
+def test_a_registry_entry_never_polled_again_is_refreshed_before_reuse(
+    openai_client, manifest
+) -> None:
+    # Submitted, never polled (the registry still says validating), a month passes and the
+    # server's result file is gone: submit asks the server, sees it, and sends the shard again.
+    first = pb.submit(manifest.iloc[:1], client=openai_client)
+    batch_id = first["batch_id"].iloc[0]
+    done = pb.poll(first, client=openai_client, interval=0.05, progress=False)  # server side
+    with open_registry() as reg:
+        reg.conn.execute(
+            "UPDATE batches SET status = 'validating', output_file_id = NULL, updated_at = 0 "
+            "WHERE batch_id = ?",
+            (batch_id,),
+        )
+        reg.conn.execute("UPDATE shards SET status = 'validating' WHERE batch_id = ?", (batch_id,))
+    openai_client.files.delete(done["output_file_id"].iloc[0])
+    again = pb.submit(manifest.iloc[:1], client=openai_client)
+    assert again["batch_id"].iloc[0] != batch_id
+    assert pb.jobs().set_index("batch_id").loc[batch_id, "status"] == "completed"
