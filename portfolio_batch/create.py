@@ -43,6 +43,10 @@ MAX_AGE_SECONDS = 30 * 24 * 3600
 # refreshed before the create POST. Another caller takes over only after this long (the holder
 # was killed mid-upload or mid-create) and first looks on the server for what it left.
 CREATE_LEASE_SECONDS = 15 * 60
+# ... unless the holder is a process on this machine that has exited (a restarted kernel, a
+# kill -9): then only this long after its last step, enough for a create POST it had in flight
+# to be acted on by the server, so that the batch it made is found instead of made twice.
+DEAD_OWNER_GRACE_SECONDS = 60.0
 # ``creating`` of an attempt that ended not knowing whether its create POST made a batch: old
 # enough that the next caller takes over at once and looks on the server first.
 UNKNOWN_OUTCOME = 1.0
@@ -198,7 +202,12 @@ def create_shard_batch(
     """Create the batch of a registered shard (or adopt the one a crashed or retried call made)
     and record it. Returns the batch as a dict, or None when another caller (thread, process)
     is creating it or already has."""
-    claimed = reg.claim_creation(shard["run_id"], shard["shard"], lease=CREATE_LEASE_SECONDS)
+    claimed = reg.claim_creation(
+        shard["run_id"],
+        shard["shard"],
+        lease=CREATE_LEASE_SECONDS,
+        dead_owner_grace=DEAD_OWNER_GRACE_SECONDS,
+    )
     if claimed is None:
         return None
     attempt = {"posted": False}

@@ -15,6 +15,8 @@ statuses, counts, costs and times.
 
 from __future__ import annotations
 
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -145,7 +147,33 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "CREATE INDEX batches_by_run ON batches (run_id, shard)",
         ],
     ),
+    (
+        # Who holds a shard's creation claim ("host:pid"), so that a claim left by a process
+        # that was killed (a restarted kernel) is taken over without waiting out the lease.
+        "m002_creation_owner",
+        ["ALTER TABLE shards ADD COLUMN creating_owner TEXT"],
+    ),
 ]
+
+# This process, as it signs the creation claims it takes.
+_OWNER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner_is_dead(owner: str | None) -> bool:
+    """Whether the process that signed a claim is known to have exited: only a process on this
+    host can be checked; any doubt (another host, a pid now reused) counts as alive."""
+    if not owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # e.g. PermissionError: it exists, under another user
+        return False
+    return False
 
 
 # How long any registry operation waits for another process's lock before giving up.
@@ -372,27 +400,35 @@ class Registry:
         except sqlite3.Error as exc:
             raise RegistryError(f"Cannot write the job registry {self.path}: {exc}") from exc
 
-    def claim_creation(self, run_id: str, shard: int, *, lease: float) -> dict[str, Any] | None:
+    def claim_creation(
+        self, run_id: str, shard: int, *, lease: float, dead_owner_grace: float = 0.0
+    ) -> dict[str, Any] | None:
         """Take the right to create a queued shard's batch, atomically: returns the shard as it
         was (its ``creating`` says whether an earlier attempt may have left a batch behind), or
         None when it has a batch, is not queued, or another caller took it less than ``lease``
-        seconds ago."""
+        seconds ago. A claim whose holder is known dead is void ``dead_owner_grace`` seconds
+        after its last step, the time a request it had in flight may still take on the server."""
         now = _now()
         try:
             with self.transaction() as conn:
                 row = conn.execute(
                     "SELECT * FROM shards WHERE run_id = ? AND shard = ?", (run_id, shard)
                 ).fetchone()
+                if row is None or row["status"] != "queued" or row["batch_id"] is not None:
+                    return None
+                since = row["creating"]
                 if (
-                    row is None
-                    or row["status"] != "queued"
-                    or row["batch_id"] is not None
-                    or (row["creating"] is not None and row["creating"] > now - lease)
+                    since is not None
+                    and since > now - lease
+                    and not (
+                        since < now - dead_owner_grace and _owner_is_dead(row["creating_owner"])
+                    )
                 ):
                     return None
                 conn.execute(
-                    "UPDATE shards SET creating = ?, updated_at = ? WHERE run_id = ? AND shard = ?",
-                    (now, now, run_id, shard),
+                    """UPDATE shards SET creating = ?, creating_owner = ?, updated_at = ?
+                       WHERE run_id = ? AND shard = ?""",
+                    (now, _OWNER, now, run_id, shard),
                 )
                 return dict(row)
         except sqlite3.Error as exc:

@@ -202,3 +202,52 @@ def test_unwritable_home_names_the_path(tmp_path, monkeypatch) -> None:
     blocker.write_text("x")
     with pytest.raises(RegistryError, match="not-a-dir"):
         open_registry(blocker / "registry.sqlite")
+
+
+def test_a_creation_claim_is_kept_while_its_holder_lives_and_void_once_it_has_exited() -> None:
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with open_registry() as reg:
+        _run(reg, "run-held")
+        reg.upsert_shard(_shard("run-held", 0))
+        assert reg.claim_creation("run-held", 0, lease=900, dead_owner_grace=60) is not None
+        # Ten minutes into an upload by a live process (this one): not taken.
+        reg.update_shard("run-held", 0, creating=time.time() - 600)
+        assert reg.claim_creation("run-held", 0, lease=900, dead_owner_grace=60) is None
+        # The holder on this host has exited (a restarted kernel): taken after the grace.
+        exited = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        owner = f"{socket.gethostname()}:{int(exited.stdout)}"
+        reg.conn.execute("UPDATE shards SET creating_owner = ? WHERE run_id = 'run-held'", (owner,))
+        reg.update_shard("run-held", 0, creating=time.time() - 5)
+        assert reg.claim_creation("run-held", 0, lease=900, dead_owner_grace=60) is None
+        reg.update_shard("run-held", 0, creating=time.time() - 61)
+        assert reg.claim_creation("run-held", 0, lease=900, dead_owner_grace=60) is not None
+        # A holder on another machine cannot be checked: the lease stands.
+        reg.conn.execute(
+            "UPDATE shards SET creating_owner = 'elsewhere:1', creating = ? WHERE run_id = 'run-held'",
+            (time.time() - 600,),
+        )
+        assert reg.claim_creation("run-held", 0, lease=900, dead_owner_grace=60) is None
+
+
+def test_a_registry_from_the_first_release_is_migrated_in_place(tmp_path) -> None:
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+    for statement in MIGRATIONS[0][1]:
+        conn.execute(statement)
+    conn.execute("INSERT INTO _migrations VALUES ('m001_initial', 0)")
+    conn.commit()
+    conn.close()
+    with open_registry(path) as reg:
+        assert reg.migrations() == [name for name, _ in MIGRATIONS]
+        columns = [r[1] for r in reg.conn.execute("PRAGMA table_info(shards)")]
+        assert "creating_owner" in columns

@@ -255,3 +255,65 @@ def test_two_simultaneous_submits_of_one_manifest_make_one_batch_per_shard(
     final = pb.poll(frames[1], client=observer, progress=False, timeout=60)
     assert final["status"].eq("completed").all()
     assert len(list(observer.batches.list(limit=100))) == len(manifest)
+
+
+CREATOR = textwrap.dedent(
+    """
+    import sys, openai, pandas as pd, portfolio_batch as pb
+    base_url, manifest_path = sys.argv[1], sys.argv[2]
+    client = openai.OpenAI(base_url=base_url, api_key="test", max_retries=0)
+    pb.submit(pd.read_pickle(manifest_path), client=client, run_id="run-killed")
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_creation_claim_left_by_a_killed_process_is_taken_over_without_the_lease(
+    local_server, manifest, tmp_path, monkeypatch
+) -> None:
+    # A kernel restarted while submit() was uploading or creating: the shard's creation claim
+    # is signed by a process that no longer exists, so the next poll takes over once a request
+    # it had in flight could have landed, not after the 15-minute lease, and makes no second
+    # batch.
+    from portfolio_batch import create
+    from portfolio_batch.registry import open_registry
+
+    monkeypatch.setattr(create, "DEAD_OWNER_GRACE_SECONDS", 2.0)
+    local_server.configure(latency=1.0)  # every call takes a second: the kill lands mid-creation
+    manifest_path = tmp_path / "manifest.pkl"
+    manifest.iloc[:1].to_pickle(manifest_path)
+    script = tmp_path / "creator.py"
+    script.write_text(CREATOR)
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(local_server.base_url), str(manifest_path)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        claimed = None
+        while claimed is None and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.05)
+            if registry_path().exists():
+                with open_registry() as reg:
+                    row = reg.shard("run-killed", 0)
+                claimed = row if row and row["creating"] and row["batch_id"] is None else None
+        assert claimed is not None, child.stderr.read() if child.stderr else ""
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert pb.jobs("run-killed")["batch_id"].isna().all()
+
+    local_server.configure(latency=0.0)
+    client = local_server.client()
+    started = time.monotonic()
+    final = pb.poll(
+        pb.resume("run-killed", client=client), client=client, progress=False, timeout=60
+    )
+    assert time.monotonic() - started < 60
+    assert final["status"].eq("completed").all()
+    time.sleep(1.5)  # a create the dead process had in flight has landed by now
+    assert _live_batches_per_shard(client) == {("run-killed", "0"): 1}
