@@ -165,8 +165,7 @@ def child(stage: str, n: int, out: Path) -> dict[str, Any]:
         manifest = pb.to_jsonl(pb.build_requests(df), out)
         result["sha256"] = manifest.sha256.tolist()
     elif stage == "stream":
-        parts = (pb.build_requests(df.iloc[i : i + 50_000]) for i in range(0, n, 50_000))
-        manifest = pb.to_jsonl(parts, out)
+        manifest = pb.to_jsonl(pb.build_requests(df, chunksize=50_000), out)
         result["sha256"] = manifest.sha256.tolist()
     elif stage == "estimate":
         costs = pb.estimate_cost(requests)

@@ -23,7 +23,7 @@ import re
 import string
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, overload
 from urllib.parse import quote
 
 import numpy as np
@@ -339,6 +339,36 @@ def _all_plain(joined: str, n: int) -> bool:
     return joined.count("\n") == n - 1 and len(plain.findall(joined)) == n
 
 
+@overload
+def build_requests(
+    df: pd.DataFrame,
+    *,
+    model: str = ...,
+    prompt: str | Mapping[str, str] | None = ...,
+    schema: Any = ...,
+    key: str = ...,
+    max_tokens: int = ...,
+    endpoint: str = ...,
+    id_prefix: str = ...,
+    chunksize: None = ...,
+) -> pd.DataFrame: ...
+
+
+@overload
+def build_requests(
+    df: pd.DataFrame,
+    *,
+    model: str = ...,
+    prompt: str | Mapping[str, str] | None = ...,
+    schema: Any = ...,
+    key: str = ...,
+    max_tokens: int = ...,
+    endpoint: str = ...,
+    id_prefix: str = ...,
+    chunksize: int,
+) -> Iterator[pd.DataFrame]: ...
+
+
 def build_requests(
     df: pd.DataFrame,
     *,
@@ -349,7 +379,8 @@ def build_requests(
     max_tokens: int = 400,
     endpoint: str = "/v1/chat/completions",
     id_prefix: str = "risk",
-) -> pd.DataFrame:
+    chunksize: int | None = None,
+) -> pd.DataFrame | Iterator[pd.DataFrame]:
     """One chat-completions request per row of ``df``, indexed by a stable ``custom_id``.
 
     ``prompt``: the system prompt as a string, or ``{"system": ..., "user": ...}`` where ``user``
@@ -365,9 +396,28 @@ def build_requests(
 
     ``custom_id`` = ``{id_prefix}-{key}-{prompt_version}``, where ``prompt_version`` is a short hash
     of prompt, schema and model: the same row gets the same id whatever its position.
+
+    ``chunksize=N`` returns an iterator of requests frames of ``N`` rows each instead, for
+    :func:`~portfolio_batch.to_jsonl`, so that a million positions never exist as request bodies
+    all at once (a whole frame holds a dict per body, about 1 GB at that size). Bad input is
+    refused at the call, not halfway through the file:
+
+        >>> manifest = to_jsonl(build_requests(big, chunksize=50_000), "out/")  # doctest: +SKIP
     """
     if not isinstance(df, pd.DataFrame):
         raise InputError(f"build_requests() takes a DataFrame first, got {type(df).__name__}")
+    if chunksize is not None:
+        return _build_in_chunks(
+            df,
+            chunksize,
+            model=model,
+            prompt=prompt,
+            schema=schema,
+            key=key,
+            max_tokens=max_tokens,
+            endpoint=endpoint,
+            id_prefix=id_prefix,
+        )
     if endpoint not in SUPPORTED_ENDPOINTS:
         raise InputError(
             f"endpoint={endpoint!r} is not supported; use '/v1/chat/completions' (OpenAI) or "
@@ -515,6 +565,35 @@ def build_requests(
         "max_tokens": limit,
     }
     return out
+
+
+def _build_in_chunks(df: pd.DataFrame, chunksize: int, **options: Any) -> Iterator[pd.DataFrame]:
+    if isinstance(chunksize, bool) or not isinstance(chunksize, (int, np.integer)) or chunksize < 1:
+        raise InputError(f"chunksize={chunksize!r} must be a positive integer, e.g. 50_000")
+    # Everything a later chunk could fail on is checked now: the options and columns by building
+    # the first chunk, the keys over the whole frame.
+    first = build_requests(df.iloc[:chunksize], **options)
+    key = options["key"]
+    keys = _key_strings(df, key)  # names the first row with an empty key
+    if len(set(keys)) != len(keys):
+        seen: dict[str, int] = {}
+        for pos, k in enumerate(keys):
+            earlier = seen.setdefault(k, pos)
+            if earlier != pos:
+                raise InputError(
+                    f"{_row_label(df, earlier)} and {_row_label(df, pos)} have the same key "
+                    f"{k!r} in column {key!r}; keys must be unique: drop or merge the duplicate rows"
+                )
+    del keys
+    return _chunks(df, chunksize, first, options)
+
+
+def _chunks(
+    df: pd.DataFrame, chunksize: int, first: pd.DataFrame, options: dict[str, Any]
+) -> Iterator[pd.DataFrame]:
+    yield first
+    for start in range(chunksize, len(df), chunksize):
+        yield build_requests(df.iloc[start : start + chunksize], **options)
 
 
 def _fill_template(df: pd.DataFrame, template: str, fields: list[str]) -> list[str]:

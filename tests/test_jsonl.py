@@ -338,3 +338,33 @@ def test_an_iterable_of_frames_writes_the_same_bytes(testdata: Path, tmp_path: P
         to_jsonl([requests.iloc[:5], azure.iloc[5:8]], tmp_path / "mixed")
     with pytest.raises(InputError, match="No requests were given"):
         to_jsonl([requests.iloc[:0]], tmp_path / "none")
+
+
+def test_build_requests_in_chunks_writes_the_same_bytes(testdata: Path, tmp_path: Path) -> None:
+    portfolio = load_portfolio(testdata / "portfolio.csv")
+    whole = to_jsonl(build_requests(portfolio), tmp_path / "whole", max_requests=15)
+    chunks = build_requests(portfolio, chunksize=7)
+    assert not isinstance(chunks, pd.DataFrame)
+    streamed = to_jsonl(chunks, tmp_path / "chunked", max_requests=15)
+    assert streamed["sha256"].tolist() == whole["sha256"].tolist()
+    frames = list(build_requests(portfolio, chunksize=7))
+    assert [len(f) for f in frames] == [7, 7, 7, 7, 7, 5]
+    assert pd.concat(frames).index.equals(build_requests(portfolio).index)
+
+
+def test_build_requests_in_chunks_refuses_bad_input_at_the_call() -> None:
+    # A problem in the last chunk is raised before the first line is written, not after.
+    df = pd.DataFrame({"ticker": [f"T{i}" for i in range(10)], "weight": [0.1] * 10})
+    dup = df.copy()
+    dup.loc[9, "ticker"] = "T1"
+    with pytest.raises(InputError, match=r"row 1 \(index 1\) and row 9 \(index 9\).*'T1'"):
+        build_requests(dup, chunksize=4)
+    empty = df.copy()
+    empty.loc[8, "ticker"] = None
+    with pytest.raises(InputError, match=r"row 8 \(index 8\): the key column 'ticker' is empty"):
+        build_requests(empty, chunksize=4)
+    with pytest.raises(InputError, match="max_tokens"):
+        build_requests(df, chunksize=4, max_tokens=0)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(InputError, match="chunksize"):
+            build_requests(df, chunksize=bad)
