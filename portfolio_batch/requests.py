@@ -211,11 +211,14 @@ def _prompts(prompt: Any) -> tuple[str, str]:
     )
 
 
+_ROW_OFFSET = "_pb_row_offset"
+
+
 def _row_label(df: pd.DataFrame, pos: int) -> str:
     label = df.index[pos]
     if isinstance(label, np.generic):
         label = label.item()
-    return f"row {pos} (index {label!r})"
+    return f"row {pos + df.attrs.get(_ROW_OFFSET, 0)} (index {label!r})"
 
 
 def _fragments(df: pd.DataFrame, column: Any) -> list[str]:
@@ -399,8 +402,9 @@ def build_requests(
 
     ``chunksize=N`` returns an iterator of requests frames of ``N`` rows each instead, for
     :func:`~portfolio_batch.to_jsonl`, so that a million positions never exist as request bodies
-    all at once (a whole frame holds a dict per body, about 1 GB at that size). Bad input is
-    refused at the call, not halfway through the file:
+    all at once (a whole frame holds a dict per body, about 1 GB at that size). Bad options and
+    columns are refused at the call; a bad value or key further down when its chunk is built,
+    naming its row of ``df``, and a key repeated across chunks by ``to_jsonl``:
 
         >>> manifest = to_jsonl(build_requests(big, chunksize=50_000), "out/")  # doctest: +SKIP
     """
@@ -570,30 +574,24 @@ def build_requests(
 def _build_in_chunks(df: pd.DataFrame, chunksize: int, **options: Any) -> Iterator[pd.DataFrame]:
     if isinstance(chunksize, bool) or not isinstance(chunksize, (int, np.integer)) or chunksize < 1:
         raise InputError(f"chunksize={chunksize!r} must be a positive integer, e.g. 50_000")
-    # Everything a later chunk could fail on is checked now: the options and columns by building
-    # the first chunk, the keys over the whole frame.
-    first = build_requests(df.iloc[:chunksize], **options)
-    key = options["key"]
-    keys = _key_strings(df, key)  # names the first row with an empty key
-    if len(set(keys)) != len(keys):
-        seen: dict[str, int] = {}
-        for pos, k in enumerate(keys):
-            earlier = seen.setdefault(k, pos)
-            if earlier != pos:
-                raise InputError(
-                    f"{_row_label(df, earlier)} and {_row_label(df, pos)} have the same key "
-                    f"{k!r} in column {key!r}; keys must be unique: drop or merge the duplicate rows"
-                )
-    del keys
-    return _chunks(df, chunksize, first, options)
+    # The first chunk is built now, so that bad options and columns are refused at the call.
+    return _chunks(df, int(chunksize), [_chunk(df, 0, chunksize, options)], options)
+
+
+def _chunk(df: pd.DataFrame, start: int, size: int, options: dict[str, Any]) -> pd.DataFrame:
+    part = df.iloc[start : start + size]
+    # A slice's positions start at 0 again: errors must name the row of the user's frame.
+    part.attrs = {**part.attrs, _ROW_OFFSET: start}
+    return build_requests(part, **options)
 
 
 def _chunks(
-    df: pd.DataFrame, chunksize: int, first: pd.DataFrame, options: dict[str, Any]
+    df: pd.DataFrame, chunksize: int, first: list[pd.DataFrame], options: dict[str, Any]
 ) -> Iterator[pd.DataFrame]:
-    yield first
+    # popped, not kept: the generator must not hold one chunk while the next is built
+    yield first.pop()
     for start in range(chunksize, len(df), chunksize):
-        yield build_requests(df.iloc[start : start + chunksize], **options)
+        yield _chunk(df, start, chunksize, options)
 
 
 def _fill_template(df: pd.DataFrame, template: str, fields: list[str]) -> list[str]:

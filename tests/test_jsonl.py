@@ -352,19 +352,26 @@ def test_build_requests_in_chunks_writes_the_same_bytes(testdata: Path, tmp_path
     assert pd.concat(frames).index.equals(build_requests(portfolio).index)
 
 
-def test_build_requests_in_chunks_refuses_bad_input_at_the_call() -> None:
-    # A problem in the last chunk is raised before the first line is written, not after.
+def test_build_requests_in_chunks_names_the_row_of_the_whole_frame(tmp_path: Path) -> None:
     df = pd.DataFrame({"ticker": [f"T{i}" for i in range(10)], "weight": [0.1] * 10})
-    dup = df.copy()
-    dup.loc[9, "ticker"] = "T1"
-    with pytest.raises(InputError, match=r"row 1 \(index 1\) and row 9 \(index 9\).*'T1'"):
-        build_requests(dup, chunksize=4)
-    empty = df.copy()
-    empty.loc[8, "ticker"] = None
-    with pytest.raises(InputError, match=r"row 8 \(index 8\): the key column 'ticker' is empty"):
-        build_requests(empty, chunksize=4)
+    # Bad options are refused at the call, before any chunk is iterated.
     with pytest.raises(InputError, match="max_tokens"):
         build_requests(df, chunksize=4, max_tokens=0)
     for bad in (0, -1, 2.5, True):
         with pytest.raises(InputError, match="chunksize"):
             build_requests(df, chunksize=bad)
+    # A problem in a later chunk names the row of df, not of the chunk.
+    empty = df.copy()
+    empty.loc[8, "ticker"] = None
+    with pytest.raises(InputError, match=r"row 8 \(index 8\): the key column 'ticker' is empty"):
+        to_jsonl(build_requests(empty, chunksize=4), tmp_path / "empty")
+    inf = df.copy()
+    inf.loc[6, "weight"] = float("inf")
+    with pytest.raises(InputError, match=r"row 6 \(index 6\), column 'weight'"):
+        list(build_requests(inf, chunksize=4))
+    dup = df.copy()
+    dup.loc[9, "ticker"] = "T1"
+    with pytest.raises(InputError, match=r"custom_id 'risk-T1-\w+' is in two of the frames"):
+        to_jsonl(build_requests(dup, chunksize=4), tmp_path / "dup")
+    assert "_pb_row_offset" not in df.attrs
+    assert all("_pb_row_offset" not in f.attrs for f in build_requests(df, chunksize=4))
