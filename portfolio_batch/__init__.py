@@ -31,6 +31,7 @@ from portfolio_batch.errors import (
     PortfolioBatchError,
     PricingError,
     RegistryError,
+    ResultFileGoneError,
     SubmitError,
 )
 
@@ -69,6 +70,7 @@ __all__ = [
     "PortfolioBatchError",
     "PricingError",
     "RegistryError",
+    "ResultFileGoneError",
     "SubmitError",
     "__version__",
     "aggregate_df",

@@ -29,7 +29,7 @@ import orjson
 import pandas as pd
 
 from portfolio_batch.decode import LINE_DECODER, ROW, Line, row_of
-from portfolio_batch.errors import DownloadError, InputError, PricingError
+from portfolio_batch.errors import DownloadError, InputError, PricingError, ResultFileGoneError
 from portfolio_batch.requests import ANSWER_COLUMNS, USAGE_COLUMNS
 from portfolio_batch.validate import Validator, schema_of_body, validator_for
 
@@ -176,6 +176,47 @@ class Collector:
         if i is not None and self.cols[0][self.where[i]] == "missing":
             msg = f"its result line ({where}) is malformed: {problem}"
             self._append(i, ("missing", None, "malformed_line", msg, *([None] * 7)), None, None)
+
+    def file_gone(
+        self, *, batch_id: str, kind: str, file_id: str, shard_path: str | None
+    ) -> dict[str, Any]:
+        """A batch's result file the server no longer has: the batch's requests still without a
+        row (read from its request shard) are ``missing`` with that reason, which
+        ``retry_failed`` sends again."""
+        msg = (
+            f"batch {batch_id}'s {kind} file {file_id} is gone from the server (deleted, or past "
+            "the 30 days OpenAI keeps it) and was never downloaded here: resend with retry_failed()"
+        )
+        marked = 0
+        if shard_path is not None and Path(shard_path).is_file():
+            with open(shard_path, "rb") as fh:
+                for raw in fh:
+                    m = _CUSTOM_ID.search(raw)
+                    cid = _loads_or_none(m.group(1)) if m else None
+                    i = self.pos.get(cid) if isinstance(cid, str) else None
+                    if i is not None and self.cols[0][self.where[i]] == "missing":
+                        row = ("missing", None, "result_file_gone", msg, *([None] * 7))
+                        self._append(i, row, None, batch_id)
+                        marked += 1
+        else:
+            log.warning(
+                "batch %s: its request shard %s is not here, so its requests without a result "
+                "are plain missing rows",
+                batch_id,
+                shard_path,
+            )
+        return {
+            "path": None,
+            "file_id": file_id,
+            "batch_id": batch_id,
+            "kind": kind,
+            "lines": 0,
+            "malformed": 0,
+            "unknown_custom_ids": 0,
+            "duplicates": 0,
+            "gone": True,
+            "requests_marked": marked,
+        }
 
     def read_file(
         self,
@@ -395,12 +436,15 @@ def aggregate_df(
             if not path.is_file():
                 raise InputError(f"{kind}_files: {path} does not exist or is not a file")
             sources.append((kind, path, None, None))
+    gone: list[dict[str, Any]] = []
     if jobs is not None:
-        sources[:0] = _job_files(jobs, client)
+        sources[:0] = _job_files(jobs, client, gone)
     with gc_paused():
         stats = [
             collector.read_file(path, batch_id=b, kind=k, file_id=f) for k, path, b, f in sources
         ]
+        for g in gone:
+            stats.append(collector.file_gone(**g))
         out = collector.frame(requests, prices=prices, batch=True)
         # freed while the GC is still paused, so it never scans the row tuples
         del collector
@@ -415,7 +459,11 @@ def aggregate_df(
     return out
 
 
-def _job_files(jobs: pd.DataFrame, client: Any) -> Iterator[tuple[str, Path, str, str]]:
+def _job_files(
+    jobs: pd.DataFrame, client: Any, gone: list[dict[str, Any]]
+) -> Iterator[tuple[str, Path, str, str]]:
+    """Each finished batch's files, downloaded; a file the server no longer has goes to ``gone``
+    (its requests stay rows, ``missing`` with the reason) instead of failing the whole frame."""
     from portfolio_batch.download import download_file
 
     missing = {"batch_id", "status"} - set(jobs.columns)
@@ -454,6 +502,18 @@ def _job_files(jobs: pd.DataFrame, client: Any) -> Iterator[tuple[str, Path, str
             if isinstance(file_id, str) and file_id:
                 try:
                     path = download_file(file_id, client=client)
+                except ResultFileGoneError as exc:
+                    log.warning("batch %s, %s %s", batch_id, kind, exc)
+                    shard = row.get("path")
+                    gone.append(
+                        {
+                            "batch_id": str(batch_id),
+                            "kind": kind,
+                            "file_id": file_id,
+                            "shard_path": shard if _present(shard) else None,
+                        }
+                    )
+                    continue
                 except DownloadError as exc:
                     raise DownloadError(f"batch {batch_id}, {kind} {exc}") from exc
                 yield kind, path, str(batch_id), file_id

@@ -21,7 +21,7 @@ from typing import Any
 import httpx2
 import openai
 
-from portfolio_batch.errors import DownloadError, InputError
+from portfolio_batch.errors import DownloadError, InputError, ResultFileGoneError
 from portfolio_batch.home import cache_dir
 
 __all__ = ["download_file", "is_cached"]
@@ -79,7 +79,7 @@ def download_file(
             expected_bytes = getattr(client.files.retrieve(file_id), "bytes", None)
         return _download(client, file_id, dest, part, expected_bytes, attempts, backoff)
     except openai.NotFoundError as exc:
-        raise DownloadError(
+        raise ResultFileGoneError(
             f"file {file_id} is no longer on the server ({exc.message}) and was never downloaded "
             "here. OpenAI deletes batch result files 30 days after the batch (or at its "
             "output_expires_after). If you still have the file, pass it with "

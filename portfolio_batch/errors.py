@@ -74,6 +74,11 @@ class DownloadError(PortfolioBatchError):
     """A batch output or error file could not be downloaded completely, even after retries."""
 
 
+class ResultFileGoneError(DownloadError):
+    """A batch's output or error file is no longer on the server (deleted, or past the 30 days
+    OpenAI keeps them) and was never downloaded here."""
+
+
 class SubmitError(PortfolioBatchError):
     """Uploading a shard or creating its batch failed after the SDK's retries."""
 

@@ -262,25 +262,36 @@ def _complete(client: Any, manifest: pd.DataFrame) -> pd.DataFrame:
 def test_a_completed_batch_whose_results_the_server_deleted_is_sent_again(
     openai_client, manifest, requests, caplog
 ) -> None:
-    # A portfolio re-run more than 30 days later: OpenAI has deleted the old batch's files and
-    # they were never downloaded here. Handing that batch back would only fail at download.
-    first = _complete(openai_client, manifest.iloc[:1])
-    openai_client.files.delete(first["output_file_id"].iloc[0])
-    with pytest.raises(pb.DownloadError) as err:
-        pb.aggregate_df(first, requests, client=openai_client)
-    message = str(err.value)
-    assert first["batch_id"].iloc[0] in message and first["output_file_id"].iloc[0] in message
-    assert "submit() the same requests again" in message
-
+    # A portfolio re-run more than 30 days later: OpenAI has deleted the old batch's output and
+    # it was never downloaded here. Its rows are kept, missing with the reason, and sent again
+    # either by retry_failed or by submitting the same requests: never handed the dead batch.
+    done = _complete(openai_client, manifest.iloc[:2])
+    gone_batch, gone_file = done["batch_id"].iloc[0], done["output_file_id"].iloc[0]
+    openai_client.files.delete(gone_file)
     with caplog.at_level(logging.WARNING, logger="portfolio_batch"):
-        second = _complete(openai_client, manifest.iloc[:1])
-    assert second["batch_id"].iloc[0] != first["batch_id"].iloc[0]
-    assert "is gone from the server" in caplog.text and first["batch_id"].iloc[0] in caplog.text
-    results = pb.aggregate_df(second, requests.iloc[:4], client=openai_client)
-    assert results["status"].eq("succeeded").all()
+        results = pb.aggregate_df(done, requests.iloc[:8], client=openai_client)
+    assert results["status"].tolist() == ["missing"] * 4 + ["succeeded"] * 4
+    lost = results.iloc[:4]
+    assert lost["error_code"].eq("result_file_gone").all()
+    assert lost["error_message"].str.contains(gone_file).all()
+    assert lost["batch_id"].eq(gone_batch).all()
+    assert gone_file in caplog.text
+    assert [f.get("gone", False) for f in results.attrs["files"]] == [False, True]
+
+    retry = pb.retry_failed(results, requests.iloc[:8])
+    assert retry.index.tolist() == lost.index.tolist()
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="portfolio_batch"):
+        again = _complete(openai_client, manifest.iloc[:2])
+    assert again["batch_id"].iloc[0] != gone_batch  # sent again
+    assert again["batch_id"].iloc[1] == done["batch_id"].iloc[1]  # still has its results
+    assert "is gone from the server" in caplog.text and gone_batch in caplog.text
+    final = pb.aggregate_df(again, requests.iloc[:8], client=openai_client)
+    assert final["status"].eq("succeeded").all()
     # The new batch is the live one now: a third submit reuses it.
-    third = pb.submit(manifest.iloc[:1], client=openai_client)
-    assert third["batch_id"].tolist() == second["batch_id"].tolist()
+    third = pb.submit(manifest.iloc[:2], client=openai_client)
+    assert third["batch_id"].tolist() == again["batch_id"].tolist()
 
 
 def test_results_already_downloaded_keep_the_batch_reused(
