@@ -10,7 +10,7 @@ import httpx2
 import openai
 import orjson
 import pytest
-from test_local_support import jsonl, risk_line, upload, validate, wire
+from test_local_support import create_batch, jsonl, risk_line, upload, validate, wait, wire
 
 from portfolio_batch.local import serve
 
@@ -110,6 +110,44 @@ def test_output_expires_after_sets_file_expiry(openai_client: Any) -> None:
         expires_after={"anchor": "created_at", "seconds": 7200},
     )
     assert file.expires_at == file.created_at + 7200
+
+
+def test_batch_results_are_kept_thirty_days_by_default(openai_client: Any) -> None:
+    batch, _ = wait(openai_client, create_batch(openai_client, [risk_line(0)]).id)
+    out = openai_client.files.retrieve(batch["output_file_id"])
+    assert out.purpose == "batch_output"
+    assert out.expires_at == out.created_at + 30 * 24 * 3600
+
+
+def test_files_are_gone_once_the_server_clock_passes_expires_at(
+    local_server: Any, openai_client: Any
+) -> None:
+    short = openai_client.files.create(
+        file=("short.jsonl", io.BytesIO(jsonl([risk_line(0)]))),
+        purpose="batch",
+        expires_after={"anchor": "created_at", "seconds": 3600},
+    )
+    month = openai_client.files.create(
+        file=("month.jsonl", io.BytesIO(jsonl([risk_line(1)]))), purpose="batch"
+    )
+    local_server.configure(clock_offset=3600)  # an hour later: OpenAI has deleted the first
+    with pytest.raises(openai.NotFoundError):
+        openai_client.files.retrieve(short.id)
+    with pytest.raises(openai.NotFoundError):
+        openai_client.files.content(short.id)
+    with pytest.raises(openai.NotFoundError):
+        openai_client.batches.create(
+            input_file_id=short.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+    assert [f.id for f in openai_client.files.list()] == [month.id]
+    assert openai_client.files.retrieve(month.id).id == month.id
+    local_server.configure(clock_offset=31 * 24 * 3600)  # a month later: both are gone
+    assert list(openai_client.files.list()) == []
+    uploaded = openai_client.files.create(
+        file=("new.jsonl", io.BytesIO(jsonl([risk_line(2)]))), purpose="batch"
+    )
+    assert uploaded.created_at >= month.created_at + 31 * 24 * 3600  # the clock moved for all
+    assert openai_client.files.retrieve(uploaded.id).id == uploaded.id
 
 
 @pytest.mark.parametrize(

@@ -326,3 +326,20 @@ def test_a_registry_entry_never_polled_again_is_refreshed_before_reuse(
     again = pb.submit(manifest.iloc[:1], client=openai_client)
     assert again["batch_id"].iloc[0] != batch_id
     assert pb.jobs().set_index("batch_id").loc[batch_id, "status"] == "completed"
+
+
+def test_a_month_later_the_same_portfolio_is_sent_again_and_its_results_come_back(
+    local_server, openai_client, manifest, requests
+) -> None:
+    # The server's clock jumps past OpenAI's 30-day retention: the input and output files of
+    # the first run are gone. Submitting the same shard again must upload it again and make a
+    # batch whose results can be read, not hand back the old batch or the old upload.
+    first = _complete(openai_client, manifest.iloc[:1])
+    local_server.configure(clock_offset=31 * 24 * 3600)
+    old = pb.aggregate_df(first, requests.iloc[:4], client=openai_client)
+    assert old["error_code"].eq("result_file_gone").all()
+    again = _complete(openai_client, manifest.iloc[:1])
+    assert again["batch_id"].iloc[0] != first["batch_id"].iloc[0]
+    assert again["input_file_id"].iloc[0] != first["input_file_id"].iloc[0]
+    results = pb.aggregate_df(again, requests.iloc[:4], client=openai_client)
+    assert results["status"].eq("succeeded").all()

@@ -11,7 +11,6 @@ import hmac
 import logging
 import math
 import re
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -381,7 +380,7 @@ def create_app(state: ServerState) -> FastAPI:
                 f"File {input_file['id']} has purpose {input_file['purpose']!r}; a batch input file must be uploaded with purpose 'batch'.",
                 param="input_file_id",
             )
-        now = time.time()
+        now = config.now()
         window = config.completion_window_seconds
         batch: dict[str, Any] = {
             "id": store.new_batch_id(),
@@ -438,7 +437,7 @@ def create_app(state: ServerState) -> FastAPI:
         with store.lock:
             status = batch["status"]
             if status in ("validating", "in_progress"):
-                store.update_batch(batch_id, status="cancelling", cancelling_at=int(time.time()))
+                store.update_batch(batch_id, status="cancelling", cancelling_at=int(config.now()))
             elif status not in ("cancelling", "cancelled"):
                 raise ApiError(
                     400,

@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import random
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,10 @@ class ServerConfig:
     ``cut_download_after_bytes`` (file downloads stop after that many bytes: the first download of
     each file, or at ``cut_download_rate`` if set), ``malformed_output_rate`` (output lines written
     truncated), ``seed`` (fault randomness is deterministic for a seed).
+
+    Clock: ``clock_offset`` (seconds added to the server's clock for every timestamp, deadline and
+    file expiry): ``configure(clock_offset=31 * 86400)`` is a month later, when OpenAI has deleted
+    a batch's files (``expires_at`` passed) and any batch still running has expired.
     """
 
     max_upload_bytes: int = 200 * MiB
@@ -77,12 +82,17 @@ class ServerConfig:
     cut_download_rate: float | None = None
     malformed_output_rate: float = 0.0
     seed: int = 0
+    clock_offset: float = 0.0
     _rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._validate()
         self._rng.seed(self.seed)
+
+    def now(self) -> float:
+        """The server's clock: real time plus ``clock_offset``."""
+        return time.time() + self.clock_offset
 
     @classmethod
     def keys(cls) -> list[str]:

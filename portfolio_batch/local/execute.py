@@ -15,7 +15,6 @@ import hashlib
 import math
 import random
 import secrets
-import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -208,7 +207,7 @@ class Executor:
         answer = {
             "id": "chatcmpl-" + secrets.token_hex(12),
             "object": "chat.completion",
-            "created": int(time.time()),
+            "created": int(self.config.now()),
             "model": model,
             "choices": [
                 {
@@ -306,7 +305,7 @@ class Executor:
         answer = {
             "id": "resp_" + secrets.token_hex(24),
             "object": "response",
-            "created_at": int(time.time()),
+            "created_at": int(self.config.now()),
             "status": "completed" if finish_reason == "stop" else "incomplete",
             "incomplete_details": None
             if finish_reason == "stop"

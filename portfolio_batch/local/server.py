@@ -54,7 +54,7 @@ def _build_state(
 ) -> ServerState:
     settings = ServerConfig()
     settings.update(**config)
-    store = Store(data_dir)
+    store = Store(data_dir, clock=settings.now)
     model = load_engine(engine)
     executor = Executor(model, settings)
     worker = BatchWorker(store, executor, settings)
@@ -68,7 +68,7 @@ def _build_state(
 
 def _resume(state: ServerState) -> None:
     """Batches left unfinished by a previous run on this data dir start over."""
-    now = int(time.time())
+    now = int(state.config.now())
     for batch in state.store.batches_with(
         {"validating", "in_progress", "finalizing", "cancelling"}
     ):

@@ -17,7 +17,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,8 @@ FILE_ID = re.compile(r"^file-[A-Za-z0-9]{8,64}$")
 BATCH_ID = re.compile(r"^batch_[A-Za-z0-9]{8,64}$")
 TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 ACTIVE_STATUSES = frozenset({"validating", "in_progress", "finalizing"})
-# Batch input files expire 30 days after upload, like OpenAI's.
+# Batch input files expire 30 days after upload, and batch results 30 days after the batch
+# (unless its output_expires_after says otherwise), like OpenAI's.
 BATCH_FILE_TTL = 30 * 24 * 3600
 
 
@@ -75,8 +76,10 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
 class Store:
     """Thread-safe registry of file and batch objects under ``data_dir``."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.root = Path(data_dir)
+        # the server's clock (ServerConfig.now): files expire by it, like OpenAI deleting them
+        self.clock = clock
         self.files_dir = self.root / "files"
         self.batches_dir = self.root / "batches"
         self.files_dir.mkdir(parents=True, exist_ok=True)
@@ -127,8 +130,8 @@ class Store:
         nbytes: int,
         expires_after: int | None = None,
     ) -> dict[str, Any]:
-        now = int(time.time())
-        if expires_after is None and purpose == "batch":
+        now = int(self.clock())
+        if expires_after is None and purpose in ("batch", "batch_output"):
             expires_after = BATCH_FILE_TTL
         obj = {
             "id": file_id,
@@ -151,14 +154,18 @@ class Store:
         self.content_path(file_id)  # validates the id
         with self.lock:
             obj = self.files.get(file_id)
-        if obj is None:
+        if obj is None or self._expired(obj):
             raise ApiError(404, f"No such File object: {file_id}", param="file_id")
         return obj
+
+    def _expired(self, obj: dict[str, Any]) -> bool:
+        expires_at = obj.get("expires_at")
+        return expires_at is not None and expires_at <= self.clock()
 
     def delete_file(self, file_id: str) -> dict[str, Any]:
         path = self.content_path(file_id)
         with self.lock:
-            if file_id not in self.files:
+            if file_id not in self.files or self._expired(self.files[file_id]):
                 raise ApiError(404, f"No such File object: {file_id}", param="file_id")
             del self.files[file_id]
             (self.files_dir / f"{file_id}.json").unlink(missing_ok=True)
@@ -169,7 +176,11 @@ class Store:
         self, *, purpose: str | None, limit: int, order: str, after: str | None
     ) -> dict[str, Any]:
         with self.lock:
-            items = [f for f in self.files.values() if purpose is None or f["purpose"] == purpose]
+            items = [
+                f
+                for f in self.files.values()
+                if (purpose is None or f["purpose"] == purpose) and not self._expired(f)
+            ]
         if order == "desc":
             items.reverse()
         return self._page(items, limit=limit, after=after, kind="File")

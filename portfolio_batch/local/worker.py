@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
@@ -165,7 +164,7 @@ class BatchWorker:
         except Exception as exc:
             # A bug must not leave the batch "in_progress" forever: fail it, and say why.
             log.exception("batch %s crashed", batch_id)
-            now = int(time.time())
+            now = int(self.config.now())
             self.store.update_batch(
                 batch_id,
                 status="failed",
@@ -190,7 +189,7 @@ class BatchWorker:
             raise _Stop("shutdown")
         if event.is_set() or batch["status"] == "cancelling":
             raise _Stop("cancelled")
-        if time.time() >= batch["_deadline"]:
+        if self.config.now() >= batch["_deadline"]:
             raise _Stop("expired")
 
     def _pause(self, event: threading.Event) -> None:
@@ -216,7 +215,7 @@ class BatchWorker:
         except _Stop as stop:
             self._stop_before_start(batch_id, stop.reason)
             return
-        now = int(time.time())
+        now = int(self.config.now())
         if errors:
             self._transition(
                 batch_id,
@@ -270,7 +269,7 @@ class BatchWorker:
         self._execute(batch_id, batch, event, total)
 
     def _stop_before_start(self, batch_id: str, reason: str) -> None:
-        now = int(time.time())
+        now = int(self.config.now())
         if reason == "cancelled":
             self._transition(batch_id, "cancelled", cancelled_at=now)
         elif reason == "expired":
@@ -447,7 +446,7 @@ class BatchWorker:
             writer.abandon()
             raise
         ids = writer.close()
-        now = int(time.time())
+        now = int(self.config.now())
         with self.store.lock:
             batch["request_counts"] = {"total": total, "completed": completed, "failed": failed}
             batch["usage"] = usage.as_batch_usage()
@@ -457,7 +456,7 @@ class BatchWorker:
             self._transition(
                 batch_id,
                 "completed",
-                completed_at=int(time.time()),
+                completed_at=int(self.config.now()),
                 output_file_id=ids[0],
                 error_file_id=ids[1],
             )
@@ -469,7 +468,7 @@ class BatchWorker:
             status=final,
             output_file_id=ids[0],
             error_file_id=ids[1],
-            **{f"{final}_at": int(time.time())},
+            **{f"{final}_at": int(self.config.now())},
         )
 
 
