@@ -196,6 +196,10 @@ def _keep_one_file(
     return keep
 
 
+class _ClaimLost(Exception):
+    """Another caller took over this shard's creation claim before the create POST."""
+
+
 def create_shard_batch(
     reg: Registry, c: openai.OpenAI, index: ServerIndex, shard: dict[str, Any]
 ) -> dict[str, Any] | None:
@@ -213,13 +217,24 @@ def create_shard_batch(
     attempt = {"posted": False}
     try:
         return _create_claimed(reg, c, index, claimed, attempt)
+    except _ClaimLost:
+        log.warning(
+            "shard %s of run %s: another caller took over its creation (this one was too slow); "
+            "leaving it to them",
+            shard["shard"],
+            shard["run_id"],
+        )
+        return None
     except BaseException as exc:
-        # Release the claim, saying whether the next attempt must look for a batch this one
-        # may have made (a SubmitError means none exists).
+        # Release the claim (if still ours), saying whether the next attempt must look for a
+        # batch this one may have made (a SubmitError means none exists).
         unknown = attempt["posted"] and not isinstance(exc, SubmitError)
         try:
-            reg.update_shard(
-                shard["run_id"], shard["shard"], creating=UNKNOWN_OUTCOME if unknown else None
+            reg.refresh_claim(
+                shard["run_id"],
+                shard["shard"],
+                claimed["claimed_by"],
+                creating=UNKNOWN_OUTCOME if unknown else None,
             )
         except RegistryError as release_exc:
             log.warning(
@@ -257,9 +272,11 @@ def _create_claimed(
         batch = found[0] if found else None
     if batch is None:
         file_id = _ensure_file(reg, c, index, shard)
-        reg.update_shard(
-            shard["run_id"], shard["shard"], creating=time.time(), input_file_id=file_id
-        )
+        # Renewed only if still ours: an upload slower than the lease may have been taken over.
+        if not reg.refresh_claim(
+            shard["run_id"], shard["shard"], shard["claimed_by"], input_file_id=file_id
+        ):
+            raise _ClaimLost
         error: Exception | None = None
         retried = False
         attempt["posted"] = True

@@ -15,6 +15,7 @@ statuses, counts, costs and times.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sqlite3
@@ -29,6 +30,8 @@ import pandas as pd
 
 from portfolio_batch.errors import RegistryError
 from portfolio_batch.home import home
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ACTIVE",
@@ -148,24 +151,39 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         ],
     ),
     (
-        # Who holds a shard's creation claim ("host:pid"), so that a claim left by a process
+        # Who holds a shard's creation claim ("machine:pid"), so that a claim left by a process
         # that was killed (a restarted kernel) is taken over without waiting out the lease.
         "m002_creation_owner",
         ["ALTER TABLE shards ADD COLUMN creating_owner TEXT"],
     ),
 ]
 
-# This process, as it signs the creation claims it takes.
-_OWNER = f"{socket.gethostname()}:{os.getpid()}"
+
+def _machine() -> str:
+    """This kernel and pid namespace: a pid can only be checked by a process that sees the same
+    ones (not from another container sharing the hostname and the home, nor after a reboot)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        pid_ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # no /proc (macOS): no pid namespaces there, the hostname is enough
+        boot, pid_ns = "-", 0
+    return f"{socket.gethostname()}/{boot}/{pid_ns}"
+
+
+def _owner() -> str:
+    """The signature of a creation claim taken now, by this process: computed at each claim,
+    as a forked worker has another pid than the process that imported this module."""
+    return f"{_machine()}:{os.getpid()}"
 
 
 def _owner_is_dead(owner: str | None) -> bool:
-    """Whether the process that signed a claim is known to have exited: only a process on this
-    host can be checked; any doubt (another host, a pid now reused) counts as alive."""
+    """Whether the process that signed a claim is known to have exited: only a process of this
+    machine and pid namespace can be checked; any doubt (another container or host, a pid now
+    reused) counts as alive."""
     if not owner:
         return False
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    machine, _, pid = owner.rpartition(":")
+    if machine != _machine() or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)
@@ -222,15 +240,20 @@ class Registry:
         delay = 0.005
         while True:
             try:
-                mode = self.conn.execute("PRAGMA journal_mode").fetchone()[0]
-                if str(mode).lower() == "wal":
-                    return
-                self.conn.execute("PRAGMA journal_mode=WAL")
+                mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 0.25)
+                continue
+            if str(mode).lower() != "wal":
+                # e.g. ":memory:", or a file system without shared memory: SQLite keeps the
+                # mode it has, without an error, and works (writers just wait for readers).
+                log.warning(
+                    "the job registry %s stays in %s journal mode, not WAL", self.path, mode
+                )
+            return
 
     # -- plumbing ---------------------------------------------------------------------------------
     def close(self) -> None:
@@ -425,12 +448,32 @@ class Registry:
                     )
                 ):
                     return None
+                owner = _owner()
                 conn.execute(
                     """UPDATE shards SET creating = ?, creating_owner = ?, updated_at = ?
                        WHERE run_id = ? AND shard = ?""",
-                    (now, _OWNER, now, run_id, shard),
+                    (now, owner, now, run_id, shard),
                 )
-                return dict(row)
+                return {**dict(row), "claimed_by": owner}
+        except sqlite3.Error as exc:
+            raise RegistryError(f"Cannot write the job registry {self.path}: {exc}") from exc
+
+    def refresh_claim(self, run_id: str, shard: int, owner: str, **fields: Any) -> bool:
+        """Set ``fields`` of a shard (``creating`` defaults to now: the claim is renewed) if
+        ``owner`` still holds its creation claim. False when another caller has taken it over
+        meanwhile: the holder must then neither create the batch nor release the claim."""
+        now = _now()
+        fields = {"creating": now, **fields, "updated_at": now}
+        sets = ",".join(f"{k} = ?" for k in fields)
+        try:
+            with self.transaction() as conn:
+                cur = conn.execute(
+                    f"""UPDATE shards SET {sets}
+                        WHERE run_id = ? AND shard = ? AND creating_owner = ?
+                        AND batch_id IS NULL AND status = 'queued'""",
+                    (*fields.values(), run_id, shard, owner),
+                )
+                return cur.rowcount == 1
         except sqlite3.Error as exc:
             raise RegistryError(f"Cannot write the job registry {self.path}: {exc}") from exc
 

@@ -9,7 +9,13 @@ import pytest
 
 import portfolio_batch as pb
 from portfolio_batch.errors import RegistryError
-from portfolio_batch.registry import JOBS_COLUMNS, MIGRATIONS, open_registry, registry_path
+from portfolio_batch.registry import (
+    JOBS_COLUMNS,
+    MIGRATIONS,
+    _machine,
+    open_registry,
+    registry_path,
+)
 
 
 def _shard(run_id: str, shard: int, **extra: object) -> dict[str, object]:
@@ -224,18 +230,59 @@ def test_a_creation_claim_is_kept_while_its_holder_lives_and_void_once_it_has_ex
             text=True,
             check=True,
         )
-        owner = f"{socket.gethostname()}:{int(exited.stdout)}"
+        owner = f"{_machine()}:{int(exited.stdout)}"
         reg.conn.execute("UPDATE shards SET creating_owner = ? WHERE run_id = 'run-held'", (owner,))
         reg.update_shard("run-held", 0, creating=time.time() - 5)
         assert reg.claim_creation("run-held", 0, lease=900, dead_owner_grace=60) is None
         reg.update_shard("run-held", 0, creating=time.time() - 61)
         assert reg.claim_creation("run-held", 0, lease=900, dead_owner_grace=60) is not None
-        # A holder on another machine cannot be checked: the lease stands.
-        reg.conn.execute(
-            "UPDATE shards SET creating_owner = 'elsewhere:1', creating = ? WHERE run_id = 'run-held'",
-            (time.time() - 600,),
-        )
-        assert reg.claim_creation("run-held", 0, lease=900, dead_owner_grace=60) is None
+        # A holder on another machine, in another container sharing the hostname (another pid
+        # namespace) or before a reboot cannot be checked: the lease stands.
+        host = socket.gethostname()
+        for elsewhere in (
+            "elsewhere/x/1",
+            f"{host}/other-boot/1",
+            f"{host}/{_machine().split('/')[1]}/1",
+        ):
+            reg.conn.execute(
+                "UPDATE shards SET creating_owner = ?, creating = ? WHERE run_id = 'run-held'",
+                (f"{elsewhere}:{int(exited.stdout)}", time.time() - 600),
+            )
+            assert reg.claim_creation("run-held", 0, lease=900, dead_owner_grace=60) is None
+
+
+def test_a_claim_is_signed_by_the_process_that_takes_it_even_after_a_fork() -> None:
+    import multiprocessing
+
+    with open_registry() as reg:
+        _run(reg, "run-fork")
+        reg.upsert_shard(_shard("run-fork", 0))
+
+    def claim() -> None:
+        with open_registry() as child_reg:
+            assert child_reg.claim_creation("run-fork", 0, lease=900) is not None
+
+    worker = multiprocessing.get_context("fork").Process(target=claim)
+    worker.start()
+    worker.join(timeout=30)
+    assert worker.exitcode == 0
+    with open_registry() as reg:
+        owner = reg.shard("run-fork", 0)["creating_owner"]
+        assert owner == f"{_machine()}:{worker.pid}"
+        # It has exited: the claim is void (no grace asked), whereas the parent is alive.
+        assert reg.claim_creation("run-fork", 0, lease=900) is not None
+
+
+def test_a_holder_whose_claim_was_taken_over_cannot_renew_it() -> None:
+    with open_registry() as reg:
+        _run(reg, "run-lost")
+        reg.upsert_shard(_shard("run-lost", 0))
+        mine = reg.claim_creation("run-lost", 0, lease=900)
+        assert mine is not None
+        assert reg.refresh_claim("run-lost", 0, mine["claimed_by"], input_file_id="file-1")
+        reg.conn.execute("UPDATE shards SET creating_owner = 'someone/else/1:2'")
+        assert not reg.refresh_claim("run-lost", 0, mine["claimed_by"], input_file_id="file-2")
+        assert reg.shard("run-lost", 0)["input_file_id"] == "file-1"
 
 
 def test_a_registry_from_the_first_release_is_migrated_in_place(tmp_path) -> None:
@@ -251,3 +298,17 @@ def test_a_registry_from_the_first_release_is_migrated_in_place(tmp_path) -> Non
         assert reg.migrations() == [name for name, _ in MIGRATIONS]
         columns = [r[1] for r in reg.conn.execute("PRAGMA table_info(shards)")]
         assert "creating_owner" in columns
+
+
+def test_a_registry_that_cannot_use_wal_still_opens() -> None:
+    # SQLite keeps its journal mode without an error where WAL is impossible (":memory:", file
+    # systems without shared memory): opening must neither spin nor fail.
+    import threading
+
+    opened: list[list[str]] = []
+    thread = threading.Thread(
+        target=lambda: opened.append(open_registry(":memory:").migrations()), daemon=True
+    )
+    thread.start()
+    thread.join(timeout=10)
+    assert opened == [[name for name, _ in MIGRATIONS]]
