@@ -25,6 +25,7 @@ from typing import Any, cast
 
 import msgspec
 import numpy as np
+import openai
 import orjson
 import pandas as pd
 
@@ -177,25 +178,27 @@ class Collector:
             msg = f"its result line ({where}) is malformed: {problem}"
             self._append(i, ("missing", None, "malformed_line", msg, *([None] * 7)), None, None)
 
-    def file_gone(
-        self, *, batch_id: str, kind: str, file_id: str, shard_path: str | None
-    ) -> dict[str, Any]:
-        """A batch's result file the server no longer has: the batch's requests still without a
-        row (read from its request shard) are ``missing`` with that reason, which
-        ``retry_failed`` sends again."""
+    def files_gone(
+        self, *, batch_id: str, files: list[tuple[str, str]], shard_path: str | None
+    ) -> list[dict[str, Any]]:
+        """A batch's result files (``(kind, file_id)``) that the server no longer has: the
+        batch's requests still without a row (read from its request shard) are ``missing`` with
+        that reason, which ``retry_failed`` sends again. One stats entry per file."""
+        names = " and ".join(f"{kind} file {file_id}" for kind, file_id in files)
         msg = (
-            f"batch {batch_id}'s {kind} file {file_id} is gone from the server (deleted, or past "
-            "the 30 days OpenAI keeps it) and was never downloaded here: resend with retry_failed()"
+            f"batch {batch_id}'s {names} {'are' if len(files) > 1 else 'is'} gone from the server "
+            "(deleted, or past the 30 days OpenAI keeps them) and were never downloaded here: "
+            "resend with retry_failed()"
         )
         marked = 0
         if shard_path is not None and Path(shard_path).is_file():
+            row = ("missing", None, "result_file_gone", msg, *([None] * 7))
             with open(shard_path, "rb") as fh:
                 for raw in fh:
                     m = _CUSTOM_ID.search(raw)
                     cid = _loads_or_none(m.group(1)) if m else None
                     i = self.pos.get(cid) if isinstance(cid, str) else None
-                    if i is not None and self.cols[0][self.where[i]] == "missing":
-                        row = ("missing", None, "result_file_gone", msg, *([None] * 7))
+                    if i is not None and self.where[i] == 0:  # no row yet, not even a marked one
                         self._append(i, row, None, batch_id)
                         marked += 1
         else:
@@ -205,18 +208,21 @@ class Collector:
                 batch_id,
                 shard_path,
             )
-        return {
-            "path": None,
-            "file_id": file_id,
-            "batch_id": batch_id,
-            "kind": kind,
-            "lines": 0,
-            "malformed": 0,
-            "unknown_custom_ids": 0,
-            "duplicates": 0,
-            "gone": True,
-            "requests_marked": marked,
-        }
+        return [
+            {
+                "path": None,
+                "file_id": file_id,
+                "batch_id": batch_id,
+                "kind": kind,
+                "lines": 0,
+                "malformed": 0,
+                "unknown_custom_ids": 0,
+                "duplicates": 0,
+                "gone": True,
+                "requests_marked": marked,
+            }
+            for kind, file_id in files
+        ]
 
     def read_file(
         self,
@@ -436,15 +442,15 @@ def aggregate_df(
             if not path.is_file():
                 raise InputError(f"{kind}_files: {path} does not exist or is not a file")
             sources.append((kind, path, None, None))
-    gone: list[dict[str, Any]] = []
+    gone: dict[str, tuple[str | None, list[tuple[str, str]]]] = {}
     if jobs is not None:
         sources[:0] = _job_files(jobs, client, gone)
     with gc_paused():
         stats = [
             collector.read_file(path, batch_id=b, kind=k, file_id=f) for k, path, b, f in sources
         ]
-        for g in gone:
-            stats.append(collector.file_gone(**g))
+        for batch_id, (shard_path, files) in gone.items():
+            stats += collector.files_gone(batch_id=batch_id, files=files, shard_path=shard_path)
         out = collector.frame(requests, prices=prices, batch=True)
         # freed while the GC is still paused, so it never scans the row tuples
         del collector
@@ -460,7 +466,7 @@ def aggregate_df(
 
 
 def _job_files(
-    jobs: pd.DataFrame, client: Any, gone: list[dict[str, Any]]
+    jobs: pd.DataFrame, client: Any, gone: dict[str, tuple[str | None, list[tuple[str, str]]]]
 ) -> Iterator[tuple[str, Path, str, str]]:
     """Each finished batch's files, downloaded; a file the server no longer has goes to ``gone``
     (its requests stay rows, ``missing`` with the reason) instead of failing the whole frame."""
@@ -503,20 +509,28 @@ def _job_files(
                 try:
                     path = download_file(file_id, client=client)
                 except ResultFileGoneError as exc:
+                    _check_batch_visible(client, str(batch_id))
                     log.warning("batch %s, %s %s", batch_id, kind, exc)
                     shard = row.get("path")
-                    gone.append(
-                        {
-                            "batch_id": str(batch_id),
-                            "kind": kind,
-                            "file_id": file_id,
-                            "shard_path": shard if _present(shard) else None,
-                        }
-                    )
+                    entry = gone.setdefault(str(batch_id), (shard if _present(shard) else None, []))
+                    entry[1].append((kind, file_id))
                     continue
                 except DownloadError as exc:
                     raise DownloadError(f"batch {batch_id}, {kind} {exc}") from exc
                 yield kind, path, str(batch_id), file_id
+
+
+def _check_batch_visible(client: Any, batch_id: str) -> None:
+    """A 404 on a result file means it is gone only if this client sees its batch: with another
+    key, project or server every file is a 404, and resending would pay twice."""
+    try:
+        client.batches.retrieve(batch_id)
+    except openai.NotFoundError as exc:
+        raise DownloadError(
+            f"batch {batch_id} is not visible with this client (404), so its result files are "
+            "not either: it was made with another API key, project or server. Pass the client "
+            "that submitted it (client=...)."
+        ) from exc
 
 
 def _present(value: Any) -> bool:

@@ -35,6 +35,7 @@ from portfolio_batch.errors import (
     PortfolioBatchError,
     PricingError,
     RegistryError,
+    SubmitError,
 )
 from portfolio_batch.registry import TERMINAL, Registry, open_registry
 from portfolio_batch.retry import RETRY_OF
@@ -298,19 +299,29 @@ def _results_gone(reg: Registry, client: Any, live: dict[str, Any]) -> str | Non
 
 
 def _server_results_gone(client: Any, batch: dict[str, Any]) -> str | None:
-    if batch.get("status") != "completed":
+    # Only the output file matters: the error file's failures are resent by retry_failed, and
+    # resending the whole shard for it would pay again for answers already had.
+    file_id = batch.get("output_file_id")
+    if batch.get("status") != "completed" or not file_id or is_cached(file_id):
         return None
-    for kind in ("output", "error"):
-        file_id = batch.get(f"{kind}_file_id")
-        if not file_id or is_cached(file_id):
-            continue
+    try:
+        client.files.retrieve(file_id)
+    except openai.NotFoundError:
+        batch_id = batch.get("batch_id") or batch.get("id")
         try:
-            client.files.retrieve(file_id)
-        except openai.NotFoundError:
-            return (
-                f"its {kind} file {file_id} is gone from the server (OpenAI deletes batch files "
-                "after 30 days) and was never downloaded here"
-            )
+            client.batches.retrieve(batch_id)
+        except openai.NotFoundError as exc:
+            # Every file is a 404 to another key, project or server: that is not "gone".
+            raise SubmitError(
+                f"batch {batch_id} (shard {batch.get('shard')} of run {batch.get('run_id')}) is "
+                "in the job registry but not visible with this client (404): it was made with "
+                "another API key, project or server. Pass the client that submitted it, or "
+                "force=True to send the shard again (billed again)."
+            ) from exc
+        return (
+            f"its output file {file_id} is gone from the server (OpenAI deletes batch files "
+            "after 30 days) and was never downloaded here"
+        )
     return None
 
 

@@ -343,3 +343,65 @@ def test_a_month_later_the_same_portfolio_is_sent_again_and_its_results_come_bac
     assert again["input_file_id"].iloc[0] != first["input_file_id"].iloc[0]
     results = pb.aggregate_df(again, requests.iloc[:4], client=openai_client)
     assert results["status"].eq("succeeded").all()
+
+
+def _half_failing(local_server, openai_client, testdata: Path, tmp_path: Path):
+    """A completed batch with both files: 3 of 8 requests fail (context length)."""
+    portfolio = pd.read_csv(testdata / "portfolio.csv").head(8)
+    portfolio["notes"] = ["x " * 3000 if i < 3 else "" for i in range(8)]
+    requests = pb.build_requests(portfolio)
+    manifest = pb.to_jsonl(requests, tmp_path / "half", max_requests=8)
+    local_server.configure(context_tokens=2500)
+    done = _complete(openai_client, manifest)
+    assert done[["completed", "failed"]].values.tolist() == [[5, 3]]
+    return requests, manifest, done
+
+
+def test_both_result_files_gone_mark_each_request_once_naming_both(
+    local_server, openai_client, testdata, tmp_path
+) -> None:
+    requests, _, done = _half_failing(local_server, openai_client, testdata, tmp_path)
+    out_id, err_id = done["output_file_id"].iloc[0], done["error_file_id"].iloc[0]
+    openai_client.files.delete(out_id)
+    openai_client.files.delete(err_id)
+    results = pb.aggregate_df(done, requests, client=openai_client)
+    assert len(results) == 8
+    assert results["error_code"].eq("result_file_gone").all()
+    assert results["error_message"].str.contains(out_id).all()
+    assert results["error_message"].str.contains(err_id).all()
+    gone = [(f["kind"], f["requests_marked"]) for f in results.attrs["files"]]
+    assert gone == [("output", 8), ("error", 8)]
+
+
+def test_only_a_lost_output_file_makes_submit_send_the_shard_again(
+    local_server, openai_client, testdata, tmp_path
+) -> None:
+    # The error file holds failures, which retry_failed resends: losing it alone must not pay
+    # again for the five answers already had.
+    requests, manifest, done = _half_failing(local_server, openai_client, testdata, tmp_path)
+    pb.download.download_file(done["output_file_id"].iloc[0], client=openai_client)
+    openai_client.files.delete(done["error_file_id"].iloc[0])
+    again = pb.submit(manifest, client=openai_client)
+    assert again["batch_id"].tolist() == done["batch_id"].tolist()
+    results = pb.aggregate_df(again, requests, client=openai_client)
+    assert results["status"].value_counts().to_dict() == {"succeeded": 5, "missing": 3}
+    assert pb.retry_failed(results, requests).index.tolist() == requests.index[:3].tolist()
+
+
+def test_a_client_that_cannot_see_the_batch_is_an_error_not_a_lost_result(
+    manifest, requests, tmp_path
+) -> None:
+    # With another key or project every file is a 404: that must not read as "the results are
+    # gone" (rows to resend, a batch to pay again). Here: the same address, another server.
+    from portfolio_batch.local import serve
+
+    with serve(engine="rules", data_dir=tmp_path / "first") as first:
+        port = first.port
+        done = _complete(first.client(), manifest.iloc[:1])
+    with serve(engine="rules", port=port, data_dir=tmp_path / "second") as second:
+        stranger = second.client()
+        with pytest.raises(pb.DownloadError, match="not visible with this client"):
+            pb.aggregate_df(done, requests.iloc[:4], client=stranger)
+        with pytest.raises(SubmitError, match="not visible with this client"):
+            pb.submit(manifest.iloc[:1], client=stranger)
+        assert list(stranger.batches.list()) == []
