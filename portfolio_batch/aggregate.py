@@ -509,7 +509,8 @@ def _job_files(
                 try:
                     path = download_file(file_id, client=client)
                 except ResultFileGoneError as exc:
-                    _check_batch_visible(client, str(batch_id))
+                    if str(batch_id) not in gone:  # once per batch, not per file
+                        _check_batch_visible(client, str(batch_id))
                     log.warning("batch %s, %s %s", batch_id, kind, exc)
                     shard = row.get("path")
                     entry = gone.setdefault(str(batch_id), (shard if _present(shard) else None, []))
@@ -530,6 +531,11 @@ def _check_batch_visible(client: Any, batch_id: str) -> None:
             f"batch {batch_id} is not visible with this client (404), so its result files are "
             "not either: it was made with another API key, project or server. Pass the client "
             "that submitted it (client=...)."
+        ) from exc
+    except openai.APIError as exc:
+        raise DownloadError(
+            f"batch {batch_id}: a result file answered 404, and checking the batch itself "
+            f"failed ({type(exc).__name__}: {exc}); run aggregate_df again."
         ) from exc
 
 

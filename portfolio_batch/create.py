@@ -43,6 +43,9 @@ MAX_AGE_SECONDS = 30 * 24 * 3600
 # refreshed before the create POST. Another caller takes over only after this long (the holder
 # was killed mid-upload or mid-create) and first looks on the server for what it left.
 CREATE_LEASE_SECONDS = 15 * 60
+# One create POST's time limit: with the SDK's retries it stays far inside the lease, so a
+# claim is never taken over while its holder's create can still land.
+CREATE_TIMEOUT_SECONDS = 60.0
 # ... unless the holder is a process on this machine that has exited (a restarted kernel, a
 # kill -9): then only this long after its last step, enough for a create POST it had in flight
 # to be acted on by the server, so that the batch it made is found instead of made twice.
@@ -281,7 +284,8 @@ def _create_claimed(
         retried = False
         attempt["posted"] = True
         try:
-            raw = c.batches.with_raw_response.create(
+            # Bounded so that the POST and the SDK's retries end well inside the claim's lease.
+            raw = c.with_options(timeout=CREATE_TIMEOUT_SECONDS).batches.with_raw_response.create(
                 input_file_id=file_id,
                 endpoint=shard["endpoint"],
                 completion_window="24h",
@@ -300,13 +304,14 @@ def _create_claimed(
                 f"poll(resume({shard['run_id']!r})) to retry."
             ) from error
     try:
-        reg.record_batch(
+        attached = reg.record_batch(
             batch,
             backend=shard["backend"],
             run_id=shard["run_id"],
             shard=shard["shard"],
             idem_key=shard["idem_key"],
             sha256=shard["sha256"],
+            owner=shard["claimed_by"],
         )
     except Exception as exc:
         # Nothing may run (and be paid for) without a record of it.
@@ -328,6 +333,18 @@ def _create_claimed(
             f"in the job registry ({exc}); {what}. Fix the registry (PORTFOLIO_BATCH_HOME) and "
             "submit again."
         ) from exc
+    if not attached:
+        # Taken over while our create POST was in flight, and the other caller made its own
+        # batch: ours is the extra one, cancelled so that the shard is paid for once.
+        log.warning(
+            "shard %s of run %s: another caller created its batch meanwhile; cancelling the "
+            "duplicate %s",
+            shard["shard"],
+            shard["run_id"],
+            batch["id"],
+        )
+        cancel_batch(c, batch["id"])
+        raise _ClaimLost
     return batch
 
 

@@ -83,8 +83,8 @@ def download_file(
             f"file {file_id} is no longer on the server ({exc.message}) and was never downloaded "
             "here. OpenAI deletes batch result files 30 days after the batch (or at its "
             "output_expires_after). If you still have the file, pass it with "
-            "output_files=/error_files=; otherwise submit() the same requests again: it sees "
-            "that these results are gone and sends a new batch for them (billed again)."
+            "output_files=/error_files=; otherwise aggregate_df keeps its requests as missing "
+            "rows and retry_failed() gives them to send again (billed again)."
         ) from exc
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import sqlite3
 import time
@@ -171,9 +172,10 @@ def _machine() -> str:
 
 
 def _owner() -> str:
-    """The signature of a creation claim taken now, by this process: computed at each claim,
-    as a forked worker has another pid than the process that imported this module."""
-    return f"{_machine()}:{os.getpid()}"
+    """The signature of one creation claim: this machine, this process (computed at each claim,
+    as a forked worker has another pid than the process that imported this module) and a nonce,
+    so that two threads of one process never pass for each other's claim."""
+    return f"{_machine()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 def _owner_is_dead(owner: str | None) -> bool:
@@ -182,7 +184,8 @@ def _owner_is_dead(owner: str | None) -> bool:
     reused) counts as alive."""
     if not owner:
         return False
-    machine, _, pid = owner.rpartition(":")
+    machine, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
     if machine != _machine() or not pid.isdigit():
         return False
     try:
@@ -545,9 +548,13 @@ class Registry:
         idem_key: str,
         sha256: str,
         attach: bool = True,
-    ) -> None:
+        owner: str | None = None,
+    ) -> bool:
         """Store a batch (the API's object as a dict) and, with ``attach``, make it its shard's
-        current batch, in one transaction."""
+        current batch, in one transaction. With ``owner`` (the creation claim's signature) it is
+        attached only while that claim holds and the shard has no other batch: False when
+        another caller took the shard over meanwhile."""
+        attached = True
         now = _now()
         counts = batch.get("request_counts") or {}
         errors = (batch.get("errors") or {}).get("data") or []
@@ -586,17 +593,32 @@ class Registry:
                     ),
                 )
                 if attach:
-                    conn.execute(
-                        """UPDATE shards SET batch_id = ?, input_file_id = ?, status = ?,
+                    held = (
+                        ""
+                        if owner is None
+                        else " AND ((creating_owner = ? AND batch_id IS NULL) OR batch_id = ?)"
+                    )
+                    cur = conn.execute(
+                        f"""UPDATE shards SET batch_id = ?, input_file_id = ?, status = ?,
                                updated_at = ?, attempts = attempts + 1, not_before = NULL,
                                creating = NULL
-                           WHERE run_id = ? AND shard = ?""",
-                        (batch["id"], batch.get("input_file_id"), status, now, run_id, shard),
+                           WHERE run_id = ? AND shard = ?{held}""",
+                        (
+                            batch["id"],
+                            batch.get("input_file_id"),
+                            status,
+                            now,
+                            run_id,
+                            shard,
+                            *(() if owner is None else (owner, batch["id"])),
+                        ),
                     )
+                    attached = cur.rowcount == 1
         except sqlite3.Error as exc:
             raise RegistryError(
                 f"Cannot record batch {batch['id']} in the job registry {self.path}: {exc}"
             ) from exc
+        return attached
 
     def update_batch(self, batch: dict[str, Any], *, actual_cost_usd: float | None = None) -> None:
         """Refresh a known batch's status, counts, files, errors and usage, and its shard's

@@ -290,7 +290,7 @@ def _results_gone(reg: Registry, client: Any, live: dict[str, Any]) -> str | Non
     if row is None:
         return None
     if row["status"] not in TERMINAL and time.time() - row["updated_at"] > _STALE_AFTER_S:
-        fresh = _dump(client.batches.retrieve(batch_id))
+        fresh = _dump(_retrieve_batch(client, row))
         reg.update_batch(fresh)
         if fresh["status"] in DEAD:
             return f"it ended {fresh['status']} while nobody polled it"
@@ -306,23 +306,47 @@ def _server_results_gone(client: Any, batch: dict[str, Any]) -> str | None:
         return None
     try:
         client.files.retrieve(file_id)
+        return None
     except openai.NotFoundError:
-        batch_id = batch.get("batch_id") or batch.get("id")
-        try:
-            client.batches.retrieve(batch_id)
-        except openai.NotFoundError as exc:
-            # Every file is a 404 to another key, project or server: that is not "gone".
-            raise SubmitError(
-                f"batch {batch_id} (shard {batch.get('shard')} of run {batch.get('run_id')}) is "
-                "in the job registry but not visible with this client (404): it was made with "
-                "another API key, project or server. Pass the client that submitted it, or "
-                "force=True to send the shard again (billed again)."
-            ) from exc
-        return (
-            f"its output file {file_id} is gone from the server (OpenAI deletes batch files "
-            "after 30 days) and was never downloaded here"
-        )
-    return None
+        pass
+    except openai.APIError as exc:
+        raise _check_failed(batch, exc) from exc
+    # A 404 means gone only if this client sees the batch itself (raises otherwise).
+    _retrieve_batch(client, batch)
+    return (
+        f"its output file {file_id} is gone from the server (OpenAI deletes batch files "
+        "after 30 days) and was never downloaded here"
+    )
+
+
+def _retrieve_batch(client: Any, batch: dict[str, Any]) -> Any:
+    """A batch recorded earlier, fetched again; a batch the client cannot see at all was made
+    with another key, project or server, and is never a reason to send its shard again."""
+    try:
+        return client.batches.retrieve(batch.get("batch_id") or batch.get("id"))
+    except openai.NotFoundError as exc:
+        raise SubmitError(
+            f"{_where(batch)} is in the job registry but not visible with this client (404): "
+            "it was made with another API key, project or server. Pass the client that "
+            "submitted it, or force=True to send the shard again (billed again)."
+        ) from exc
+    except openai.APIError as exc:
+        raise _check_failed(batch, exc) from exc
+
+
+def _where(batch: dict[str, Any]) -> str:
+    # a registry row, or the server's object with the run and shard in its metadata
+    md = batch.get("metadata") or {}
+    batch_id = batch.get("batch_id") or batch.get("id")
+    shard, run_id = batch.get("shard", md.get("pb_shard")), batch.get("run_id", md.get("pb_run_id"))
+    return f"batch {batch_id} (shard {shard} of run {run_id})"
+
+
+def _check_failed(batch: dict[str, Any], exc: Exception) -> SubmitError:
+    return SubmitError(
+        f"checking {_where(batch)} failed ({type(exc).__name__}: {exc}); nothing was sent. "
+        "Run submit() again."
+    )
 
 
 def _sum(costs: Sequence[float | None]) -> float | None:

@@ -268,7 +268,7 @@ def test_a_claim_is_signed_by_the_process_that_takes_it_even_after_a_fork() -> N
     assert worker.exitcode == 0
     with open_registry() as reg:
         owner = reg.shard("run-fork", 0)["creating_owner"]
-        assert owner == f"{_machine()}:{worker.pid}"
+        assert owner.startswith(f"{_machine()}:{worker.pid}:")
         # It has exited: the claim is void (no grace asked), whereas the parent is alive.
         assert reg.claim_creation("run-fork", 0, lease=900) is not None
 
@@ -312,3 +312,35 @@ def test_a_registry_that_cannot_use_wal_still_opens() -> None:
     thread.start()
     thread.join(timeout=10)
     assert opened == [[name for name, _ in MIGRATIONS]]
+
+
+def test_two_threads_of_one_process_never_pass_for_each_others_claim() -> None:
+    # Thread A's upload outlived the lease and thread B of the same process took the shard
+    # over: A can neither renew the claim nor attach the batch it then made.
+    import time
+
+    with open_registry() as reg:
+        _run(reg, "run-threads")
+        reg.upsert_shard(_shard("run-threads", 0))
+        a = reg.claim_creation("run-threads", 0, lease=900)
+        assert a is not None
+        reg.update_shard("run-threads", 0, creating=time.time() - 901)
+        b = reg.claim_creation("run-threads", 0, lease=900)
+        assert b is not None and b["claimed_by"] != a["claimed_by"]
+        assert not reg.refresh_claim("run-threads", 0, a["claimed_by"])
+
+        def batch(batch_id: str) -> dict[str, object]:
+            return {"id": batch_id, "status": "validating", "input_file_id": "file-in"}
+
+        keys = {"backend": "local:test", "idem_key": "k", "sha256": "sha-0"}
+        assert reg.record_batch(
+            batch("batch_b"), run_id="run-threads", shard=0, owner=b["claimed_by"], **keys
+        )
+        assert not reg.record_batch(
+            batch("batch_a"), run_id="run-threads", shard=0, owner=a["claimed_by"], **keys
+        )
+        assert reg.shard("run-threads", 0)["batch_id"] == "batch_b"
+        # Adopting the batch the shard already has is fine, whoever does it.
+        assert reg.record_batch(
+            batch("batch_b"), run_id="run-threads", shard=0, owner=a["claimed_by"], **keys
+        )

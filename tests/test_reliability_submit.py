@@ -317,3 +317,63 @@ def test_a_creation_claim_left_by_a_killed_process_is_taken_over_without_the_lea
     assert final["status"].eq("completed").all()
     time.sleep(1.5)  # a create the dead process had in flight has landed by now
     assert _live_batches_per_shard(client) == {("run-killed", "0"): 1}
+
+
+class TakeoverDuringCreate(httpx2.BaseTransport):
+    """While our create POST is in flight, another caller takes the shard over (our claim has
+    outlived its lease) and makes and records its own batch."""
+
+    def __init__(self, observer: Any) -> None:
+        self.inner = httpx2.HTTPTransport()
+        self.observer = observer
+        self.theirs: str | None = None
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        if self.theirs is None and request.method == "POST" and request.url.path == "/v1/batches":
+            from portfolio_batch.registry import open_registry
+
+            with open_registry() as reg:
+                shard = reg.shard("run-slow", 0)
+                other = "elsewhere/x/0:1:beef"
+                reg.conn.execute(
+                    "UPDATE shards SET creating_owner = ? WHERE run_id = 'run-slow'", (other,)
+                )
+                theirs = self.observer.batches.create(
+                    input_file_id=shard["input_file_id"],
+                    endpoint="/v1/chat/completions",
+                    completion_window="24h",
+                    metadata={"pb_run_id": "run-slow", "pb_shard": "0"},
+                )
+                reg.record_batch(
+                    theirs.model_dump(),
+                    backend=shard["backend"],
+                    run_id="run-slow",
+                    shard=0,
+                    idem_key=shard["idem_key"],
+                    sha256=shard["sha256"],
+                    owner=other,
+                )
+                self.theirs = theirs.id
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_batch_made_after_losing_the_claim_is_cancelled_not_kept(local_server, manifest) -> None:
+    local_server.configure(request_delay=0.2)  # both batches still running when ours is cancelled
+    observer = local_server.client()
+    transport = TakeoverDuringCreate(observer)
+    client = openai.OpenAI(
+        base_url=str(local_server.base_url),
+        api_key="test",
+        http_client=httpx2.Client(transport=transport),
+    )
+    jobs = pb.submit(manifest.iloc[:1], client=client, run_id="run-slow")
+    assert transport.theirs is not None
+    assert jobs["batch_id"].tolist() == [transport.theirs]
+    statuses = {b.id: b.status for b in observer.batches.list(limit=100)}
+    assert len(statuses) == 2
+    ours = next(b for b in statuses if b != transport.theirs)
+    assert statuses[ours] in ("cancelling", "cancelled")
+    assert _live_batches_per_shard(observer) == {("run-slow", "0"): 1}

@@ -405,3 +405,20 @@ def test_a_client_that_cannot_see_the_batch_is_an_error_not_a_lost_result(
         with pytest.raises(SubmitError, match="not visible with this client"):
             pb.submit(manifest.iloc[:1], client=stranger)
         assert list(stranger.batches.list()) == []
+
+
+def test_a_failing_check_of_a_gone_file_is_the_packages_error_and_sends_nothing(
+    local_server, openai_client, manifest, requests
+) -> None:
+    done = _complete(openai_client, manifest.iloc[:1])
+    openai_client.files.delete(done["output_file_id"].iloc[0])
+    local_server.configure(fault_rate_500=1.0, fault_endpoints=["batches.retrieve"])
+    flaky = local_server.client(max_retries=0)
+    with pytest.raises(pb.DownloadError, match="checking the batch itself failed"):
+        pb.aggregate_df(done, requests.iloc[:4], client=flaky)
+    with pytest.raises(SubmitError, match=r"checking batch \S+ \(shard 0 of run"):
+        pb.submit(manifest.iloc[:1], client=flaky)
+    local_server.configure(fault_rate_500=0.0)
+    assert len(_server_batches(openai_client)) == 1  # nothing was sent meanwhile
+    again = _complete(openai_client, manifest.iloc[:1])
+    assert again["batch_id"].iloc[0] != done["batch_id"].iloc[0]
