@@ -296,7 +296,7 @@ def _create_claimed(
         except openai.APIError as exc:
             error, retried = exc, True
         if retried:
-            batch = _keep_one_batch(c, index, shard, batch)
+            batch = _keep_one_batch(reg, c, index, shard, batch)
         if batch is None:
             raise SubmitError(
                 f"Creating the batch of shard {shard['shard']} (run {shard['run_id']}, file "
@@ -311,7 +311,7 @@ def _create_claimed(
             shard=shard["shard"],
             idem_key=shard["idem_key"],
             sha256=shard["sha256"],
-            owner=shard["claimed_by"],
+            only_if_free=True,
         )
     except Exception as exc:
         # Nothing may run (and be paid for) without a record of it.
@@ -334,8 +334,8 @@ def _create_claimed(
             "submit again."
         ) from exc
     if not attached:
-        # Taken over while our create POST was in flight, and the other caller made its own
-        # batch: ours is the extra one, cancelled so that the shard is paid for once.
+        # Taken over while our create POST was in flight, and the other caller recorded its own
+        # batch first: ours is the extra one, cancelled so that the shard is paid for once.
         log.warning(
             "shard %s of run %s: another caller created its batch meanwhile; cancelling the "
             "duplicate %s",
@@ -343,29 +343,41 @@ def _create_claimed(
             shard["run_id"],
             batch["id"],
         )
-        cancel_batch(c, batch["id"])
+        _cancel_duplicate(c, batch["id"], shard)
         raise _ClaimLost
     return batch
 
 
 def _keep_one_batch(
-    c: openai.OpenAI, index: ServerIndex, shard: dict[str, Any], returned: dict[str, Any] | None
+    reg: Registry,
+    c: openai.OpenAI,
+    index: ServerIndex,
+    shard: dict[str, Any],
+    returned: dict[str, Any] | None,
 ) -> dict[str, Any] | None:
     index.batches(refresh=True)
     copies = index.batches_for(shard["sha256"], run_id=shard["run_id"], shard=shard["shard"])
-    if not copies:
+    attached = (reg.shard(shard["run_id"], shard["shard"]) or {}).get("batch_id")
+    if attached:
+        # Another caller took the shard over and recorded a batch meanwhile: that one stays,
+        # every copy this caller's POSTs made goes.
+        keep = next((b for b in copies if b["id"] == attached), None)
+        if keep is None:
+            keep = _dump(c.batches.retrieve(attached))
+    elif not copies:
         return returned
-    # Keep the copy furthest along (a finished one is paid for already), else the one the SDK
-    # returned, else the oldest; cancel the rest.
-    returned_id = returned["id"] if returned else None
-    keep = max(
-        copies,
-        key=lambda b: (
-            PROGRESS.get(b["status"], 0),
-            b["id"] == returned_id,
-            -(b.get("created_at") or 0),
-        ),
-    )
+    else:
+        # Keep the copy furthest along (a finished one is paid for already), else the one the
+        # SDK returned, else the oldest; cancel the rest.
+        returned_id = returned["id"] if returned else None
+        keep = max(
+            copies,
+            key=lambda b: (
+                PROGRESS.get(b["status"], 0),
+                b["id"] == returned_id,
+                -(b.get("created_at") or 0),
+            ),
+        )
     for extra in copies:
         if extra["id"] != keep["id"]:
             log.info(
@@ -373,9 +385,21 @@ def _keep_one_batch(
                 extra["id"],
                 shard["shard"],
             )
-            cancel_batch(c, extra["id"])
+            _cancel_duplicate(c, extra["id"], shard)
     index.forget()
     return keep
+
+
+def _cancel_duplicate(c: openai.OpenAI, batch_id: str, shard: dict[str, Any]) -> None:
+    """Cancel an extra batch of a shard that has (or will have) another: it must not be billed."""
+    try:
+        cancel_batch(c, batch_id)
+    except openai.APIError as exc:
+        raise SubmitError(
+            f"Batch {batch_id} is an extra copy of shard {shard['shard']} of run "
+            f"{shard['run_id']}, and cancelling it failed ({type(exc).__name__}: {exc}). Cancel "
+            f"it yourself, or it is billed: client.batches.cancel({batch_id!r})."
+        ) from exc
 
 
 def cancel_batch(c: openai.OpenAI, batch_id: str) -> dict[str, Any]:

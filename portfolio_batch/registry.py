@@ -548,12 +548,12 @@ class Registry:
         idem_key: str,
         sha256: str,
         attach: bool = True,
-        owner: str | None = None,
+        only_if_free: bool = False,
     ) -> bool:
         """Store a batch (the API's object as a dict) and, with ``attach``, make it its shard's
-        current batch, in one transaction. With ``owner`` (the creation claim's signature) it is
-        attached only while that claim holds and the shard has no other batch: False when
-        another caller took the shard over meanwhile."""
+        current batch, in one transaction. With ``only_if_free`` the first batch recorded for a
+        shard wins: False when the shard already has another one (a caller that took the
+        shard over recorded its own meanwhile), so this one is the extra to cancel."""
         attached = True
         now = _now()
         counts = batch.get("request_counts") or {}
@@ -593,11 +593,7 @@ class Registry:
                     ),
                 )
                 if attach:
-                    held = (
-                        ""
-                        if owner is None
-                        else " AND ((creating_owner = ? AND batch_id IS NULL) OR batch_id = ?)"
-                    )
+                    held = " AND (batch_id IS NULL OR batch_id = ?)" if only_if_free else ""
                     cur = conn.execute(
                         f"""UPDATE shards SET batch_id = ?, input_file_id = ?, status = ?,
                                updated_at = ?, attempts = attempts + 1, not_before = NULL,
@@ -610,7 +606,7 @@ class Registry:
                             now,
                             run_id,
                             shard,
-                            *(() if owner is None else (owner, batch["id"])),
+                            *((batch["id"],) if only_if_free else ()),
                         ),
                     )
                     attached = cur.rowcount == 1

@@ -316,7 +316,7 @@ def test_a_registry_that_cannot_use_wal_still_opens() -> None:
 
 def test_two_threads_of_one_process_never_pass_for_each_others_claim() -> None:
     # Thread A's upload outlived the lease and thread B of the same process took the shard
-    # over: A can neither renew the claim nor attach the batch it then made.
+    # over: A cannot renew the claim, and of two batches made the first recorded wins.
     import time
 
     with open_registry() as reg:
@@ -329,18 +329,18 @@ def test_two_threads_of_one_process_never_pass_for_each_others_claim() -> None:
         assert b is not None and b["claimed_by"] != a["claimed_by"]
         assert not reg.refresh_claim("run-threads", 0, a["claimed_by"])
 
-        def batch(batch_id: str) -> dict[str, object]:
-            return {"id": batch_id, "status": "validating", "input_file_id": "file-in"}
+        def record(batch_id: str) -> bool:
+            return reg.record_batch(
+                {"id": batch_id, "status": "validating", "input_file_id": "file-in"},
+                run_id="run-threads",
+                shard=0,
+                backend="local:test",
+                idem_key="k",
+                sha256="sha-0",
+                only_if_free=True,
+            )
 
-        keys = {"backend": "local:test", "idem_key": "k", "sha256": "sha-0"}
-        assert reg.record_batch(
-            batch("batch_b"), run_id="run-threads", shard=0, owner=b["claimed_by"], **keys
-        )
-        assert not reg.record_batch(
-            batch("batch_a"), run_id="run-threads", shard=0, owner=a["claimed_by"], **keys
-        )
+        assert record("batch_b")
+        assert not record("batch_a")  # the extra one: its maker cancels it
         assert reg.shard("run-threads", 0)["batch_id"] == "batch_b"
-        # Adopting the batch the shard already has is fine, whoever does it.
-        assert reg.record_batch(
-            batch("batch_b"), run_id="run-threads", shard=0, owner=a["claimed_by"], **keys
-        )
+        assert record("batch_b")  # recording the shard's own batch again is fine

@@ -351,7 +351,7 @@ class TakeoverDuringCreate(httpx2.BaseTransport):
                     shard=0,
                     idem_key=shard["idem_key"],
                     sha256=shard["sha256"],
-                    owner=other,
+                    only_if_free=True,
                 )
                 self.theirs = theirs.id
         return self.inner.handle_request(request)
@@ -377,3 +377,175 @@ def test_a_batch_made_after_losing_the_claim_is_cancelled_not_kept(local_server,
     ours = next(b for b in statuses if b != transport.theirs)
     assert statuses[ours] in ("cancelling", "cancelled")
     assert _live_batches_per_shard(observer) == {("run-slow", "0"): 1}
+
+
+# -- two callers of one shard whose claim outlived its lease (a holder slower than 15 minutes,
+# -- here a 1 s lease): whatever the interleaving, the shard ends with one live batch.
+def _queued_shard(client: Any, manifest: pd.DataFrame, monkeypatch) -> dict[str, Any]:
+    import importlib
+
+    from portfolio_batch.registry import open_registry
+
+    submit_module = importlib.import_module("portfolio_batch.submit")  # pb.submit is the function
+    monkeypatch.setattr(submit_module, "submit_ready", lambda *a, **k: 0)  # registered only
+    jobs = pb.submit(manifest.iloc[:1], client=client)
+    with open_registry() as reg:
+        return reg.shard(jobs["run_id"].iloc[0], 0)
+
+
+def _race(client: Any, shard: dict[str, Any], a_first: Any, b_go: Any) -> dict[str, Any]:
+    """Caller A starts; once ``a_first`` is set and the lease has passed, caller B starts."""
+    import threading
+
+    from portfolio_batch import create
+    from portfolio_batch.registry import open_registry
+
+    out: dict[str, Any] = {}
+
+    def work(name: str) -> None:
+        with open_registry() as reg:
+            out[name] = create.create_shard_batch(reg, client, create.ServerIndex(client), shard)
+        if name == "B":
+            b_go.set()
+
+    a = threading.Thread(target=work, args=("A",), name="A")
+    a.start()
+    assert a_first.wait(10)
+    time.sleep(1.1)  # A's claim is past its lease
+    b = threading.Thread(target=work, args=("B",), name="B")
+    b.start()
+    a.join(30)
+    b.join(30)
+    with open_registry() as reg:
+        out["attached"] = reg.shard(shard["run_id"], 0)["batch_id"]
+    return out
+
+
+class HeldCreateReply(httpx2.BaseTransport):
+    """A's create POST reaches the server; its reply is held until B has listed the server."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.inner = httpx2.HTTPTransport()
+        self.posted, self.release = threading.Event(), threading.Event()
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        import threading
+
+        response = self.inner.handle_request(request)
+        if (
+            threading.current_thread().name == "A"
+            and request.method == "POST"
+            and request.url.path == "/v1/batches"
+        ):
+            response.read()
+            self.posted.set()
+            self.release.wait(10)
+        return response
+
+
+def test_a_taker_that_adopts_the_slow_holders_batch_keeps_it_live(
+    local_server, manifest, monkeypatch
+) -> None:
+    import threading
+
+    from portfolio_batch import create
+
+    local_server.configure(request_delay=0.5)
+    transport = HeldCreateReply()
+    client = openai.OpenAI(
+        base_url=str(local_server.base_url),
+        api_key="t",
+        http_client=httpx2.Client(transport=transport),
+    )
+    shard = _queued_shard(client, manifest, monkeypatch)
+    monkeypatch.setattr(create, "CREATE_LEASE_SECONDS", 1.0)
+    listed = create.ServerIndex.batches_for
+
+    def batches_for(self: Any, *args: Any, **kwargs: Any) -> Any:
+        found = listed(self, *args, **kwargs)
+        if threading.current_thread().name == "B":
+            transport.release.set()  # A's reply arrives now: it records, B adopts
+            time.sleep(0.5)
+        return found
+
+    monkeypatch.setattr(create.ServerIndex, "batches_for", batches_for)
+    out = _race(client, shard, transport.posted, threading.Event())
+    statuses = {b.id: b.status for b in client.batches.list()}
+    assert len(statuses) == 1
+    assert statuses[out["attached"]] not in ("cancelling", "cancelled")
+
+
+class LateLostCreate(httpx2.BaseTransport):
+    """A's create POST reaches the server only after B recorded its batch, and its reply is lost,
+    so the SDK retries it and A looks for the copies it made."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.inner = httpx2.HTTPTransport()
+        self.in_post, self.b_recorded = threading.Event(), threading.Event()
+        self.lost = False
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        import threading
+
+        a_post = (
+            threading.current_thread().name == "A"
+            and request.method == "POST"
+            and request.url.path == "/v1/batches"
+        )
+        if a_post and not self.lost:
+            self.in_post.set()
+            self.b_recorded.wait(10)
+        response = self.inner.handle_request(request)
+        if a_post and not self.lost:
+            self.lost = True
+            response.read()
+            response.close()
+            raise httpx2.ReadTimeout("reply lost", request=request)
+        return response
+
+
+def test_a_slow_holders_retried_copies_are_cancelled_not_the_shards_batch(
+    local_server, manifest, monkeypatch
+) -> None:
+    from portfolio_batch import create
+
+    local_server.configure(request_delay=2.0)
+    transport = LateLostCreate()
+    client = openai.OpenAI(
+        base_url=str(local_server.base_url),
+        api_key="t",
+        http_client=httpx2.Client(transport=transport),
+    )
+    shard = _queued_shard(client, manifest, monkeypatch)
+    monkeypatch.setattr(create, "CREATE_LEASE_SECONDS", 1.0)
+    out = _race(client, shard, transport.in_post, transport.b_recorded)
+    assert out["A"]["id"] == out["B"]["id"] == out["attached"]
+    statuses = {b.id: b.status for b in client.batches.list()}
+    assert statuses[out["attached"]] not in ("cancelling", "cancelled")
+    assert _live_batches_per_shard(client) == {(shard["run_id"], "0"): 1}
+
+
+def test_an_extra_batch_that_cannot_be_cancelled_is_named_with_the_way_out(
+    local_server, manifest, monkeypatch
+) -> None:
+    from portfolio_batch import create
+
+    local_server.configure(request_delay=0.2)
+    transport = TakeoverDuringCreate(local_server.client())
+    client = openai.OpenAI(
+        base_url=str(local_server.base_url),
+        api_key="t",
+        http_client=httpx2.Client(transport=transport),
+    )
+
+    def cannot_cancel(c: Any, batch_id: str) -> Any:
+        raise openai.APIConnectionError(request=httpx2.Request("POST", "http://x/v1/batches"))
+
+    monkeypatch.setattr(create, "cancel_batch", cannot_cancel)
+    with pytest.raises(pb.SubmitError, match=r"extra copy of shard 0 of run run-slow") as err:
+        pb.submit(manifest.iloc[:1], client=client, run_id="run-slow")
+    assert "client.batches.cancel(" in str(err.value)
