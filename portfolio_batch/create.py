@@ -267,12 +267,12 @@ def _create_claimed(
         "pb_shard": str(shard["shard"]),
     }
     batch: dict[str, Any] | None = None
+    copies: list[dict[str, Any]] = []  # this shard's batches on the server, when listed
     if shard.get("creating"):
         # A previous attempt died between create and record: the batch may exist already, made
         # after the index last listed (poll keeps one index for its whole run), so list again.
-        index.batches(refresh=True)
-        found = index.batches_for(shard["sha256"], run_id=shard["run_id"], shard=shard["shard"])
-        batch = found[0] if found else None
+        copies = _copies(index, shard)
+        batch = _choose(reg, c, shard, copies, None)
     if batch is None:
         file_id = _ensure_file(reg, c, index, shard)
         # Renewed only if still ours: an upload slower than the lease may have been taken over.
@@ -296,7 +296,9 @@ def _create_claimed(
         except openai.APIError as exc:
             error, retried = exc, True
         if retried:
-            batch = _keep_one_batch(reg, c, index, shard, batch)
+            # The SDK retries POSTs without an idempotency key: look for every copy made.
+            copies = _copies(index, shard)
+            batch = _choose(reg, c, shard, copies, batch)
         if batch is None:
             raise SubmitError(
                 f"Creating the batch of shard {shard['shard']} (run {shard['run_id']}, file "
@@ -333,61 +335,63 @@ def _create_claimed(
             f"in the job registry ({exc}); {what}. Fix the registry (PORTFOLIO_BATCH_HOME) and "
             "submit again."
         ) from exc
+    # The first batch recorded for a shard wins and never changes: only now, with it known, are
+    # the other copies cancelled (ours included when another caller recorded first), so that
+    # nothing the shard holds is ever cancelled and the shard is paid for once.
+    winner = (
+        batch["id"]
+        if attached
+        else (reg.shard(shard["run_id"], shard["shard"]) or {}).get("batch_id")
+    )
+    extras = dict.fromkeys(b["id"] for b in [*copies, batch] if b["id"] != winner)
     if not attached:
-        # Taken over while our create POST was in flight, and the other caller recorded its own
-        # batch first: ours is the extra one, cancelled so that the shard is paid for once.
         log.warning(
-            "shard %s of run %s: another caller created its batch meanwhile; cancelling the "
-            "duplicate %s",
+            "shard %s of run %s: another caller recorded batch %s for it meanwhile; cancelling "
+            "the copies this one made",
             shard["shard"],
             shard["run_id"],
-            batch["id"],
+            winner,
         )
-        _cancel_duplicate(c, batch["id"], shard)
+    for extra in extras:
+        log.info("cancelling duplicate batch %s of shard %s", extra, shard["shard"])
+        _cancel_duplicate(c, extra, shard)
+    if copies:
+        index.forget()
+    if not attached:
         raise _ClaimLost
     return batch
 
 
-def _keep_one_batch(
+def _copies(index: ServerIndex, shard: dict[str, Any]) -> list[dict[str, Any]]:
+    index.batches(refresh=True)
+    return index.batches_for(shard["sha256"], run_id=shard["run_id"], shard=shard["shard"])
+
+
+def _choose(
     reg: Registry,
     c: openai.OpenAI,
-    index: ServerIndex,
     shard: dict[str, Any],
+    copies: list[dict[str, Any]],
     returned: dict[str, Any] | None,
 ) -> dict[str, Any] | None:
-    index.batches(refresh=True)
-    copies = index.batches_for(shard["sha256"], run_id=shard["run_id"], shard=shard["shard"])
+    """Which of a shard's batches to record: the one the shard already has (another caller
+    took it over and recorded it), else the copy furthest along (a finished one is paid for
+    already), else the one the SDK returned, else the oldest. Nothing is cancelled here."""
     attached = (reg.shard(shard["run_id"], shard["shard"]) or {}).get("batch_id")
     if attached:
-        # Another caller took the shard over and recorded a batch meanwhile: that one stays,
-        # every copy this caller's POSTs made goes.
-        keep = next((b for b in copies if b["id"] == attached), None)
-        if keep is None:
-            keep = _dump(c.batches.retrieve(attached))
-    elif not copies:
+        known = next((b for b in copies if b["id"] == attached), None)
+        return known if known is not None else _dump(c.batches.retrieve(attached))
+    if not copies:
         return returned
-    else:
-        # Keep the copy furthest along (a finished one is paid for already), else the one the
-        # SDK returned, else the oldest; cancel the rest.
-        returned_id = returned["id"] if returned else None
-        keep = max(
-            copies,
-            key=lambda b: (
-                PROGRESS.get(b["status"], 0),
-                b["id"] == returned_id,
-                -(b.get("created_at") or 0),
-            ),
-        )
-    for extra in copies:
-        if extra["id"] != keep["id"]:
-            log.info(
-                "cancelling duplicate batch %s of shard %s (a retried POST)",
-                extra["id"],
-                shard["shard"],
-            )
-            _cancel_duplicate(c, extra["id"], shard)
-    index.forget()
-    return keep
+    returned_id = returned["id"] if returned else None
+    return max(
+        copies,
+        key=lambda b: (
+            PROGRESS.get(b["status"], 0),
+            b["id"] == returned_id,
+            -(b.get("created_at") or 0),
+        ),
+    )
 
 
 def _cancel_duplicate(c: openai.OpenAI, batch_id: str, shard: dict[str, Any]) -> None:

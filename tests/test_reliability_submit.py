@@ -549,3 +549,66 @@ def test_an_extra_batch_that_cannot_be_cancelled_is_named_with_the_way_out(
     with pytest.raises(pb.SubmitError, match=r"extra copy of shard 0 of run run-slow") as err:
         pb.submit(manifest.iloc[:1], client=client, run_id="run-slow")
     assert "client.batches.cancel(" in str(err.value)
+
+
+def test_a_rival_recording_between_the_choice_and_the_record_keeps_its_batch(
+    local_server, manifest, monkeypatch
+) -> None:
+    # A's create reply is lost, the SDK's retry makes a second copy and A chooses one; before
+    # A records it, B (A's claim past its lease) adopts the other copy and records it. A must
+    # then cancel only what is not the shard's batch.
+    import threading
+
+    from portfolio_batch import create
+
+    class LostThenLate(LostResponses):
+        def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+            try:
+                return super().handle_request(request)
+            except httpx2.ReadTimeout:
+                time.sleep(1.05)  # the retry's copy is a second younger: A and B choose apart
+                raise
+
+    local_server.configure(request_delay=2.0)
+    transport = LostThenLate(0)
+    client = openai.OpenAI(
+        base_url=str(local_server.base_url),
+        api_key="t",
+        http_client=httpx2.Client(transport=transport),
+    )
+    shard = _queued_shard(client, manifest, monkeypatch)
+    transport.left["/batches"] = 1
+    monkeypatch.setattr(create, "CREATE_LEASE_SECONDS", 1.0)
+    out: dict[str, Any] = {}
+
+    def work(name: str) -> None:
+        from portfolio_batch.registry import open_registry
+
+        with open_registry() as reg:
+            out[name] = create.create_shard_batch(reg, client, create.ServerIndex(client), shard)
+
+    choose = create._choose
+
+    def choose_then_let_b_in(*args: Any) -> Any:
+        chosen = choose(*args)
+        if threading.current_thread().name == "A" and "B" not in out:
+            time.sleep(1.1)
+            b = threading.Thread(target=work, args=("B",), name="B")
+            b.start()
+            b.join(30)
+        return chosen
+
+    monkeypatch.setattr(create, "_choose", choose_then_let_b_in)
+    a = threading.Thread(target=work, args=("A",), name="A")
+    a.start()
+    a.join(60)
+    from portfolio_batch.registry import open_registry
+
+    with open_registry() as reg:
+        attached = reg.shard(shard["run_id"], 0)["batch_id"]
+    assert out["B"]["id"] == attached  # B recorded first and won
+    assert out["A"] is None or out["A"]["id"] == attached  # A gave up, or had chosen the same
+    statuses = {b.id: b.status for b in client.batches.list()}
+    assert len(statuses) == 2  # the lost reply's copy and the retry's
+    assert statuses[attached] not in ("cancelling", "cancelled")
+    assert _live_batches_per_shard(client) == {(shard["run_id"], "0"): 1}
