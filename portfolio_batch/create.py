@@ -305,6 +305,27 @@ def _create_claimed(
                 f"{file_id}) failed: {error}. No batch exists for it; run submit() again or "
                 f"poll(resume({shard['run_id']!r})) to retry."
             ) from error
+    if copies:
+        # Copies exist on the server: should anything below fail, the next attempt must list
+        # them first rather than POST again.
+        attempt["posted"] = True
+    try:
+        return _record_then_cancel_extras(reg, c, shard, batch, copies)
+    finally:
+        if copies:
+            index.forget()  # its listing shows copies this call cancels
+
+
+def _record_then_cancel_extras(
+    reg: Registry,
+    c: openai.OpenAI,
+    shard: dict[str, Any],
+    batch: dict[str, Any],
+    copies: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Record ``batch`` as the shard's batch unless another caller recorded one first, then
+    cancel every copy that is not the shard's batch. The first batch recorded for a shard wins
+    and never changes, so nothing the shard holds is ever cancelled and it is paid for once."""
     try:
         attached = reg.record_batch(
             batch,
@@ -316,34 +337,28 @@ def _create_claimed(
             only_if_free=True,
         )
     except Exception as exc:
-        # Nothing may run (and be paid for) without a record of it.
-        try:
-            ended = cancel_batch(c, batch["id"])
-        except openai.APIError as cancel_exc:
+        # Nothing may run (and be paid for) without a record of it: cancel every copy made.
+        ours = list(dict.fromkeys(b["id"] for b in [batch, *copies]))
+        outcome = _cancel_all(c, ours)
+        failed = [bid for bid, err in outcome.items() if err]
+        if failed:
             raise RegistryError(
-                f"Batch {batch['id']} (shard {shard['shard']}) was created but could not be "
-                f"recorded ({exc}) nor cancelled ({cancel_exc}). Cancel it yourself: "
-                f"client.batches.cancel({batch['id']!r})."
+                f"Shard {shard['shard']} of run {shard['run_id']}: batch(es) {', '.join(ours)} "
+                f"were created but could not be recorded ({exc}), and cancelling "
+                f"{', '.join(failed)} failed ({outcome[failed[0]]}). Cancel them yourself, or "
+                f"they are billed: client.batches.cancel({failed[0]!r})."
             ) from exc
-        what = (
-            "it was cancelled so that nothing runs untracked"
-            if ended["status"] in ("cancelling", "cancelled")
-            else f"it had already ended ({ended['status']}), so nothing runs untracked"
-        )
         raise RegistryError(
-            f"Batch {batch['id']} (shard {shard['shard']}) was created but could not be recorded "
-            f"in the job registry ({exc}); {what}. Fix the registry (PORTFOLIO_BATCH_HOME) and "
-            "submit again."
+            f"Shard {shard['shard']} of run {shard['run_id']}: batch(es) {', '.join(ours)} were "
+            f"created but could not be recorded in the job registry ({exc}); they were "
+            "cancelled (or had already ended), so nothing runs untracked. Fix the registry "
+            "(PORTFOLIO_BATCH_HOME) and submit again."
         ) from exc
-    # The first batch recorded for a shard wins and never changes: only now, with it known, are
-    # the other copies cancelled (ours included when another caller recorded first), so that
-    # nothing the shard holds is ever cancelled and the shard is paid for once.
     winner = (
         batch["id"]
         if attached
         else (reg.shard(shard["run_id"], shard["shard"]) or {}).get("batch_id")
     )
-    extras = dict.fromkeys(b["id"] for b in [*copies, batch] if b["id"] != winner)
     if not attached:
         log.warning(
             "shard %s of run %s: another caller recorded batch %s for it meanwhile; cancelling "
@@ -352,14 +367,32 @@ def _create_claimed(
             shard["run_id"],
             winner,
         )
-    for extra in extras:
-        log.info("cancelling duplicate batch %s of shard %s", extra, shard["shard"])
-        _cancel_duplicate(c, extra, shard)
-    if copies:
-        index.forget()
+    extras = list(dict.fromkeys(b["id"] for b in [*copies, batch] if b["id"] != winner))
+    outcome = _cancel_all(c, extras)
+    failed = [bid for bid, err in outcome.items() if err]
+    if failed:
+        raise SubmitError(
+            f"Batch(es) {', '.join(failed)} are extra copies of shard {shard['shard']} of run "
+            f"{shard['run_id']} (its batch is {winner}), and cancelling them failed "
+            f"({outcome[failed[0]]}). Cancel them yourself, or they are billed: "
+            f"client.batches.cancel({failed[0]!r})."
+        )
     if not attached:
         raise _ClaimLost
     return batch
+
+
+def _cancel_all(c: openai.OpenAI, batch_ids: list[str]) -> dict[str, str | None]:
+    """Try to cancel every batch (one failure does not stop the rest); the error per id."""
+    outcome: dict[str, str | None] = {}
+    for batch_id in batch_ids:
+        log.info("cancelling duplicate batch %s", batch_id)
+        try:
+            cancel_batch(c, batch_id)
+            outcome[batch_id] = None
+        except openai.APIError as exc:
+            outcome[batch_id] = f"{type(exc).__name__}: {exc}"
+    return outcome
 
 
 def _copies(index: ServerIndex, shard: dict[str, Any]) -> list[dict[str, Any]]:
@@ -392,18 +425,6 @@ def _choose(
             -(b.get("created_at") or 0),
         ),
     )
-
-
-def _cancel_duplicate(c: openai.OpenAI, batch_id: str, shard: dict[str, Any]) -> None:
-    """Cancel an extra batch of a shard that has (or will have) another: it must not be billed."""
-    try:
-        cancel_batch(c, batch_id)
-    except openai.APIError as exc:
-        raise SubmitError(
-            f"Batch {batch_id} is an extra copy of shard {shard['shard']} of run "
-            f"{shard['run_id']}, and cancelling it failed ({type(exc).__name__}: {exc}). Cancel "
-            f"it yourself, or it is billed: client.batches.cancel({batch_id!r})."
-        ) from exc
 
 
 def cancel_batch(c: openai.OpenAI, batch_id: str) -> dict[str, Any]:

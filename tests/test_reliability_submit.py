@@ -546,7 +546,7 @@ def test_an_extra_batch_that_cannot_be_cancelled_is_named_with_the_way_out(
         raise openai.APIConnectionError(request=httpx2.Request("POST", "http://x/v1/batches"))
 
     monkeypatch.setattr(create, "cancel_batch", cannot_cancel)
-    with pytest.raises(pb.SubmitError, match=r"extra copy of shard 0 of run run-slow") as err:
+    with pytest.raises(pb.SubmitError, match=r"extra copies of shard 0 of run run-slow") as err:
         pb.submit(manifest.iloc[:1], client=client, run_id="run-slow")
     assert "client.batches.cancel(" in str(err.value)
 

@@ -144,7 +144,10 @@ def test_a_batch_that_cannot_be_recorded_is_cancelled(
             "CREATE TRIGGER no_batches BEFORE INSERT ON batches "
             "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
         )
-    with pytest.raises(RegistryError, match="it was cancelled so that nothing runs untracked"):
+    with pytest.raises(
+        RegistryError,
+        match=r"they were cancelled \(or had already ended\), so nothing runs untracked",
+    ):
         pb.submit(manifest.iloc[:1], client=openai_client)
     batches = _server_batches(openai_client)
     assert len(batches) == 1
