@@ -47,6 +47,15 @@ def _live_batches_per_shard(client: Any) -> collections.Counter[tuple[str, str]]
     return live
 
 
+def _through(transport: httpx2.BaseTransport, local_server: Any) -> openai.OpenAI:
+    """A client of the local server whose HTTP goes through ``transport`` (faults, races)."""
+    return openai.OpenAI(
+        base_url=str(local_server.base_url),
+        api_key="test",
+        http_client=httpx2.Client(transport=transport),
+    )
+
+
 class LostResponses(httpx2.BaseTransport):
     """Forwards every request to the server, then, for the first ``n`` successful POSTs to each
     of ``/files`` and ``/batches``, throws the response away and raises a read timeout: the server
@@ -206,11 +215,7 @@ class InterruptAfterCreate(httpx2.BaseTransport):
 def test_interrupted_between_create_and_record_adopts_the_batch(
     local_server, manifest, requests
 ) -> None:
-    client = openai.OpenAI(
-        base_url=str(local_server.base_url),
-        api_key="test",
-        http_client=httpx2.Client(transport=InterruptAfterCreate()),
-    )
+    client = _through(InterruptAfterCreate(), local_server)
     with pytest.raises(KeyboardInterrupt):
         pb.submit(manifest, client=client, run_id="run-int")
     observer = local_server.client()
@@ -364,11 +369,7 @@ def test_a_batch_made_after_losing_the_claim_is_cancelled_not_kept(local_server,
     local_server.configure(request_delay=0.2)  # both batches still running when ours is cancelled
     observer = local_server.client()
     transport = TakeoverDuringCreate(observer)
-    client = openai.OpenAI(
-        base_url=str(local_server.base_url),
-        api_key="test",
-        http_client=httpx2.Client(transport=transport),
-    )
+    client = _through(transport, local_server)
     jobs = pb.submit(manifest.iloc[:1], client=client, run_id="run-slow")
     assert transport.theirs is not None
     assert jobs["batch_id"].tolist() == [transport.theirs]
@@ -454,11 +455,7 @@ def test_a_taker_that_adopts_the_slow_holders_batch_keeps_it_live(
 
     local_server.configure(request_delay=0.5)
     transport = HeldCreateReply()
-    client = openai.OpenAI(
-        base_url=str(local_server.base_url),
-        api_key="t",
-        http_client=httpx2.Client(transport=transport),
-    )
+    client = _through(transport, local_server)
     shard = _queued_shard(client, manifest, monkeypatch)
     monkeypatch.setattr(create, "CREATE_LEASE_SECONDS", 1.0)
     listed = create.ServerIndex.batches_for
@@ -515,11 +512,7 @@ def test_a_slow_holders_retried_copies_are_cancelled_not_the_shards_batch(
 
     local_server.configure(request_delay=2.0)
     transport = LateLostCreate()
-    client = openai.OpenAI(
-        base_url=str(local_server.base_url),
-        api_key="t",
-        http_client=httpx2.Client(transport=transport),
-    )
+    client = _through(transport, local_server)
     shard = _queued_shard(client, manifest, monkeypatch)
     monkeypatch.setattr(create, "CREATE_LEASE_SECONDS", 1.0)
     out = _race(client, shard, transport.in_post, transport.b_recorded)
@@ -536,11 +529,7 @@ def test_an_extra_batch_that_cannot_be_cancelled_is_named_with_the_way_out(
 
     local_server.configure(request_delay=0.2)
     transport = TakeoverDuringCreate(local_server.client())
-    client = openai.OpenAI(
-        base_url=str(local_server.base_url),
-        api_key="t",
-        http_client=httpx2.Client(transport=transport),
-    )
+    client = _through(transport, local_server)
 
     def cannot_cancel(c: Any, batch_id: str) -> Any:
         raise openai.APIConnectionError(request=httpx2.Request("POST", "http://x/v1/batches"))
@@ -571,11 +560,7 @@ def test_a_rival_recording_between_the_choice_and_the_record_keeps_its_batch(
 
     local_server.configure(request_delay=2.0)
     transport = LostThenLate(0)
-    client = openai.OpenAI(
-        base_url=str(local_server.base_url),
-        api_key="t",
-        http_client=httpx2.Client(transport=transport),
-    )
+    client = _through(transport, local_server)
     shard = _queued_shard(client, manifest, monkeypatch)
     transport.left["/batches"] = 1
     monkeypatch.setattr(create, "CREATE_LEASE_SECONDS", 1.0)
