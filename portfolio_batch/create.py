@@ -200,7 +200,8 @@ def _keep_one_file(
 
 
 class _ClaimLost(Exception):
-    """Another caller took over this shard's creation claim before the create POST."""
+    """Another caller took this shard's creation over: before our create POST, or by recording
+    its batch first."""
 
 
 def create_shard_batch(
