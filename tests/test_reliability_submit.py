@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -233,8 +234,6 @@ def test_interrupted_between_create_and_record_adopts_the_batch(
 def test_two_simultaneous_submits_of_one_manifest_make_one_batch_per_shard(
     local_server, manifest
 ) -> None:
-    import threading
-
     local_server.configure(latency=0.05)  # widens the window between the check and the create
     barrier = threading.Barrier(2)
     frames: list[pd.DataFrame] = []
@@ -396,8 +395,6 @@ def _queued_shard(client: Any, manifest: pd.DataFrame, monkeypatch) -> dict[str,
 
 def _race(client: Any, shard: dict[str, Any], a_first: Any, b_go: Any) -> dict[str, Any]:
     """Caller A starts; once ``a_first`` is set and the lease has passed, caller B starts."""
-    import threading
-
     from portfolio_batch import create
     from portfolio_batch.registry import open_registry
 
@@ -422,24 +419,25 @@ def _race(client: Any, shard: dict[str, Any], a_first: Any, b_go: Any) -> dict[s
     return out
 
 
+def _a_creates(request: httpx2.Request) -> bool:
+    """The request is caller A's (its thread is named "A") create POST."""
+    return (
+        threading.current_thread().name == "A"
+        and request.method == "POST"
+        and request.url.path == "/v1/batches"
+    )
+
+
 class HeldCreateReply(httpx2.BaseTransport):
     """A's create POST reaches the server; its reply is held until B has listed the server."""
 
     def __init__(self) -> None:
-        import threading
-
         self.inner = httpx2.HTTPTransport()
         self.posted, self.release = threading.Event(), threading.Event()
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        import threading
-
         response = self.inner.handle_request(request)
-        if (
-            threading.current_thread().name == "A"
-            and request.method == "POST"
-            and request.url.path == "/v1/batches"
-        ):
+        if _a_creates(request):
             response.read()
             self.posted.set()
             self.release.wait(10)
@@ -449,8 +447,6 @@ class HeldCreateReply(httpx2.BaseTransport):
 def test_a_taker_that_adopts_the_slow_holders_batch_keeps_it_live(
     local_server, manifest, monkeypatch
 ) -> None:
-    import threading
-
     from portfolio_batch import create
 
     local_server.configure(request_delay=0.5)
@@ -479,20 +475,12 @@ class LateLostCreate(httpx2.BaseTransport):
     so the SDK retries it and A looks for the copies it made."""
 
     def __init__(self) -> None:
-        import threading
-
         self.inner = httpx2.HTTPTransport()
         self.in_post, self.b_recorded = threading.Event(), threading.Event()
         self.lost = False
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        import threading
-
-        a_post = (
-            threading.current_thread().name == "A"
-            and request.method == "POST"
-            and request.url.path == "/v1/batches"
-        )
+        a_post = _a_creates(request)
         if a_post and not self.lost:
             self.in_post.set()
             self.b_recorded.wait(10)
@@ -546,8 +534,6 @@ def test_a_rival_recording_between_the_choice_and_the_record_keeps_its_batch(
     # A's create reply is lost, the SDK's retry makes a second copy and A chooses one; before
     # A records it, B (A's claim past its lease) adopts the other copy and records it. A must
     # then cancel only what is not the shard's batch.
-    import threading
-
     from portfolio_batch import create
 
     class LostThenLate(LostResponses):
