@@ -185,10 +185,11 @@ class Collector:
         batch's requests still without a row (read from its request shard) are ``missing`` with
         that reason, which ``retry_failed`` sends again. One stats entry per file."""
         names = " and ".join(f"{kind} file {file_id}" for kind, file_id in files)
+        are, were = ("are", "were") if len(files) > 1 else ("is", "was")
         msg = (
-            f"batch {batch_id}'s {names} {'are' if len(files) > 1 else 'is'} gone from the server "
-            "(deleted, or past the 30 days OpenAI keeps them) and were never downloaded here: "
-            "resend with retry_failed()"
+            f"batch {batch_id}'s {names} {are} gone from the server (deleted, or past the 30 "
+            f"days OpenAI keeps batch files) and {were} never downloaded here: resend with "
+            "retry_failed()"
         )
         marked = 0
         if shard_path is not None and Path(shard_path).is_file():

@@ -283,7 +283,7 @@ _STALE_AFTER_S = 24 * 3600
 
 def _results_gone(reg: Registry, client: Any, live: dict[str, Any]) -> str | None:
     """Why the registry's live shard can no longer give its results (None when it can): its
-    batch ended and a result file is neither cached here nor on the server. OpenAI deletes
+    batch ended and its output file is neither cached here nor on the server. OpenAI deletes
     batch files after 30 days; handing such a batch back would only fail at download."""
     batch_id = live.get("batch_id")
     row = reg.batch(batch_id) if batch_id else None
