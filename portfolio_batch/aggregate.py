@@ -12,12 +12,10 @@ Summaries are in ``summary.py``, retries and merges in ``retry.py``.
 
 from __future__ import annotations
 
-import gc
 import io
 import logging
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from itertools import repeat
 from operator import attrgetter
 from pathlib import Path
@@ -31,7 +29,7 @@ import pandas as pd
 
 from portfolio_batch.decode import LINE_DECODER, ROW, Line, row_of
 from portfolio_batch.errors import DownloadError, InputError, PricingError, ResultFileGoneError
-from portfolio_batch.requests import ANSWER_COLUMNS, USAGE_COLUMNS
+from portfolio_batch.requests import ANSWER_COLUMNS, USAGE_COLUMNS, gc_paused
 from portfolio_batch.validate import Validator, schema_of_body, validator_for
 
 __all__ = ["aggregate_df"]
@@ -394,19 +392,6 @@ def _blocks(fh: io.BufferedIOBase, size: int) -> Iterator[tuple[memoryview | byt
         yield view[:cut], int(np.count_nonzero(np.frombuffer(buf, np.uint8, cut) == 10))
         buf[: end - cut] = buf[cut:end]  # same length: allowed while views exist
         start = end - cut
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Tens of thousands of row tuples make the cyclic GC rescan a growing heap again and again;
-    none of them can form a cycle, so it is paused while they are built."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _int_column(values: Any) -> pd.arrays.IntegerArray:

@@ -110,9 +110,10 @@ def _json_default(value: Any) -> Any:
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Creating a million small dicts triggers the cyclic GC over and over (it scans the whole
-    growing heap each time): pause it while they are built; none of them form cycles."""
+def gc_paused() -> Iterator[None]:
+    """Creating many small objects that form no cycles (a million request bodies, the rows of
+    a results file) triggers the cyclic GC over and over, each time scanning the whole growing
+    heap: pause it while they are built."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -539,7 +540,7 @@ def build_requests(
     system_message = {"role": "system", "content": system_prompt}
     response_format = {"type": "json_schema", "json_schema": json_schema}
     limit = int(max_tokens)
-    with _gc_paused():
+    with gc_paused():
         bodies = [
             {
                 "model": model,

@@ -15,9 +15,10 @@ import msgspec
 import openai
 import pandas as pd
 
-from portfolio_batch.aggregate import Collector, gc_paused
+from portfolio_batch.aggregate import Collector
 from portfolio_batch.decode import Line
 from portfolio_batch.errors import InputError
+from portfolio_batch.requests import gc_paused
 
 __all__ = ["run_sync"]
 
