@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from portfolio_batch.cli.analyze import Engine
+from portfolio_batch.cli.analyze import engine_option
 
 __all__ = ["serve"]
 
@@ -20,11 +20,14 @@ def serve(
         int, typer.Option("--port", help="Port to listen on.", min=0, max=65535)
     ] = 8000,
     engine: Annotated[
-        Engine,
+        str,
         typer.Option(
-            "--engine", help="rules (instant, deterministic) or smollm2 (a real small LLM)."
+            "--engine",
+            help="rules (instant, deterministic), smollm2 (a real small LLM), or your engine's "
+            "import path package.module:factory (smollm2 and yours run in a child process).",
+            callback=engine_option,
         ),
-    ] = Engine.rules,
+    ] = "rules",
     data_dir: Annotated[
         Path | None,
         typer.Option(
@@ -44,5 +47,8 @@ def serve(
         portfolio-batch serve --port 8000 --engine rules
     """
     from portfolio_batch import local
+    from portfolio_batch.home import writable_dir
 
-    local.run(host=host, port=port, engine=engine.value, data_dir=data_dir)
+    if data_dir is not None:
+        data_dir = writable_dir(data_dir, what="--data-dir")
+    local.run(host=host, port=port, engine=engine, data_dir=data_dir)

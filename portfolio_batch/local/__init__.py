@@ -16,7 +16,32 @@ Three ways to start it: ``serve(...)`` (a context manager, background thread),
 
 from __future__ import annotations
 
-from portfolio_batch.local.config import ServerConfig
-from portfolio_batch.local.server import LocalServer, run, serve
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from portfolio_batch.local.config import ServerConfig
+    from portfolio_batch.local.server import LocalServer, run, serve
 
 __all__ = ["LocalServer", "ServerConfig", "run", "serve"]
+
+# Imported on first use: an engine's child process imports portfolio_batch.local.engines, and
+# must not pay for uvicorn and FastAPI, which only the server needs.
+_LAZY = {
+    "LocalServer": "portfolio_batch.local.server",
+    "run": "portfolio_batch.local.server",
+    "serve": "portfolio_batch.local.server",
+    "ServerConfig": "portfolio_batch.local.config",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

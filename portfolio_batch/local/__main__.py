@@ -7,9 +7,16 @@ import os
 import sys
 from collections.abc import Sequence
 
-from portfolio_batch.errors import PortfolioBatchError
-from portfolio_batch.local.engines import ENGINES
+from portfolio_batch.errors import InputError, PortfolioBatchError
+from portfolio_batch.local.engines import ENGINES, check_engine_name
 from portfolio_batch.local.server import run
+
+
+def _engine(value: str) -> str:
+    try:
+        return check_engine_name(value)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=int, default=8000, help="port (default 8000; 0 = any free port)"
     )
     parser.add_argument(
-        "--engine", choices=ENGINES, default=os.environ.get("PORTFOLIO_BATCH_ENGINE", "rules")
+        "--engine",
+        type=_engine,
+        default=os.environ.get("PORTFOLIO_BATCH_ENGINE", "rules"),
+        help=f"{' or '.join(ENGINES)}, or your engine's import path package.module:factory "
+        "(run in a child process) (default rules)",
     )
     parser.add_argument(
         "--data-dir", default=None, help="where files and batches live (default <home>/local)"

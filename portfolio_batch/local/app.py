@@ -1,7 +1,12 @@
 """The FastAPI app: OpenAI's Files + Batches routes, the synchronous model routes, and a thin ASGI
-layer in front for the bearer token, added latency and injected faults.
+layer in front for the bearer token, added latency and injected faults. ``server.py`` builds the
+``ServerState`` and serves ``create_app(state)`` with uvicorn:
 
-    >>> app = create_app(state)        # doctest: +SKIP  (state: ServerState, see server.py)
+    >>> from portfolio_batch.local import serve
+    >>> with serve() as server:
+    ...     app = create_app(server.state)
+    >>> app.title
+    'portfolio_batch local OpenAI-compatible server'
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import orjson
 
 from portfolio_batch.local.config import ServerConfig
 from portfolio_batch.local.engines import Engine
+from portfolio_batch.local.engines.process import EngineError
 from portfolio_batch.local.store import ApiError
 from portfolio_batch.tokens import (
     encoding_for_model,
@@ -145,7 +146,8 @@ class Executor:
         return self.config.context_tokens or self.engine.context_tokens
 
     def run(self, endpoint: str, body: Any) -> tuple[int, dict[str, Any], Usage]:
-        """Answer one request; a request-level error comes back as a 4xx body, not raised."""
+        """Answer one request; a request-level error comes back as a 4xx/5xx body, not raised.
+        A fatal ``EngineError`` (the engine keeps crashing) is raised: the caller stops."""
         try:
             if endpoint == "/v1/chat/completions":
                 return self._chat(body)
@@ -156,6 +158,10 @@ class Executor:
             raise ApiError(
                 404, f"The local server does not implement {endpoint}.", code="unknown_url"
             )
+        except EngineError as exc:
+            if exc.fatal:
+                raise
+            return exc.status, exc.body(), Usage()
         except ApiError as exc:
             return exc.status, exc.body(), Usage()
 

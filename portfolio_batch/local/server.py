@@ -30,6 +30,7 @@ from portfolio_batch.home import cache_dir
 from portfolio_batch.local.app import ServerState, create_app
 from portfolio_batch.local.config import ServerConfig
 from portfolio_batch.local.engines import load_engine
+from portfolio_batch.local.engines.process import EngineError
 from portfolio_batch.local.execute import Executor
 from portfolio_batch.local.store import Store
 from portfolio_batch.local.worker import BatchWorker
@@ -45,8 +46,26 @@ def _warm(engine: Any) -> None:
     try:
         encoding_for_model("gpt-4o-mini")
         engine.warm()
+    except EngineError as exc:  # from the engine's child process; its message says it all
+        if exc.code != "engine_stopped":  # not when the server stopped while it loaded
+            log.error("%s (the next request tries again)", exc.message)
     except Exception:
         log.exception("warming the %s engine failed; it will be retried on first use", engine.name)
+
+
+def _close_engine(engine: Any) -> None:
+    """Stop an engine's child process, if it has one."""
+    close = getattr(engine, "close", None)
+    if close is not None:
+        close()
+
+
+def _shutdown(state: ServerState) -> None:
+    """Stop the batch worker (it finishes the request in hand), then the engine."""
+    try:
+        state.worker.shutdown()
+    finally:
+        _close_engine(state.executor.engine)
 
 
 def _build_state(
@@ -56,12 +75,16 @@ def _build_state(
     settings.update(**config)
     store = Store(data_dir, clock=settings.now)
     model = load_engine(engine)
-    executor = Executor(model, settings)
-    worker = BatchWorker(store, executor, settings)
-    state = ServerState(
-        store=store, config=settings, executor=executor, worker=worker, api_key=api_key or None
-    )
-    _resume(state)
+    try:
+        executor = Executor(model, settings)
+        worker = BatchWorker(store, executor, settings)
+        state = ServerState(
+            store=store, config=settings, executor=executor, worker=worker, api_key=api_key or None
+        )
+        _resume(state)
+    except BaseException:
+        _close_engine(model)
+        raise
     threading.Thread(target=_warm, args=(model,), name="pb-warm", daemon=True).start()
     return state
 
@@ -88,6 +111,8 @@ class LocalServer:
 
     ``base_url`` ends in ``/v1``; ``client()`` is an ``openai.OpenAI`` pointed at it;
     ``configure(**config)`` changes settings while it runs (see ``ServerConfig``).
+    ``engine`` is ``"rules"`` (in this process), ``"smollm2"`` or your own engine's import path
+    ``"package.module:factory"``; those two run in a child process that ``stop()`` ends.
     """
 
     def __init__(
@@ -168,7 +193,7 @@ class LocalServer:
                 # the port is free and a later start() begins afresh.
                 sock.close()
                 if self._state is not None:
-                    self._state.worker.shutdown()
+                    _shutdown(self._state)
                     self._state = None
                 if made_data_dir:
                     shutil.rmtree(self.data_dir, ignore_errors=True)
@@ -220,7 +245,7 @@ class LocalServer:
                 return
             server.should_exit = True
             thread.join(timeout=10)
-            state.worker.shutdown()
+            _shutdown(state)
             self._sock.close()
             self._state = None
             atexit.unregister(self.stop)
@@ -285,7 +310,7 @@ def run(
     try:
         sock.bind((host, port))
     except OSError as exc:
-        state.worker.shutdown()
+        _shutdown(state)
         raise LocalServerError(
             f"Cannot listen on {host}:{port}: {exc}. Pick another --port (0 = any free port)."
         ) from exc
@@ -306,5 +331,5 @@ def run(
     try:
         uvicorn.Server(config_).run(sockets=[sock])
     finally:
-        state.worker.shutdown()
+        _shutdown(state)
         sock.close()

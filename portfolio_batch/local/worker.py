@@ -8,6 +8,11 @@ order (each chunk of up to 64 results is written reversed), as OpenAI does not k
 Requests cut short by a cancel or by the completion window get an error-file line
 ``{"id", "custom_id", "response": null, "error": {"code": "batch_cancelled" | "batch_expired",
 "message"}}`` and count as ``failed``, so ``completed + failed == total`` at the end.
+
+A request whose engine crashed is an error line with ``status_code`` 500 and a message naming the
+engine and the signal. If the engine cannot go on (it crashed while loading, or on several
+requests in a row) the batch ends ``failed`` with ``errors.data`` naming the engine: the lines
+answered so far stay in its output and error files, the requests after it were not run.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import IO, Any
 import orjson
 
 from portfolio_batch.local.config import ServerConfig
+from portfolio_batch.local.engines.process import EngineError
 from portfolio_batch.local.execute import Executor, Usage, count_prompt_tokens
 from portfolio_batch.local.store import ACTIVE_STATUSES, Store
 
@@ -399,6 +405,7 @@ class BatchWorker:
         usage = Usage()
         completed = failed = 0
         stop: _Stop | None = None
+        halted: EngineError | None = None
         endpoint = batch["endpoint"]
         try:
             for _number, line in _lines(self.store.content_path(batch["input_file_id"])):
@@ -421,7 +428,11 @@ class BatchWorker:
                     failed += 1
                     continue
                 self._pause(event)
-                status, body, used = self.executor.run(endpoint, request["body"])
+                try:
+                    status, body, used = self.executor.run(endpoint, request["body"])
+                except EngineError as exc:  # fatal: the engine keeps crashing, stop here
+                    halted = exc
+                    status, body, used = exc.status, exc.body(), Usage()
                 response = {
                     "status_code": status,
                     "request_id": "req_" + secrets.token_hex(16),
@@ -442,6 +453,8 @@ class BatchWorker:
                     }
                     if (completed + failed) % CHUNK == 0:
                         batch["usage"] = usage.as_batch_usage()
+                if halted is not None:
+                    break
         except BaseException:
             writer.abandon()
             raise
@@ -450,6 +463,33 @@ class BatchWorker:
         with self.store.lock:
             batch["request_counts"] = {"total": total, "completed": completed, "failed": failed}
             batch["usage"] = usage.as_batch_usage()
+        if halted is not None and stop is None:
+            # The lines answered so far stay in the output and error files; the others are in
+            # neither, so a client sees them as missing and can send them again.
+            writer.register(batch, ids)
+            log.info("batch %s failed: %s", batch_id, halted.batch_message)
+            error = {
+                "code": halted.code,
+                "message": halted.batch_message,
+                "param": None,
+                "line": None,
+            }
+            if not self._transition(
+                batch_id,
+                "failed",
+                failed_at=now,
+                output_file_id=ids[0],
+                error_file_id=ids[1],
+                errors={"object": "list", "data": [error]},
+            ):  # a cancel came first
+                self.store.update_batch(
+                    batch_id,
+                    status="cancelled",
+                    output_file_id=ids[0],
+                    error_file_id=ids[1],
+                    cancelled_at=now,
+                )
+            return
         if stop is None and self._transition(batch_id, "finalizing", finalizing_at=now):
             self._pause(event)
             writer.register(batch, ids)

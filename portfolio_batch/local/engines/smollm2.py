@@ -39,6 +39,11 @@ class SmolLM2Engine:
 
     name = "smollm2"
     context_tokens = 2048
+    # Appended to the message of a crash (the engine runs in a child process of the server).
+    crash_hint = (
+        "Native llama.cpp builds crash on some CPUs: reinstall llama-cpp-python portably "
+        "(make demo-llm, or the CMAKE_ARGS under 'Installing with pip' in the README)."
+    )
 
     def __init__(self) -> None:
         self._llm: Any = None
