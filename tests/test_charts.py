@@ -139,6 +139,43 @@ def test_risk_vs_weight_bubble_size_follows_weight_and_unscored_are_marked(frame
     assert {"CAT (failed)", "GE (missing)", "NEE (invalid_output)"} <= set(texts(fig).splitlines())
 
 
+def _book_with_a_short() -> pd.DataFrame:
+    # a 130/30-style book: B is short 30 %; X's net weight is 0.7, its gross weight 1.3
+    return pd.DataFrame(
+        {
+            "ticker": ["A", "B", "C"],
+            "sector": ["X", "X", "Y"],
+            "weight": [1.0, -0.3, 0.3],
+            "status": ["succeeded"] * 3,
+            "risk_score": [50, 80, 20],
+            "risk_level": ["medium", "high", "low"],
+        }
+    )
+
+
+def test_risk_vs_weight_draws_a_short_as_exposure_left_of_zero(tmp_path):
+    fig = charts.risk_vs_weight(_book_with_a_short())
+    fig.savefig(tmp_path / "shorts.png")  # a negative bubble size made saving fail
+    ax = fig.axes[0]
+    high = next(c for c in ax.collections if c.get_label() == "high")
+    assert high.get_offsets()[0][0] == pytest.approx(-0.3)
+    # bubble area by gross weight: 30 + 900 * 0.3 / 1.0
+    assert high.get_sizes()[0] == pytest.approx(300.0)
+    # the short's exposure (0.3 x 80 = 24) ranks above C's (0.3 x 20): it is labelled
+    assert "B" in texts(fig).splitlines()
+
+
+def test_sector_risk_averages_over_gross_weight_with_shorts():
+    fig = charts.sector_risk(_book_with_a_short())
+    ax_risk, ax_weight = fig.axes
+    ticks = {t.get_position()[1]: t.get_text() for t in ax_risk.get_yticklabels()}
+    got = {ticks[r.get_y() + r.get_height() / 2]: r.get_width() for r in bars(ax_risk)}
+    # X: (1.0 x 50 + 0.3 x 80) / 1.3 = 56.92; on net weights it would be (50 - 24) / 0.7 = 37.1
+    assert got["X"] == pytest.approx(74 / 1.3)
+    assert got["Y"] == pytest.approx(20.0)
+    assert "gross weight" in ax_weight.get_xlabel()
+
+
 def test_sector_risk_is_weight_averaged_and_shows_unscored_weight(frames):
     results, _ = frames
     fig = charts.sector_risk(results)
