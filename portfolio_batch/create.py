@@ -1,10 +1,14 @@
-"""Each shard's batch, created exactly once on the server (the server side of ``submit``).
+"""Each shard's batch, created at most once on the server (the server side of ``submit``).
 
-The SDK retries POSTs without an idempotency key, so a retried upload or create may leave
-duplicates: after one, ``ServerIndex`` lists what the server holds for the shard's content hash
-(file name ``pb-<sha256>.jsonl``, batch ``metadata["pb_sha256"]``) and exactly one copy is kept,
-the rest deleted or cancelled. ``submit_ready`` creates the queued shards that fit under their
-run's ``max_enqueued_tokens``.
+The rule: a shard's batch is created only while its lock is held (``locks.py``: a file lock in
+the home, ``locks/<sha256>-<backend hash>.lock``, released by the OS if the process dies), and
+only after a look-up on the server (``batches.list``, by the batch metadata ``pb_sha256``,
+``pb_run_id`` and ``pb_shard``) succeeded and found none. The create POST goes out with the SDK's
+retries off, because the SDK retries POSTs without an idempotency key; after any error the server
+is looked at again instead of posting again. A look-up that fails stops there: a ``SubmitError``,
+nothing created. Uploads follow the same rule by file name (``pb-<sha256>.jsonl``). Extra copies a
+look-up finds anyway (a server whose listing lagged, a batch made from another home) are
+cancelled, logged and counted (``extra_copies_cancelled()``).
 
     >>> with open_registry() as reg:                      # doctest: +SKIP
     ...     submit_ready(reg, client, ["run-20261115-103000-ab12cd"])
@@ -15,49 +19,234 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import openai
 
 from portfolio_batch._version import __version__
 from portfolio_batch.errors import InputError, RegistryError, SubmitError
+from portfolio_batch.home import cache_dir
+from portfolio_batch.locks import LockBusy, home_lock
 from portfolio_batch.registry import TERMINAL, Registry
 
-__all__ = ["DEAD", "ServerIndex", "cancel_batch", "create_shard_batch", "submit_ready"]
+__all__ = [
+    "DEAD",
+    "ServerIndex",
+    "cancel_batch",
+    "create_shard_batch",
+    "extra_copies_cancelled",
+    "shard_lock",
+    "submit_ready",
+]
 
 log = logging.getLogger("portfolio_batch")
+
+T = TypeVar("T")
 
 # Server-side statuses whose batch must not be reused: a new batch is made instead (an expired
 # batch left requests unfinished, like a cancelled one).
 DEAD = frozenset({"failed", "cancelled", "cancelling", "expired"})
 # How far along a batch is, to choose which of several copies to keep.
 PROGRESS = {"validating": 1, "in_progress": 2, "finalizing": 3, "completed": 4, "expired": 4}
-# How far back batches.list is read when looking for a batch by its metadata: OpenAI deletes a
-# batch's output 30 days after it completes, so an older one cannot be reused anyway.
+# How far back batches.list is read: OpenAI deletes a batch's output 30 days after it completes,
+# so an older batch cannot be reused anyway.
 MAX_LISTED = 10_000
 MAX_AGE_SECONDS = 30 * 24 * 3600
-# A shard's batch is created by one caller at a time: it holds the shard's ``creating`` time,
-# refreshed before the create POST. Another caller takes over only after this long (the holder
-# was killed mid-upload or mid-create) and first looks on the server for what it left.
-CREATE_LEASE_SECONDS = 15 * 60
-# One create POST's time limit: with the SDK's retries it stays far inside the lease, so a
-# claim is never taken over while its holder's create can still land.
+# A shard's batch cannot predate its registration; this much slack covers a server clock ahead.
+CLOCK_SLACK_SECONDS = 24 * 3600
+# How long a caller waits for a shard's lock while another uploads and creates (a large upload
+# takes minutes).
+LOCK_WAIT_SECONDS = 15 * 60
 CREATE_TIMEOUT_SECONDS = 60.0
-# ... unless the holder is a process on this machine that has exited (a restarted kernel, a
-# kill -9): then only this long after its last step, enough for a create POST it had in flight
-# to be acted on by the server, so that the batch it made is found instead of made twice.
-DEAD_OWNER_GRACE_SECONDS = 60.0
-# ``creating`` of an attempt that ended not knowing whether its create POST made a batch: old
-# enough that the next caller takes over at once and looks on the server first.
-UNKNOWN_OUTCOME = 1.0
+# After a POST that got no answer, the server may still be acting on it: wait this long before
+# looking, so that what it makes is found rather than made again.
+UNANSWERED_SETTLE_SECONDS = 2.0
+MAX_PAUSE_SECONDS = 60.0
+
+_extras = [0]
+_extras_lock = threading.Lock()
 
 
-def _file_name(sha256: str) -> str:
-    # The upload's name carries the content hash so that files.list can find it again.
-    return f"pb-{sha256}.jsonl"
+def extra_copies_cancelled() -> int:
+    """How many extra copies of shards' batches this process found on the server and cancelled:
+    0 unless something outside the creation rule made one.
+
+    >>> extra_copies_cancelled() >= 0
+    True
+    """
+    return _extras[0]
+
+
+def _dump(obj: Any) -> dict[str, Any]:
+    return obj.model_dump() if hasattr(obj, "model_dump") else dict(obj)
+
+
+@contextmanager
+def shard_lock(sha256: str, backend: str, *, what: str) -> Iterator[None]:
+    """Hold the lock of the shard with this content on this backend; ``what`` names it in the
+    error raised after ``LOCK_WAIT_SECONDS`` of waiting for another caller."""
+    backend_hash = hashlib.sha256(backend.encode()).hexdigest()[:16]
+    path = cache_dir("locks") / f"{sha256}-{backend_hash}.lock"
+    try:
+        with home_lock(path, timeout=LOCK_WAIT_SECONDS):
+            yield
+    except LockBusy as exc:
+        raise SubmitError(
+            f"{what}: another caller (a process or thread on this home) has been uploading or "
+            f"creating its batch for {LOCK_WAIT_SECONDS} s (it holds {exc.path}). Nothing was "
+            "created; run submit() again once it has finished."
+        ) from None
+
+
+# -- the server's view -----------------------------------------------------------------------------
+def list_batches(c: openai.OpenAI, *, since: float = 0.0) -> list[dict[str, Any]]:
+    """The server's batches, newest first, back to ``since`` (at most 30 days and 10,000)."""
+    found: list[dict[str, Any]] = []
+    cutoff = max(since, time.time() - MAX_AGE_SECONDS)
+    newest_first = True
+    for batch in c.batches.list(limit=100):
+        b = _dump(batch)
+        created = b.get("created_at") or 0
+        if found and created > (found[-1].get("created_at") or 0):
+            newest_first = False
+        # Listed newest first (OpenAI, the local server): what follows is older still.
+        if len(found) >= MAX_LISTED or (newest_first and created and created < cutoff):
+            break
+        found.append(b)
+    return found
+
+
+class ServerIndex:
+    """The server's batches, listed once per ``submit`` and indexed by the content hash in their
+    metadata: how a shard whose registry was lost finds its batch."""
+
+    def __init__(self, client: openai.OpenAI) -> None:
+        self.client = client
+        self._batches: list[dict[str, Any]] | None = None
+
+    def batches(self) -> list[dict[str, Any]]:
+        if self._batches is None:
+            try:
+                self._batches = list_batches(self.client)
+            except openai.APIError as exc:
+                raise SubmitError(
+                    f"Listing the server's batches (to find those made before, by their metadata) "
+                    f"failed ({type(exc).__name__}: {exc}); nothing was sent. Run the same call "
+                    "again."
+                ) from exc
+        return self._batches
+
+    def batches_for(self, sha256: str) -> list[dict[str, Any]]:
+        """Reusable batches (not failed/cancelled/expired) carrying this hash, oldest first."""
+        out = [
+            b
+            for b in self.batches()
+            if (b.get("metadata") or {}).get("pb_sha256") == sha256 and b["status"] not in DEAD
+        ]
+        return sorted(out, key=lambda b: (b.get("created_at") or 0, b["id"]))
+
+
+# -- the rule --------------------------------------------------------------------------------------
+def _look_then_post(
+    c: openai.OpenAI, look: Callable[[], T | None], post: Callable[[], T], *, what: str
+) -> T:
+    """Look; POST only when the look-up succeeded and found nothing; after an error look again.
+    As many POSTs as the client would have made with its own retries. ``look`` raises when it
+    fails, so a failed look-up never leads to a POST."""
+    error: openai.APIError | None = None
+    rounds = max(0, int(getattr(c, "max_retries", 2))) + 1
+    for n in range(rounds + 1):
+        if error is not None:
+            time.sleep(_pause(error, n))
+        found = look()
+        if found is not None:
+            return found
+        if n == rounds:
+            break
+        try:
+            return post()
+        except openai.APIError as exc:
+            error = exc
+            log.warning("%s failed (%s); looking on the server before anything else", what, exc)
+            if _refused(exc):
+                rounds = n + 1  # the same request would be refused again: look once, then stop
+    raise SubmitError(
+        f"{what} failed ({type(error).__name__}: {error}). The server, looked at afterwards, has "
+        "none, so nothing was created; run submit() again (it looks first)."
+    ) from error
+
+
+def _refused(exc: openai.APIError) -> bool:
+    # A 4xx other than a timeout, conflict or rate limit: the request itself was refused.
+    status = getattr(exc, "status_code", None)
+    return status is not None and 400 <= status < 500 and status not in (408, 409, 429)
+
+
+def _pause(exc: openai.APIError, n: int) -> float:
+    backoff = min(0.5 * 2 ** (n - 1), 8.0)
+    if not isinstance(exc, openai.APIStatusError):
+        return max(UNANSWERED_SETTLE_SECONDS, backoff)
+    headers = exc.response.headers
+    try:
+        if headers.get("retry-after-ms"):
+            return min(float(headers["retry-after-ms"]) / 1000, MAX_PAUSE_SECONDS)
+        if headers.get("retry-after"):
+            return min(float(headers["retry-after"]), MAX_PAUSE_SECONDS)
+    except ValueError:
+        pass
+    return backoff
+
+
+# -- one shard -------------------------------------------------------------------------------------
+def _ensure_file(reg: Registry, c: openai.OpenAI, shard: dict[str, Any]) -> str:
+    """The id of an uploaded copy of the shard's file, uploading it only if none exists."""
+    backend, sha = shard["backend"], shard["sha256"]
+    for file_id in reg.files_for(backend=backend, sha256=sha):
+        try:
+            c.files.retrieve(file_id)
+            return file_id
+        except openai.NotFoundError:
+            reg.forget_file(file_id)
+    name = f"pb-{sha}.jsonl"  # the content hash in the name: files.list finds it again
+    path = Path(shard["path"])
+    where = f"shard {shard['shard']} of run {shard['run_id']}"
+
+    def look() -> dict[str, Any] | None:
+        try:
+            files = [_dump(f) for f in c.files.list(purpose="batch")]
+        except openai.APIError as exc:
+            raise SubmitError(
+                f"Looking on the server for the upload of {where} failed ({exc}); nothing was "
+                "uploaded or created. Run submit() again."
+            ) from exc
+        mine = [f for f in files if f.get("filename") == name and f.get("status") != "error"]
+        return min(mine, key=lambda f: (f.get("created_at") or 0, f["id"])) if mine else None
+
+    def post() -> dict[str, Any]:
+        if not path.is_file():
+            raise InputError(
+                f"Shard {shard['shard']} of run {shard['run_id']}: file {path} does not exist. "
+                "Re-run to_jsonl() and submit the new manifest."
+            )
+        if _sha256_of(path) != sha:
+            raise InputError(
+                f"Shard {shard['shard']}: {path} changed since to_jsonl() (its sha256 no longer "
+                "matches the manifest). Re-run to_jsonl() and submit the new manifest."
+            )
+        with path.open("rb") as fh:
+            made = c.with_options(max_retries=0).files.create(file=(name, fh), purpose="batch")
+        return _dump(made)
+
+    uploaded = _look_then_post(c, look, post, what=f"Uploading {where} ({path})")
+    reg.record_file(
+        uploaded["id"], backend=backend, sha256=sha, filename=name, size=uploaded["bytes"]
+    )
+    return str(uploaded["id"])
 
 
 def _sha256_of(path: Path) -> str:
@@ -68,318 +257,116 @@ def _sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _dump(obj: Any) -> dict[str, Any]:
-    return obj.model_dump() if hasattr(obj, "model_dump") else dict(obj)
-
-
-# -- the server's view -----------------------------------------------------------------------------
-class ServerIndex:
-    """The server's batches and uploaded files, listed at most once per call and indexed by the
-    content hash our metadata and file names carry."""
-
-    def __init__(self, client: openai.OpenAI) -> None:
-        self.client = client
-        self._batches: list[dict[str, Any]] | None = None
-        self._files: dict[str, list[dict[str, Any]]] | None = None
-
-    def batches(self, *, refresh: bool = False) -> list[dict[str, Any]]:
-        if self._batches is None or refresh:
-            found: list[dict[str, Any]] = []
-            cutoff = time.time() - MAX_AGE_SECONDS
-            newest_first = True
-            for batch in self.client.batches.list(limit=100):
-                b = _dump(batch)
-                created = b.get("created_at") or 0
-                if found and created > (found[-1].get("created_at") or 0):
-                    newest_first = False
-                # Listed newest first (OpenAI, the local server): older batches' results are gone.
-                if len(found) >= MAX_LISTED or (newest_first and created and created < cutoff):
-                    break
-                found.append(b)
-            self._batches = found
-        return self._batches
-
-    def batches_for(
-        self, sha256: str, *, run_id: str | None = None, shard: int | None = None
-    ) -> list[dict[str, Any]]:
-        """Reusable batches (not failed/cancelled/expired) carrying this hash, oldest first."""
-        out = []
-        for b in self.batches():
-            md = b.get("metadata") or {}
-            if md.get("pb_sha256") != sha256 or b["status"] in DEAD:
-                continue
-            if run_id is not None and md.get("pb_run_id") != run_id:
-                continue
-            if shard is not None and md.get("pb_shard") != str(shard):
-                continue
-            out.append(b)
-        return sorted(out, key=lambda b: (b.get("created_at") or 0, b["id"]))
-
-    def files_named(self, name: str, *, refresh: bool = False) -> list[dict[str, Any]]:
-        if self._files is None or refresh:
-            index: dict[str, list[dict[str, Any]]] = {}
-            for f in self.client.files.list(purpose="batch"):
-                d = _dump(f)
-                index.setdefault(d.get("filename") or "", []).append(d)
-            self._files = index
-        return sorted(
-            (f for f in self._files.get(name, []) if f.get("status") != "error"),
-            key=lambda f: (f.get("created_at") or 0, f["id"]),
-        )
-
-    def forget(self) -> None:
-        self._batches = None
-        self._files = None
-
-
-# -- one shard -------------------------------------------------------------------------------------
-def _ensure_file(reg: Registry, c: openai.OpenAI, index: ServerIndex, shard: dict[str, Any]) -> str:
-    """The id of an uploaded copy of the shard's file, uploading it only if none exists."""
-    backend, sha = shard["backend"], shard["sha256"]
-    for file_id in reg.files_for(backend=backend, sha256=sha):
-        try:
-            c.files.retrieve(file_id)
-            return file_id
-        except openai.NotFoundError:
-            reg.forget_file(file_id)
-    name = _file_name(sha)
-    path = Path(shard["path"])
-    existing = index.files_named(name)
-    if existing:
-        found = existing[0]
-        reg.record_file(
-            found["id"], backend=backend, sha256=sha, filename=name, size=found["bytes"]
-        )
-        return str(found["id"])
-    if not path.is_file():
-        raise InputError(
-            f"Shard {shard['shard']} of run {shard['run_id']}: file {path} does not exist. "
-            "Re-run to_jsonl() and submit the new manifest."
-        )
-    if _sha256_of(path) != sha:
-        raise InputError(
-            f"Shard {shard['shard']}: {path} changed since to_jsonl() (its sha256 no longer "
-            "matches the manifest). Re-run to_jsonl() and submit the new manifest."
-        )
-    uploaded: dict[str, Any] | None = None
-    error: Exception | None = None
-    retried = False
-    with path.open("rb") as fh:  # streamed by the HTTP client, re-read from 0 on a retry
-        try:
-            raw = c.files.with_raw_response.create(file=(name, fh), purpose="batch")
-            uploaded = _dump(raw.parse())
-            retried = raw.retries_taken > 0
-        except openai.APIError as exc:
-            error, retried = exc, True
-    if retried:
-        uploaded = _keep_one_file(c, index, name, uploaded)
-    if uploaded is None:
-        raise SubmitError(
-            f"Uploading shard {shard['shard']} ({path}) failed: {error}. Nothing was created; "
-            "run submit() again (it is idempotent)."
-        ) from error
-    reg.record_file(
-        uploaded["id"], backend=backend, sha256=sha, filename=name, size=uploaded["bytes"]
-    )
-    return str(uploaded["id"])
-
-
-def _keep_one_file(
-    c: openai.OpenAI, index: ServerIndex, name: str, returned: dict[str, Any] | None
-) -> dict[str, Any] | None:
-    copies = index.files_named(name, refresh=True)
-    if not copies:
-        return returned
-    keep = returned if returned and any(f["id"] == returned["id"] for f in copies) else copies[0]
-    for extra in copies:
-        if extra["id"] != keep["id"]:
-            log.info("deleting duplicate upload %s of %s (a retried POST)", extra["id"], name)
-            c.files.delete(extra["id"])
-    index.forget()
-    return keep
-
-
-class _ClaimLost(Exception):
-    """Another caller took this shard's creation over: before our create POST, or by recording
-    its batch first."""
-
-
 def create_shard_batch(
-    reg: Registry, c: openai.OpenAI, index: ServerIndex, shard: dict[str, Any]
+    reg: Registry, c: openai.OpenAI, shard: dict[str, Any]
 ) -> dict[str, Any] | None:
-    """Create the batch of a registered shard (or adopt the one a crashed or retried call made)
-    and record it. Returns the batch as a dict, or None when another caller (thread, process)
-    is creating it or already has."""
-    claimed = reg.claim_creation(
-        shard["run_id"],
-        shard["shard"],
-        lease=CREATE_LEASE_SECONDS,
-        dead_owner_grace=DEAD_OWNER_GRACE_SECONDS,
-    )
-    if claimed is None:
-        return None
-    attempt = {"posted": False}
-    try:
-        return _create_claimed(reg, c, index, claimed, attempt)
-    except _ClaimLost:
-        log.warning(
-            "shard %s of run %s: another caller took over its creation (this one was too slow); "
-            "leaving it to them",
-            shard["shard"],
-            shard["run_id"],
-        )
-        return None
-    except BaseException as exc:
-        # Release the claim (if still ours), saying whether the next attempt must look for a
-        # batch this one may have made (a SubmitError means none exists).
-        unknown = attempt["posted"] and not isinstance(exc, SubmitError)
-        try:
-            reg.refresh_claim(
-                shard["run_id"],
-                shard["shard"],
-                claimed["claimed_by"],
-                creating=UNKNOWN_OUTCOME if unknown else None,
-            )
-        except RegistryError as release_exc:
-            log.warning(
-                "shard %s of run %s: cannot release its creation claim (%s); another caller "
-                "takes over after %d s",
-                shard["shard"],
-                shard["run_id"],
-                release_exc,
-                CREATE_LEASE_SECONDS,
-            )
-        raise
+    """Create the batch of a registered, queued shard (or adopt the one the server has for it)
+    and record it; the batch as a dict, or None when the shard no longer needs one (another
+    caller made it meanwhile, or it was cancelled)."""
+    run_id, number = shard["run_id"], shard["shard"]
+    where = f"shard {number} of run {run_id}"
+    with shard_lock(shard["sha256"], shard["backend"], what=f"Shard {number} of run {run_id}"):
+        row = reg.shard(run_id, number)
+        if row is None or row["status"] != "queued" or row["batch_id"] is not None:
+            return None
+        since = (row["created_at"] or 0) - CLOCK_SLACK_SECONDS
 
+        def look() -> list[dict[str, Any]] | None:
+            try:
+                listed = list_batches(c, since=since)
+            except openai.APIError as exc:
+                raise SubmitError(
+                    f"Looking on the server for the batch of {where} failed "
+                    f"({type(exc).__name__}: {exc}). Nothing was created: a batch is created only "
+                    f"after the server was seen to have none. Run submit() again, or "
+                    f"poll(resume({run_id!r}))."
+                ) from exc
+            copies = [
+                b
+                for b in listed
+                if b["status"] not in DEAD
+                and (b.get("metadata") or {}).get("pb_sha256") == row["sha256"]
+                and (b.get("metadata") or {}).get("pb_run_id") == run_id
+                and (b.get("metadata") or {}).get("pb_shard") == str(number)
+            ]
+            return sorted(copies, key=_keep_first) or None
 
-def _create_claimed(
-    reg: Registry,
-    c: openai.OpenAI,
-    index: ServerIndex,
-    shard: dict[str, Any],
-    attempt: dict[str, bool],
-) -> dict[str, Any]:
-    run = reg.run(shard["run_id"]) or {}
-    metadata = {
-        **_json_dict(run.get("metadata")),
-        "pb_sha256": shard["sha256"],
-        "pb_version": __version__,
-        "pb_run_id": shard["run_id"],
-        "pb_shard": str(shard["shard"]),
-    }
-    batch: dict[str, Any] | None = None
-    copies: list[dict[str, Any]] = []  # this shard's batches on the server, when listed
-    if shard.get("creating"):
-        # A previous attempt died between create and record: the batch may exist already, made
-        # after the index last listed (poll keeps one index for its whole run), so list again.
-        copies = _copies(index, shard)
-        batch = _choose(reg, c, shard, copies, None)
-    if batch is None:
-        file_id = _ensure_file(reg, c, index, shard)
-        # Renewed only if still ours: an upload slower than the lease may have been taken over.
-        if not reg.refresh_claim(
-            shard["run_id"], shard["shard"], shard["claimed_by"], input_file_id=file_id
-        ):
-            raise _ClaimLost
-        error: Exception | None = None
-        retried = False
-        attempt["posted"] = True
-        try:
-            # Bounded so that the POST and the SDK's retries end well inside the claim's lease.
-            raw = c.with_options(timeout=CREATE_TIMEOUT_SECONDS).batches.with_raw_response.create(
+        def post() -> list[dict[str, Any]]:
+            file_id = _ensure_file(reg, c, row)
+            run = reg.run(run_id) or {}
+            made = c.with_options(max_retries=0, timeout=CREATE_TIMEOUT_SECONDS).batches.create(
                 input_file_id=file_id,
-                endpoint=shard["endpoint"],
+                endpoint=row["endpoint"],
                 completion_window="24h",
-                metadata=metadata,
+                metadata={
+                    **_json_dict(run.get("metadata")),
+                    "pb_sha256": row["sha256"],
+                    "pb_version": __version__,
+                    "pb_run_id": run_id,
+                    "pb_shard": str(number),
+                },
             )
-            batch = _dump(raw.parse())
-            retried = raw.retries_taken > 0
-        except openai.APIError as exc:
-            error, retried = exc, True
-        if retried:
-            # The SDK retries POSTs without an idempotency key: look for every copy made.
-            copies = _copies(index, shard)
-            batch = _choose(reg, c, shard, copies, batch)
-        if batch is None:
-            raise SubmitError(
-                f"Creating the batch of shard {shard['shard']} (run {shard['run_id']}, file "
-                f"{file_id}) failed: {error}. No batch exists for it; run submit() again or "
-                f"poll(resume({shard['run_id']!r})) to retry."
-            ) from error
-    if copies:
-        # Copies exist on the server: should anything below fail, the next attempt must list
-        # them first rather than POST again.
-        attempt["posted"] = True
-    try:
-        return _record_then_cancel_extras(reg, c, shard, batch, copies)
-    finally:
-        if copies:
-            index.forget()  # its listing shows copies this call cancels
+            return [_dump(made)]
+
+        copies = _look_then_post(c, look, post, what=f"Creating the batch of {where}")
+        return _record(reg, c, row, copies)
 
 
-def _record_then_cancel_extras(
-    reg: Registry,
-    c: openai.OpenAI,
-    shard: dict[str, Any],
-    batch: dict[str, Any],
-    copies: list[dict[str, Any]],
+def _keep_first(b: dict[str, Any]) -> tuple[int, float, str]:
+    # The copy furthest along first (a finished one is paid for already), then the oldest.
+    return (-PROGRESS.get(b["status"], 0), b.get("created_at") or 0, b["id"])
+
+
+def _record(
+    reg: Registry, c: openai.OpenAI, shard: dict[str, Any], copies: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """Record ``batch`` as the shard's batch unless another caller recorded one first, then
-    cancel every copy that is not the shard's batch. The first batch recorded for a shard wins
-    and never changes, so nothing the shard holds is ever cancelled and it is paid for once."""
+    """Record the first copy as the shard's batch, then cancel the others."""
+    batch, extras = copies[0], [b["id"] for b in copies[1:]]
+    where = f"shard {shard['shard']} of run {shard['run_id']}"
     try:
-        attached = reg.record_batch(
+        reg.record_batch(
             batch,
             backend=shard["backend"],
             run_id=shard["run_id"],
             shard=shard["shard"],
             idem_key=shard["idem_key"],
             sha256=shard["sha256"],
-            only_if_free=True,
         )
-    except Exception as exc:
-        # Nothing may run (and be paid for) without a record of it: cancel every copy made.
-        ours = list(dict.fromkeys(b["id"] for b in [batch, *copies]))
-        outcome = _cancel_all(c, ours)
-        failed = [bid for bid, err in outcome.items() if err]
-        if failed:
-            raise RegistryError(
-                f"Shard {shard['shard']} of run {shard['run_id']}: batch(es) {', '.join(ours)} "
-                f"were created but could not be recorded ({exc}), and cancelling "
-                f"{', '.join(failed)} failed ({outcome[failed[0]]}). Cancel them yourself, or "
-                f"they are billed: client.batches.cancel({failed[0]!r})."
-            ) from exc
+    except RegistryError as exc:
+        # Nothing may run (and be paid for) without a record of it.
+        ours = [batch["id"], *extras]
+        failed = {bid: err for bid, err in _cancel_all(c, ours).items() if err}
+        then = (
+            f"cancelling {', '.join(failed)} failed ({next(iter(failed.values()))}): cancel "
+            f"them yourself, or they are billed: client.batches.cancel({next(iter(failed))!r})"
+            if failed
+            else "they were cancelled (or had already ended), so nothing runs untracked. Fix "
+            "the registry (PORTFOLIO_BATCH_HOME) and submit again"
+        )
         raise RegistryError(
-            f"Shard {shard['shard']} of run {shard['run_id']}: batch(es) {', '.join(ours)} were "
-            f"created but could not be recorded in the job registry ({exc}); they were "
-            "cancelled (or had already ended), so nothing runs untracked. Fix the registry "
-            "(PORTFOLIO_BATCH_HOME) and submit again."
+            f"The batch(es) {', '.join(ours)} of {where} could not be recorded in the job "
+            f"registry ({exc}); {then}."
         ) from exc
-    winner = (
-        batch["id"]
-        if attached
-        else (reg.shard(shard["run_id"], shard["shard"]) or {}).get("batch_id")
-    )
-    if not attached:
+    if extras:
         log.warning(
-            "shard %s of run %s: another caller recorded batch %s for it meanwhile; cancelling "
-            "the copies this one made",
-            shard["shard"],
-            shard["run_id"],
-            winner,
+            "%s has %d extra cop%s on the server (%s) beside its batch %s: cancelling them",
+            where,
+            len(extras),
+            "y" if len(extras) == 1 else "ies",
+            ", ".join(extras),
+            batch["id"],
         )
-    extras = list(dict.fromkeys(b["id"] for b in [*copies, batch] if b["id"] != winner))
-    outcome = _cancel_all(c, extras)
-    failed = [bid for bid, err in outcome.items() if err]
-    if failed:
-        raise SubmitError(
-            f"Batch(es) {', '.join(failed)} are extra copies of shard {shard['shard']} of run "
-            f"{shard['run_id']} (its batch is {winner}), and cancelling them failed "
-            f"({outcome[failed[0]]}). Cancel them yourself, or they are billed: "
-            f"client.batches.cancel({failed[0]!r})."
-        )
-    if not attached:
-        raise _ClaimLost
+        outcome = _cancel_all(c, extras)
+        with _extras_lock:
+            _extras[0] += sum(err is None for err in outcome.values())
+        failed = {bid: err for bid, err in outcome.items() if err}
+        if failed:
+            first = next(iter(failed))
+            raise SubmitError(
+                f"Batch(es) {', '.join(failed)} are extra copies of {where} (its batch is "
+                f"{batch['id']}), and cancelling them failed ({failed[first]}). Cancel them "
+                f"yourself, or they are billed: client.batches.cancel({first!r})."
+            )
     return batch
 
 
@@ -387,45 +374,12 @@ def _cancel_all(c: openai.OpenAI, batch_ids: list[str]) -> dict[str, str | None]
     """Try to cancel every batch (one failure does not stop the rest); the error per id."""
     outcome: dict[str, str | None] = {}
     for batch_id in batch_ids:
-        log.info("cancelling duplicate batch %s", batch_id)
         try:
             cancel_batch(c, batch_id)
             outcome[batch_id] = None
         except openai.APIError as exc:
             outcome[batch_id] = f"{type(exc).__name__}: {exc}"
     return outcome
-
-
-def _copies(index: ServerIndex, shard: dict[str, Any]) -> list[dict[str, Any]]:
-    index.batches(refresh=True)
-    return index.batches_for(shard["sha256"], run_id=shard["run_id"], shard=shard["shard"])
-
-
-def _choose(
-    reg: Registry,
-    c: openai.OpenAI,
-    shard: dict[str, Any],
-    copies: list[dict[str, Any]],
-    returned: dict[str, Any] | None,
-) -> dict[str, Any] | None:
-    """Which of a shard's batches to record: the one the shard already has (another caller
-    took it over and recorded it), else the copy furthest along (a finished one is paid for
-    already), else the one the SDK returned, else the oldest. Nothing is cancelled here."""
-    attached = (reg.shard(shard["run_id"], shard["shard"]) or {}).get("batch_id")
-    if attached:
-        known = next((b for b in copies if b["id"] == attached), None)
-        return known if known is not None else _dump(c.batches.retrieve(attached))
-    if not copies:
-        return returned
-    returned_id = returned["id"] if returned else None
-    return max(
-        copies,
-        key=lambda b: (
-            PROGRESS.get(b["status"], 0),
-            b["id"] == returned_id,
-            -(b.get("created_at") or 0),
-        ),
-    )
 
 
 def cancel_batch(c: openai.OpenAI, batch_id: str) -> dict[str, Any]:
@@ -447,12 +401,9 @@ def _json_dict(text: str | None) -> dict[str, str]:
     return value if isinstance(value, dict) else {}
 
 
-def submit_ready(
-    reg: Registry, c: openai.OpenAI, run_ids: Iterable[str], *, index: ServerIndex | None = None
-) -> int:
+def submit_ready(reg: Registry, c: openai.OpenAI, run_ids: Iterable[str]) -> int:
     """Create the batches of queued shards that fit under their run's ``max_enqueued_tokens``,
     in shard order. Returns how many were created."""
-    index = index or ServerIndex(c)
     created = 0
     now = time.time()
     for run_id in dict.fromkeys(run_ids):
@@ -465,6 +416,6 @@ def submit_ready(
                 busy = reg.active_tokens(backend=shard["backend"], model=shard["model"])
                 if busy and busy + (shard["est_input_tokens"] or 0) > limit:
                     break  # keep shard order: later shards wait for this one
-            if create_shard_batch(reg, c, index, shard) is not None:
+            if create_shard_batch(reg, c, shard) is not None:
                 created += 1
     return created

@@ -1,12 +1,18 @@
 """Batch result files: their streaming, cached, resumable download. Their lines are decoded in
 ``decode.py``, the answers checked against the request's schema in ``validate.py``.
 
-A file lands in ``home()/files/<file_id>.jsonl``. It is written to a ``.part`` file first and renamed
-only once complete, so a cached file is always whole and a re-run never downloads it again.
+A file lands in ``home()/files/<file_id>.jsonl``. It is written to a ``.part`` file first, by one
+downloader at a time (a lock per file in the home), and renamed only once complete, so a cached
+file is always whole, two processes never write one ``.part`` at once and a re-run never
+downloads it again.
 
-    >>> path = download_file("file-abc123", client=client)  # doctest: +SKIP
-    >>> path.name
-    'file-abc123.jsonl'
+    >>> from portfolio_batch.local import serve
+    >>> with serve() as server:                              # an offline server holding one file
+    ...     client = server.client()
+    ...     file_id = client.files.create(file=("a.jsonl", b"{}\\n"), purpose="batch").id
+    ...     path = download_file(file_id, client=client)
+    >>> path.name == f"{file_id}.jsonl", path.read_bytes()
+    (True, b'{}\\n')
 """
 
 from __future__ import annotations
@@ -23,12 +29,15 @@ import openai
 
 from portfolio_batch.errors import DownloadError, InputError, ResultFileGoneError
 from portfolio_batch.home import cache_dir
+from portfolio_batch.locks import LockBusy, home_lock
 
 __all__ = ["download_file", "is_cached"]
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+# How long to wait for another process downloading the same file (a large one takes minutes).
+LOCK_WAIT_S = 30 * 60.0
 # File ids become file names: anything else could point outside the cache.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$")
 # Failures worth another attempt: the connection dropped or the server hiccuped. A 404 (file
@@ -75,9 +84,19 @@ def download_file(
         return dest
     part = dest.with_name(dest.name + ".part")
     try:
-        if expected_bytes is None:
-            expected_bytes = getattr(client.files.retrieve(file_id), "bytes", None)
-        return _download(client, file_id, dest, part, expected_bytes, attempts, backoff)
+        # One downloader per file (threads, processes: two aggregate_df of one run): the .part
+        # file is only ever written by the lock's holder.
+        with home_lock(cache_dir("locks") / f"download-{file_id}.lock", timeout=LOCK_WAIT_S):
+            if dest.exists():  # the holder before us finished it
+                return dest
+            if expected_bytes is None:
+                expected_bytes = getattr(client.files.retrieve(file_id), "bytes", None)
+            return _download(client, file_id, dest, part, expected_bytes, attempts, backoff)
+    except LockBusy as exc:
+        raise DownloadError(
+            f"file {file_id} has been downloading in another process for {LOCK_WAIT_S:.0f} s (it "
+            f"holds {exc.path}); run aggregate_df again once it has finished."
+        ) from None
     except openai.NotFoundError as exc:
         raise ResultFileGoneError(
             f"file {file_id} is no longer on the server ({exc.message}) and was never downloaded "

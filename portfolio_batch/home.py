@@ -49,7 +49,8 @@ def writable_dir(path: str | os.PathLike[str], *, what: str, fix: str | None = N
     except OSError as exc:  # a parent we may not search (EACCES)
         raise refuse(f"cannot be reached ({exc.strerror or exc})") from None
     if not is_dir:
-        if existing == directory:
+        # It may be a directory by now: another thread or process created it meanwhile.
+        if existing == directory and not directory.is_dir():
             raise refuse("is a file, not a directory")
         if existing is not None and not existing.is_dir():
             raise refuse(f"cannot be created: {str(existing)!r} is a file, not a directory")

@@ -1,8 +1,12 @@
 """``poll``: refresh every batch of a jobs frame until all are terminal.
 
-    >>> import portfolio_batch as pb
-    >>> jobs = pb.poll(pb.submit(manifest))          # doctest: +SKIP
-    >>> jobs = pb.poll(pb.resume("run-…"))           # after a restart, or Ctrl-C
+    >>> import tempfile, pandas as pd, portfolio_batch as pb
+    >>> requests = pb.build_requests(pd.DataFrame({"ticker": ["AAPL", "MSFT"], "weight": [0.5, 0.5]}))
+    >>> manifest = pb.to_jsonl(requests, tempfile.mkdtemp())
+    >>> jobs = pb.poll(pb.submit(manifest), progress=False)    # no key: the offline local server
+    >>> run_id = jobs["run_id"].iloc[0]
+    >>> pb.poll(pb.resume(run_id), progress=False)["status"].tolist()  # after a restart, or Ctrl-C
+    ['completed']
 
 Each round updates the job registry first, so an interrupted poll (Ctrl-C, a killed kernel) loses
 nothing: ``poll(resume(run_id))`` carries on. ``finalizing`` is its own state: a batch counts as done
@@ -34,7 +38,6 @@ from portfolio_batch.errors import (
 )
 from portfolio_batch.registry import TERMINAL, Registry, open_registry
 from portfolio_batch.submit import (
-    ServerIndex,
     _adopt,
     _dump,
     check_backend,
@@ -162,7 +165,6 @@ def _refresh(
     reg: Registry,
     c: openai.OpenAI,
     keys: list[tuple[str, int]],
-    index: ServerIndex,
     *,
     requeue_after: float,
 ) -> pd.DataFrame:
@@ -199,7 +201,7 @@ def _refresh(
                 batch_id=None,
                 not_before=time.time() + requeue_after,
             )
-    submit_ready(reg, c, runs, index=index)
+    submit_ready(reg, c, runs)
     for run_id in runs:
         reg.set_run_actual_cost(run_id)
     return reg.jobs_frame(keys=keys)
@@ -289,13 +291,12 @@ def poll(
         _adopt_unknown(reg, c, jobs, keys)
         frame = reg.jobs_frame(keys=keys)
         check_backend(frame, c)
-        index = ServerIndex(c)
         display = _Display(frame, enabled=progress)
         submit_failures = 0
         try:
             while True:
                 try:
-                    frame = _refresh(reg, c, keys, index, requeue_after=largest)
+                    frame = _refresh(reg, c, keys, requeue_after=largest)
                     submit_failures = 0
                 except (SubmitError, *TRANSIENT) as exc:
                     submit_failures += 1

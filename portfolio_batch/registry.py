@@ -1,7 +1,9 @@
 """The job registry: every run, shard, uploaded file and batch, in SQLite under the home.
 
-It is what makes ``submit`` idempotent and ``resume`` possible after a kernel restart or a killed
-process: each shard is written before its batch is created and each batch as soon as it exists.
+It is what makes ``resume`` possible after a kernel restart or a killed process, and lets
+``submit`` hand back a shard's batch without asking the server: each shard is written before its
+batch is created and each batch as soon as it exists. Before a batch is created, though, the
+server is asked (create.py): a batch created but never recorded is found there.
 
     >>> import portfolio_batch as pb
     >>> pb.jobs()                      # doctest: +SKIP
@@ -16,9 +18,6 @@ statuses, counts, costs and times.
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-import socket
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -152,49 +151,13 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         ],
     ),
     (
-        # Who holds a shard's creation claim ("machine:pid"), so that a claim left by a process
-        # that was killed (a restarted kernel) is taken over without waiting out the lease.
+        # Who held a shard's creation claim. Unused since creation takes a file lock in the home
+        # (create.py), like m001's shards.creating; both stay, as SQLite before 3.35 cannot drop a
+        # column and registries written before still open.
         "m002_creation_owner",
         ["ALTER TABLE shards ADD COLUMN creating_owner TEXT"],
     ),
 ]
-
-
-def _machine() -> str:
-    """This kernel and pid namespace: a pid can only be checked by a process that sees the same
-    ones (not from another container sharing the hostname and the home, nor after a reboot)."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        pid_ns = os.stat("/proc/self/ns/pid").st_ino
-    except OSError:  # no /proc (macOS): no pid namespaces there, the hostname is enough
-        boot, pid_ns = "-", 0
-    return f"{socket.gethostname()}/{boot}/{pid_ns}"
-
-
-def _owner() -> str:
-    """The signature of one creation claim: this machine, this process (computed at each claim,
-    as a forked worker has another pid than the process that imported this module) and a nonce,
-    so that two threads of one process never pass for each other's claim."""
-    return f"{_machine()}:{os.getpid()}:{secrets.token_hex(4)}"
-
-
-def _owner_is_dead(owner: str | None) -> bool:
-    """Whether the process that signed a claim is known to have exited: only a process of this
-    machine and pid namespace can be checked; any doubt (another container or host, a pid now
-    reused) counts as alive."""
-    if not owner:
-        return False
-    machine, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    if machine != _machine() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # e.g. PermissionError: it exists, under another user
-        return False
-    return False
 
 
 # How long any registry operation waits for another process's lock before giving up.
@@ -381,105 +344,6 @@ class Registry:
         )
         return rows[0] if rows else None
 
-    def claim_shard(
-        self,
-        run: dict[str, Any],
-        row: dict[str, Any],
-        *,
-        skip_batches: frozenset[str] = frozenset(),
-    ) -> dict[str, Any] | None:
-        """Register ``row`` (and its ``run``) unless a live shard with its idempotency key exists,
-        in one write transaction, so that two processes submitting the same content at once
-        register it once. Returns the live shard found (nothing written), or None when ``row``
-        was registered. A live shard whose batch is in ``skip_batches`` does not count."""
-        now = _now()
-        try:
-            with self.transaction() as conn:
-                live = conn.execute(
-                    f"""SELECT * FROM shards WHERE idem_key = ?
-                        AND status NOT IN ({",".join("?" * len(RETRYABLE))})
-                        ORDER BY created_at DESC LIMIT 1""",
-                    (row["idem_key"], *sorted(RETRYABLE)),
-                ).fetchone()
-                if live is not None and live["batch_id"] not in skip_batches:
-                    return dict(live)
-                run = {
-                    **run,
-                    "metadata": orjson.dumps(run.get("metadata") or {}).decode(),
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                conn.execute(
-                    f"""INSERT INTO runs ({",".join(run)}) VALUES ({",".join("?" * len(run))})
-                        ON CONFLICT (run_id) DO UPDATE SET updated_at = excluded.updated_at""",
-                    list(run.values()),
-                )
-                shard = {"attempts": 0, "not_before": None, **row}
-                shard.update(created_at=now, updated_at=now)
-                conn.execute(
-                    f"""INSERT INTO shards ({",".join(shard)}) VALUES ({",".join("?" * len(shard))})
-                        ON CONFLICT (run_id, shard) DO UPDATE SET
-                        {",".join(f"{c} = excluded.{c}" for c in shard if c not in ("run_id", "shard", "created_at"))}""",
-                    list(shard.values()),
-                )
-                return None
-        except sqlite3.Error as exc:
-            raise RegistryError(f"Cannot write the job registry {self.path}: {exc}") from exc
-
-    def claim_creation(
-        self, run_id: str, shard: int, *, lease: float, dead_owner_grace: float = 0.0
-    ) -> dict[str, Any] | None:
-        """Take the right to create a queued shard's batch, atomically: returns the shard as it
-        was (its ``creating`` says whether an earlier attempt may have left a batch behind), or
-        None when it has a batch, is not queued, or another caller took it less than ``lease``
-        seconds ago. A claim whose holder is known dead is void ``dead_owner_grace`` seconds
-        after its last step, the time a request it had in flight may still take on the server."""
-        now = _now()
-        try:
-            with self.transaction() as conn:
-                row = conn.execute(
-                    "SELECT * FROM shards WHERE run_id = ? AND shard = ?", (run_id, shard)
-                ).fetchone()
-                if row is None or row["status"] != "queued" or row["batch_id"] is not None:
-                    return None
-                since = row["creating"]
-                if (
-                    since is not None
-                    and since > now - lease
-                    and not (
-                        since < now - dead_owner_grace and _owner_is_dead(row["creating_owner"])
-                    )
-                ):
-                    return None
-                owner = _owner()
-                conn.execute(
-                    """UPDATE shards SET creating = ?, creating_owner = ?, updated_at = ?
-                       WHERE run_id = ? AND shard = ?""",
-                    (now, owner, now, run_id, shard),
-                )
-                return {**dict(row), "claimed_by": owner}
-        except sqlite3.Error as exc:
-            raise RegistryError(f"Cannot write the job registry {self.path}: {exc}") from exc
-
-    def refresh_claim(self, run_id: str, shard: int, owner: str, **fields: Any) -> bool:
-        """Set ``fields`` of a shard (``creating`` defaults to now: the claim is renewed) if
-        ``owner`` still holds its creation claim. False when another caller has taken it over
-        meanwhile: the holder must then neither create the batch nor release the claim."""
-        now = _now()
-        fields = {"creating": now, **fields, "updated_at": now}
-        sets = ",".join(f"{k} = ?" for k in fields)
-        try:
-            with self.transaction() as conn:
-                cur = conn.execute(
-                    f"""UPDATE shards SET {sets}
-                        WHERE run_id = ? AND shard = ? AND creating_owner = ?
-                        AND batch_id IS NULL AND status = 'queued'""",
-                    (*fields.values(), run_id, shard, owner),
-                )
-                return cur.rowcount == 1
-        except sqlite3.Error as exc:
-            raise RegistryError(f"Cannot write the job registry {self.path}: {exc}") from exc
-
     def shard(self, run_id: str, shard: int) -> dict[str, Any] | None:
         rows = self._rows("SELECT * FROM shards WHERE run_id = ? AND shard = ?", (run_id, shard))
         return rows[0] if rows else None
@@ -547,14 +411,9 @@ class Registry:
         shard: int,
         idem_key: str,
         sha256: str,
-        attach: bool = True,
-        only_if_free: bool = False,
-    ) -> bool:
-        """Store a batch (the API's object as a dict) and, with ``attach``, make it its shard's
-        current batch, in one transaction. With ``only_if_free`` the first batch recorded for a
-        shard wins: False when the shard already has another one (a caller that took the
-        shard over recorded its own meanwhile), so this one is the extra to cancel."""
-        attached = True
+    ) -> None:
+        """Store a batch (the API's object as a dict) and make it its shard's current batch, in
+        one transaction."""
         now = _now()
         counts = batch.get("request_counts") or {}
         errors = (batch.get("errors") or {}).get("data") or []
@@ -592,29 +451,16 @@ class Registry:
                         now if status in TERMINAL else None,
                     ),
                 )
-                if attach:
-                    held = " AND (batch_id IS NULL OR batch_id = ?)" if only_if_free else ""
-                    cur = conn.execute(
-                        f"""UPDATE shards SET batch_id = ?, input_file_id = ?, status = ?,
-                               updated_at = ?, attempts = attempts + 1, not_before = NULL,
-                               creating = NULL
-                           WHERE run_id = ? AND shard = ?{held}""",
-                        (
-                            batch["id"],
-                            batch.get("input_file_id"),
-                            status,
-                            now,
-                            run_id,
-                            shard,
-                            *((batch["id"],) if only_if_free else ()),
-                        ),
-                    )
-                    attached = cur.rowcount == 1
+                conn.execute(
+                    """UPDATE shards SET batch_id = ?, input_file_id = ?, status = ?,
+                           updated_at = ?, attempts = attempts + 1, not_before = NULL
+                       WHERE run_id = ? AND shard = ?""",
+                    (batch["id"], batch.get("input_file_id"), status, now, run_id, shard),
+                )
         except sqlite3.Error as exc:
             raise RegistryError(
                 f"Cannot record batch {batch['id']} in the job registry {self.path}: {exc}"
             ) from exc
-        return attached
 
     def update_batch(self, batch: dict[str, Any], *, actual_cost_usd: float | None = None) -> None:
         """Refresh a known batch's status, counts, files, errors and usage, and its shard's

@@ -6,8 +6,8 @@
 
 Never pay twice: a shard is identified by its file's sha256 with the endpoint, model and backend.
 Submitting it again returns the batch already made, found in the registry or, with the registry
-gone, on the server through the batch's ``metadata["pb_sha256"]``. Creating a shard's batch, and
-keeping exactly one when a retried POST made duplicates, is in ``create.py``.
+gone, on the server through the batch's ``metadata["pb_sha256"]``. Creating a shard's batch (only
+under the shard's lock, after the server was seen to have none) is in ``create.py``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import pandas as pd
 from portfolio_batch._version import __version__
 from portfolio_batch.backend import backend_name
 from portfolio_batch.backend import client as default_client
-from portfolio_batch.create import DEAD, ServerIndex, _dump, cancel_batch, submit_ready
+from portfolio_batch.create import DEAD, ServerIndex, _dump, cancel_batch, shard_lock, submit_ready
 from portfolio_batch.download import is_cached
 from portfolio_batch.errors import (
     BudgetExceededError,
@@ -229,51 +229,70 @@ def submit(
             shard_no = int(row["shard"])
             key = idempotency_key(row["sha256"], row["endpoint"], row["model"], backend)
             shard_row = _shard_row(run_id, shard_no, row, est=est, key=key, backend=backend)
-            if force:
+            if not force:
+                # Under the shard's lock: of two submits of the same content at once (threads,
+                # processes), one registers the shard and the other finds it.
+                with shard_lock(row["sha256"], backend, what=f"Shard {shard_no}"):
+                    found = _existing(
+                        reg, c, index, row, est=est, key=key, backend=backend, skip=skip
+                    )
+                    if found is None:
+                        reg.ensure_run(**run_row)
+                        reg.upsert_shard(shard_row)
+                if found is not None:
+                    keys.append(found)
+                    known = reg.shard(*found) or {}
+                    if known.get("status") == "queued" and known.get("batch_id") is None:
+                        pending.append(found[0])  # e.g. an earlier creation failed
+                    continue
+            else:
                 reg.ensure_run(**run_row)
                 reg.upsert_shard(shard_row)
-            else:
-                live = reg.live_shard(key)
-                gone = None
-                if live is not None and live["batch_id"] not in skip:
-                    gone = _results_gone(reg, c, live)
-                    if gone:
-                        log.warning(
-                            "shard %s: not reusing batch %s: %s; submitting it again",
-                            shard_no,
-                            live["batch_id"],
-                            gone,
-                        )
-                        skip.add(live["batch_id"])
-                if live is None or gone:
-                    # The registry may be new or lost: the server's batch metadata knows.
-                    found = [
-                        b
-                        for b in index.batches_for(row["sha256"])
-                        if b["id"] not in skip and not _server_results_gone(c, b)
-                    ]
-                    if found:
-                        keys.append(
-                            _adopt(reg, found[0], backend=backend, row=row, est=est, key=key)
-                        )
-                        continue
-                if live is None or live["batch_id"] in skip:
-                    # Checked again and registered in one transaction: of two submits of the
-                    # same content at once, one registers the shard and the other reuses it.
-                    live = reg.claim_shard(run_row, shard_row, skip_batches=frozenset(skip))
-                if live is not None:
-                    keys.append((live["run_id"], live["shard"]))
-                    if live["status"] == "queued" and live["batch_id"] is None:
-                        pending.append(live["run_id"])  # e.g. an earlier creation failed
-                    continue
             run_made = True
             keys.append((run_id, shard_no))
         if run_made:
             pending.insert(0, run_id)
-        # Creates this run's shards and the queued ones reused from earlier runs (a shard whose
-        # creation another caller holds right now is left to it).
-        submit_ready(reg, c, pending, index=index)
+        # Creates this run's shards and the queued ones reused from earlier runs.
+        submit_ready(reg, c, pending)
         return reg.jobs_frame(keys=keys)
+
+
+def _existing(
+    reg: Registry,
+    c: openai.OpenAI,
+    index: ServerIndex,
+    row: dict[str, Any],
+    *,
+    est: float | None,
+    key: str,
+    backend: str,
+    skip: set[str],
+) -> tuple[str, int] | None:
+    """The (run_id, shard) that already holds this content and may be handed back: the
+    registry's live shard, else (a registry new or lost) a batch the server has for it. None:
+    register the shard anew. A batch whose results are gone joins ``skip``."""
+    live = reg.live_shard(key)
+    if live is not None and live["batch_id"] in skip:
+        return None
+    if live is not None:
+        gone = _results_gone(reg, c, live)
+        if not gone:
+            return live["run_id"], live["shard"]
+        log.warning(
+            "shard %s: not reusing batch %s: %s; submitting it again",
+            row["shard"],
+            live["batch_id"],
+            gone,
+        )
+        skip.add(live["batch_id"])
+    found = [
+        b
+        for b in index.batches_for(row["sha256"])
+        if b["id"] not in skip and not _server_results_gone(c, b)
+    ]
+    if not found:
+        return None
+    return _adopt(reg, found[0], backend=backend, row=row, est=est, key=key)
 
 
 # OpenAI ends every batch within its 24 h completion window; a registry entry older than that

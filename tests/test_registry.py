@@ -12,7 +12,6 @@ from portfolio_batch.errors import RegistryError
 from portfolio_batch.registry import (
     JOBS_COLUMNS,
     MIGRATIONS,
-    _machine,
     open_registry,
     registry_path,
 )
@@ -210,81 +209,6 @@ def test_unwritable_home_names_the_path(tmp_path, monkeypatch) -> None:
         open_registry(blocker / "registry.sqlite")
 
 
-def test_a_creation_claim_is_kept_while_its_holder_lives_and_void_once_it_has_exited() -> None:
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    with open_registry() as reg:
-        _run(reg, "run-held")
-        reg.upsert_shard(_shard("run-held", 0))
-        assert reg.claim_creation("run-held", 0, lease=900, dead_owner_grace=60) is not None
-        # Ten minutes into an upload by a live process (this one): not taken.
-        reg.update_shard("run-held", 0, creating=time.time() - 600)
-        assert reg.claim_creation("run-held", 0, lease=900, dead_owner_grace=60) is None
-        # The holder on this host has exited (a restarted kernel): taken after the grace.
-        exited = subprocess.run(
-            [sys.executable, "-c", "import os; print(os.getpid())"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        owner = f"{_machine()}:{int(exited.stdout)}"
-        reg.conn.execute("UPDATE shards SET creating_owner = ? WHERE run_id = 'run-held'", (owner,))
-        reg.update_shard("run-held", 0, creating=time.time() - 5)
-        assert reg.claim_creation("run-held", 0, lease=900, dead_owner_grace=60) is None
-        reg.update_shard("run-held", 0, creating=time.time() - 61)
-        assert reg.claim_creation("run-held", 0, lease=900, dead_owner_grace=60) is not None
-        # A holder on another machine, in another container sharing the hostname (another pid
-        # namespace) or before a reboot cannot be checked: the lease stands.
-        host = socket.gethostname()
-        for elsewhere in (
-            "elsewhere/x/1",
-            f"{host}/other-boot/1",
-            f"{host}/{_machine().split('/')[1]}/1",
-        ):
-            reg.conn.execute(
-                "UPDATE shards SET creating_owner = ?, creating = ? WHERE run_id = 'run-held'",
-                (f"{elsewhere}:{int(exited.stdout)}", time.time() - 600),
-            )
-            assert reg.claim_creation("run-held", 0, lease=900, dead_owner_grace=60) is None
-
-
-def test_a_claim_is_signed_by_the_process_that_takes_it_even_after_a_fork() -> None:
-    import multiprocessing
-
-    with open_registry() as reg:
-        _run(reg, "run-fork")
-        reg.upsert_shard(_shard("run-fork", 0))
-
-    def claim() -> None:
-        with open_registry() as child_reg:
-            assert child_reg.claim_creation("run-fork", 0, lease=900) is not None
-
-    worker = multiprocessing.get_context("fork").Process(target=claim)
-    worker.start()
-    worker.join(timeout=30)
-    assert worker.exitcode == 0
-    with open_registry() as reg:
-        owner = reg.shard("run-fork", 0)["creating_owner"]
-        assert owner.startswith(f"{_machine()}:{worker.pid}:")
-        # It has exited: the claim is void (no grace asked), whereas the parent is alive.
-        assert reg.claim_creation("run-fork", 0, lease=900) is not None
-
-
-def test_a_holder_whose_claim_was_taken_over_cannot_renew_it() -> None:
-    with open_registry() as reg:
-        _run(reg, "run-lost")
-        reg.upsert_shard(_shard("run-lost", 0))
-        mine = reg.claim_creation("run-lost", 0, lease=900)
-        assert mine is not None
-        assert reg.refresh_claim("run-lost", 0, mine["claimed_by"], input_file_id="file-1")
-        reg.conn.execute("UPDATE shards SET creating_owner = 'someone/else/1:2'")
-        assert not reg.refresh_claim("run-lost", 0, mine["claimed_by"], input_file_id="file-2")
-        assert reg.shard("run-lost", 0)["input_file_id"] == "file-1"
-
-
 def test_a_registry_from_the_first_release_is_migrated_in_place(tmp_path) -> None:
     path = tmp_path / "old.sqlite"
     conn = sqlite3.connect(path)
@@ -312,35 +236,3 @@ def test_a_registry_that_cannot_use_wal_still_opens() -> None:
     thread.start()
     thread.join(timeout=10)
     assert opened == [[name for name, _ in MIGRATIONS]]
-
-
-def test_two_threads_of_one_process_never_pass_for_each_others_claim() -> None:
-    # Thread A's upload outlived the lease and thread B of the same process took the shard
-    # over: A cannot renew the claim, and of two batches made the first recorded wins.
-    import time
-
-    with open_registry() as reg:
-        _run(reg, "run-threads")
-        reg.upsert_shard(_shard("run-threads", 0))
-        a = reg.claim_creation("run-threads", 0, lease=900)
-        assert a is not None
-        reg.update_shard("run-threads", 0, creating=time.time() - 901)
-        b = reg.claim_creation("run-threads", 0, lease=900)
-        assert b is not None and b["claimed_by"] != a["claimed_by"]
-        assert not reg.refresh_claim("run-threads", 0, a["claimed_by"])
-
-        def record(batch_id: str) -> bool:
-            return reg.record_batch(
-                {"id": batch_id, "status": "validating", "input_file_id": "file-in"},
-                run_id="run-threads",
-                shard=0,
-                backend="local:test",
-                idem_key="k",
-                sha256="sha-0",
-                only_if_free=True,
-            )
-
-        assert record("batch_b")
-        assert not record("batch_a")  # the extra one: its maker cancels it
-        assert reg.shard("run-threads", 0)["batch_id"] == "batch_b"
-        assert record("batch_b")  # recording the shard's own batch again is fine

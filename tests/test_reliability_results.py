@@ -1,13 +1,19 @@
 """Reliability of the results path on the local server with fault injection (issue 4, tests 3, 4, 6):
 partial results of expired and cancelled batches are kept and only the rest is resent; malformed
 output lines and a download cut midway lose or duplicate no row; the SmolLM2 engine's broken JSON
-becomes invalid_output rows."""
+becomes invalid_output rows; two aggregations of one run in one home at once never trip over each
+other's downloads."""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
 import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -210,3 +216,105 @@ def test_a_completed_batch_whose_every_answer_is_retried_is_sent_again_once(
         retried["batch_id"].tolist()
     )
     assert len(openai_client.batches.list().data) == 2
+
+
+AGGREGATE = textwrap.dedent(
+    """
+    import sys, time, openai, pandas as pd, portfolio_batch as pb
+    from pathlib import Path
+    base_url, jobs_path, requests_path, go, out = sys.argv[1:6]
+    client = openai.OpenAI(base_url=base_url, api_key="test")
+    jobs, requests = pd.read_pickle(jobs_path), pd.read_pickle(requests_path)
+    Path(out + ".ready").touch()
+    while not Path(go).exists():
+        time.sleep(0.002)
+    pb.aggregate_df(jobs, requests, client=client).to_pickle(out)
+    """
+)
+
+
+def _in_threads(client: Any, jobs: pd.DataFrame, requests: pd.DataFrame) -> list[Any]:
+    barrier = threading.Barrier(2)
+    out: list[Any] = []
+
+    def aggregate() -> None:
+        barrier.wait()
+        try:
+            out.append(pb.aggregate_df(jobs, requests, client=client))
+        except BaseException as exc:  # reported by the caller with the other outcome
+            out.append(exc)
+
+    threads = [threading.Thread(target=aggregate) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return out
+
+
+def _in_processes(
+    base_url: str, jobs: pd.DataFrame, requests: pd.DataFrame, work: Path
+) -> list[Any]:
+    work.mkdir()
+    jobs.to_pickle(work / "jobs.pkl")
+    requests.to_pickle(work / "requests.pkl")
+    (work / "aggregate.py").write_text(AGGREGATE)
+    outs = [work / f"out{i}.pkl" for i in range(2)]
+    children = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                work / "aggregate.py",
+                base_url,
+                work / "jobs.pkl",
+                work / "requests.pkl",
+                work / "go",
+                out,
+            ],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for out in outs
+    ]
+    deadline = time.monotonic() + 60
+    while not all(Path(f"{out}.ready").exists() for out in outs):
+        assert time.monotonic() < deadline and all(c.poll() is None for c in children)
+        time.sleep(0.01)
+    (work / "go").touch()  # both started and waiting: they download at the same moment
+    results: list[Any] = []
+    for child, out in zip(children, outs, strict=True):
+        _, err = child.communicate(timeout=120)
+        results.append(pd.read_pickle(out) if child.returncode == 0 else RuntimeError(err))
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("how", "rounds"), [("threads", 8), ("processes", 2)])
+def test_two_aggregations_of_one_run_in_one_home_at_once_never_fail(
+    local_server: Any,
+    openai_client: Any,
+    requests: pd.DataFrame,
+    tmp_path: Path,
+    how: str,
+    rounds: int,
+) -> None:
+    # A notebook and the CLI (or two threads) aggregating the same run: each result file is
+    # downloaded by one of them at a time, into its own .part, and renamed whole.
+    manifest = pb.to_jsonl(requests, tmp_path / "shards", max_requests=2)  # 6 result files
+    jobs = pb.poll(pb.submit(manifest, client=openai_client), client=openai_client, progress=False)
+    expected = pb.aggregate_df(jobs, requests, client=openai_client)
+    cache = Path(os.environ["PORTFOLIO_BATCH_HOME"]) / "files"
+    local_server.configure(latency=0.02)  # both are inside each download at once
+    for round_ in range(rounds):
+        shutil.rmtree(cache)  # nothing downloaded yet: both fetch every file
+        if how == "threads":
+            frames = _in_threads(openai_client, jobs, requests)
+        else:
+            frames = _in_processes(local_server.base_url, jobs, requests, tmp_path / f"r{round_}")
+        for frame in frames:
+            assert isinstance(frame, pd.DataFrame), (round_, frame)
+            pd.testing.assert_frame_equal(frame, expected)
+        assert sorted(p.name for p in cache.iterdir()) == sorted(
+            f"{f}.jsonl" for f in jobs["output_file_id"]
+        )

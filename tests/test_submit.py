@@ -232,28 +232,25 @@ def test_after_a_failed_batch_creation_submit_again_creates_it(local_server, man
     assert len(_server_batches(client)) == 1
 
 
-def test_crash_recovery_looks_at_a_fresh_server_listing(local_server, manifest) -> None:
-    # poll keeps one ServerIndex for its whole run: a batch a killed attempt created after that
-    # listing must still be found, not created a second time.
-    from portfolio_batch.create import UNKNOWN_OUTCOME, ServerIndex, submit_ready
+def test_a_batch_made_but_never_recorded_is_found_not_made_again(local_server, manifest) -> None:
+    # A process killed between the create POST and the record: the next creation of the shard
+    # looks on the server first and records the batch it finds.
+    from portfolio_batch.create import submit_ready
 
     client = local_server.client(max_retries=0)
     local_server.configure(fault_rate_500=1.0, fault_endpoints=frozenset({"batches.create"}))
     with pytest.raises(SubmitError):
         pb.submit(manifest.iloc[:1], client=client, run_id="run-crash")
     local_server.configure(fault_rate_500=0.0)
-    index = ServerIndex(client)
-    assert index.batches() == []  # listed (and cached) before the batch exists
     with open_registry() as reg:
         shard = reg.shard("run-crash", 0)
         made = client.batches.create(
-            input_file_id=shard["input_file_id"],
+            input_file_id=next(iter(client.files.list())).id,
             endpoint=shard["endpoint"],
             completion_window="24h",
             metadata={"pb_sha256": shard["sha256"], "pb_run_id": "run-crash", "pb_shard": "0"},
         )
-        reg.update_shard("run-crash", 0, creating=UNKNOWN_OUTCOME)
-        assert submit_ready(reg, client, ["run-crash"], index=index) == 1
+        assert submit_ready(reg, client, ["run-crash"]) == 1
         assert reg.shard("run-crash", 0)["batch_id"] == made.id
     assert [b.id for b in _server_batches(client)] == [made.id]
 

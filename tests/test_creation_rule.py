@@ -1,0 +1,382 @@
+"""The creation rule (create.py): a shard's batch is created only under the shard's lock and only
+after a successful look-up on the server found none; the create POST has no SDK retries; after
+any error the server is looked at again; a failed look-up never leads to a create.
+
+The first three tests are the reproductions of issue 11, each of which left a shard paid for
+twice before the rule: they must end with exactly one batch per shard on the server.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import openai
+import pandas as pd
+import pytest
+
+import portfolio_batch as pb
+from portfolio_batch import create
+from portfolio_batch.registry import open_registry
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def manifest(testdata: Path, tmp_path: Path) -> pd.DataFrame:
+    requests = pb.build_requests(pd.read_csv(testdata / "portfolio.csv").head(12))
+    return pb.to_jsonl(requests, tmp_path / "jsonl", max_requests=3)  # 4 shards
+
+
+@pytest.fixture(autouse=True)
+def _quick_settle(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The local server has acted on a request before its reply is lost: no need to wait 2 s.
+    monkeypatch.setattr(create, "UNANSWERED_SETTLE_SECONDS", 0.1)
+
+
+def _batches_per_sha(client: Any) -> tuple[collections.Counter[str], int]:
+    """Live batches per shard content on the server, and how many batches it holds in all."""
+    live: collections.Counter[str] = collections.Counter()
+    every = list(client.batches.list(limit=100))
+    for b in every:
+        if b.status not in create.DEAD:
+            live[(b.metadata or {}).get("pb_sha256")] += 1
+    return live, len(every)
+
+
+def _assert_one_batch_per_shard(client: Any, manifest: pd.DataFrame, jobs: pd.DataFrame) -> None:
+    live, total = _batches_per_sha(client)
+    assert live == {sha: 1 for sha in manifest["sha256"]}
+    assert total == len(manifest)  # none was ever made twice, not even to be cancelled
+    assert sorted(jobs["batch_id"]) == sorted(b.id for b in client.batches.list(limit=100))
+
+
+def test_faults_on_create_and_list_then_list_down_then_none(local_server, manifest) -> None:
+    # Issue 11, first reproduction: three submits leave exactly one batch per shard.
+    client = local_server.client()
+    before = create.extra_copies_cancelled()
+    local_server.configure(
+        fault_rate_500=0.5, fault_endpoints=["batches.create", "batches.list"], seed=86
+    )
+    _raised(lambda: pb.submit(manifest, client=client))
+    local_server.configure(fault_rate_500=0.0)
+    made = _batches_per_sha(client)[1]
+    assert made < len(manifest)  # the faults did stop some creations: the case under test
+
+    local_server.configure(fault_rate_500=1.0, fault_endpoints=["batches.list"])
+    refused = _raised(lambda: pb.submit(manifest, client=client))
+    local_server.configure(fault_rate_500=0.0)
+    assert _batches_per_sha(client)[1] == made  # no look-up, no create
+
+    jobs = pb.submit(manifest, client=client)
+    _assert_one_batch_per_shard(client, manifest, jobs)
+    assert create.extra_copies_cancelled() == before  # the rule did it, not the safety net
+    assert isinstance(refused, pb.SubmitError), refused
+    assert "nothing was created" in str(refused).lower()
+
+
+def _raised(call: Any) -> BaseException | None:
+    try:
+        call()
+    except Exception as exc:  # checked by the caller, after what matters more
+        return exc
+    return None
+
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, time, httpx2, openai, pandas as pd, portfolio_batch as pb
+    base_url, manifest_path, when = sys.argv[1:4]
+
+    class Hold(httpx2.BaseTransport):
+        # Stops this process inside the create POST: before it reaches the server, or after
+        # the server made the batch and before anything is recorded.
+        def __init__(self):
+            self.inner = httpx2.HTTPTransport()
+        def handle_request(self, request):
+            create = request.method == "POST" and request.url.path == "/v1/batches"
+            if create and when == "before":
+                print("CREATING", flush=True); time.sleep(600)
+            response = self.inner.handle_request(request)
+            if create and when == "after":
+                response.read(); print("CREATING", flush=True); time.sleep(600)
+            return response
+
+    client = openai.OpenAI(base_url=base_url, api_key="test", http_client=httpx2.Client(transport=Hold()))
+    pb.submit(pd.read_pickle(manifest_path), client=client, run_id="run-kill")
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["after", "before"])
+def test_killed_during_creation_then_resumed_while_listing_answers_429(
+    local_server, manifest, tmp_path, when
+) -> None:
+    # Issue 11, second reproduction: SIGKILL inside the create POST (after the server made the
+    # batch, or before it got the request), then resume while batches.list answers 429.
+    two = manifest.iloc[:2]
+    two.to_pickle(tmp_path / "manifest.pkl")
+    (tmp_path / "holder.py").write_text(HOLDER)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            tmp_path / "holder.py",
+            local_server.base_url,
+            tmp_path / "manifest.pkl",
+            when,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert line.strip() == "CREATING", child.stderr.read() if child.stderr else ""
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    client = local_server.client(max_retries=0)
+    made = 1 if when == "after" else 0
+    assert _batches_per_sha(client)[1] == made
+    assert pb.jobs("run-kill")["batch_id"].isna().all()  # nothing recorded
+
+    # The dead process's lock is free at once; the look-up fails, so nothing is created.
+    local_server.configure(fault_rate_429=1.0, fault_endpoints=["batches.list"], retry_after=0.01)
+    refused = _raised(
+        lambda: pb.poll(
+            pb.resume("run-kill", client=client), client=client, progress=False, timeout=60
+        )
+    )
+    local_server.configure(fault_rate_429=0.0)
+    assert _batches_per_sha(client)[1] == made
+    assert isinstance(refused, pb.SubmitError) and "Nothing was created" in str(refused), refused
+
+    final = pb.poll(pb.resume("run-kill", client=client), client=client, progress=False)
+    assert final["status"].eq("completed").all()
+    _assert_one_batch_per_shard(client, two, final)
+
+
+class LostReplies(httpx2.BaseTransport):
+    """Forwards every request; the reply of a POST the server accepted is lost at ``rate``
+    (seeded): the server acted, the client never heard."""
+
+    def __init__(self, rate: float, seed: int) -> None:
+        import random
+
+        self.inner = httpx2.HTTPTransport()
+        self.rate, self.rng = rate, random.Random(seed)
+        self.lost: list[str] = []
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = self.inner.handle_request(request)
+        lose = request.method == "POST" and response.status_code == 200
+        if lose and self.rng.random() < self.rate:
+            response.read()
+            response.close()
+            self.lost.append(request.url.path)
+            raise httpx2.ReadTimeout("reply lost (test transport)", request=request)
+        return response
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_random_fault_run_ends_with_one_batch_per_shard(local_server, manifest, seed) -> None:
+    # Issue 11, third reproduction: 429s, 500s and lost replies everywhere, a user re-running
+    # submit and poll until it goes through.
+    transport = LostReplies(0.3, seed)
+    client = openai.OpenAI(
+        base_url=local_server.base_url,
+        api_key="test",
+        max_retries=1,
+        http_client=httpx2.Client(transport=transport),
+    )
+    local_server.configure(fault_rate_429=0.2, fault_rate_500=0.2, seed=seed, retry_after=0.01)
+    jobs = None
+    for _ in range(12):
+        with contextlib.suppress(pb.PortfolioBatchError, openai.APIError):
+            jobs = pb.submit(manifest, client=client)
+            jobs = pb.poll(jobs, client=client, progress=False, timeout=60)
+            if jobs["status"].eq("completed").all():
+                break
+    local_server.configure(fault_rate_429=0.0, fault_rate_500=0.0)
+    assert "/v1/batches" in transport.lost  # a create's reply was lost: the case under test
+    jobs = pb.poll(pb.submit(manifest, client=client), client=client, progress=False)
+    assert jobs["status"].eq("completed").all()
+    _assert_one_batch_per_shard(local_server.client(), manifest, jobs)
+
+
+def test_a_failed_look_up_creates_nothing_and_names_the_shard(local_server, manifest) -> None:
+    client = local_server.client(max_retries=0)
+    local_server.configure(fault_rate_500=1.0, fault_endpoints=["batches.create"])
+    with pytest.raises(pb.SubmitError):
+        pb.submit(manifest.iloc[:1], client=client, run_id="run-look")
+    local_server.configure(fault_endpoints=["batches.list"])
+    with pytest.raises(pb.SubmitError, match=r"batch of shard 0 of run run-look failed") as err:
+        pb.submit(manifest.iloc[:1], client=client)
+    assert "poll(resume('run-look'))" in str(err.value)
+    local_server.configure(fault_rate_500=0.0)
+    assert list(client.batches.list()) == []
+
+
+def _queued(local_server: Any, manifest: pd.DataFrame, run_id: str) -> dict[str, Any]:
+    """A registered shard whose creation failed: queued, its file uploaded, no batch."""
+    client = local_server.client(max_retries=0)
+    local_server.configure(fault_rate_500=1.0, fault_endpoints=["batches.create"])
+    with pytest.raises(pb.SubmitError):
+        pb.submit(manifest.iloc[:1], client=client, run_id=run_id)
+    local_server.configure(fault_rate_500=0.0)
+    with open_registry() as reg:
+        return reg.shard(run_id, 0)
+
+
+def _copy_on_server(client: Any, shard: dict[str, Any]) -> str:
+    """A batch for the shard made behind its back (another home, a lagging listing)."""
+    files = [f for f in client.files.list() if f.filename == f"pb-{shard['sha256']}.jsonl"]
+    made = client.batches.create(
+        input_file_id=files[0].id,
+        endpoint=shard["endpoint"],
+        completion_window="24h",
+        metadata={"pb_sha256": shard["sha256"], "pb_run_id": shard["run_id"], "pb_shard": "0"},
+    )
+    time.sleep(1.05)  # created_at has whole seconds: the copies are told apart by age
+    return str(made.id)
+
+
+def test_extra_copies_found_by_the_look_up_are_cancelled_counted_and_logged(
+    local_server, manifest, caplog
+) -> None:
+    local_server.configure(request_delay=2.0)  # both still running when found
+    shard = _queued(local_server, manifest, "run-extra")
+    observer = local_server.client()
+    older, newer = _copy_on_server(observer, shard), _copy_on_server(observer, shard)
+    before = create.extra_copies_cancelled()
+    with caplog.at_level(logging.WARNING, logger="portfolio_batch"):
+        jobs = pb.submit(manifest.iloc[:1], client=observer)
+    assert jobs["batch_id"].tolist() == [older]  # adopted, not created
+    assert observer.batches.retrieve(newer).status in ("cancelling", "cancelled")
+    assert create.extra_copies_cancelled() == before + 1
+    assert f"1 extra copy on the server ({newer})" in caplog.text
+    assert len(list(observer.batches.list())) == 2
+
+
+def test_an_extra_copy_that_cannot_be_cancelled_is_named_with_the_way_out(
+    local_server, manifest, monkeypatch
+) -> None:
+    shard = _queued(local_server, manifest, "run-stuck")
+    observer = local_server.client()
+    older, newer = _copy_on_server(observer, shard), _copy_on_server(observer, shard)
+
+    def cannot_cancel(c: Any, batch_id: str) -> Any:
+        raise openai.APIConnectionError(request=httpx2.Request("POST", "http://x/v1/batches"))
+
+    monkeypatch.setattr(create, "cancel_batch", cannot_cancel)
+    with pytest.raises(pb.SubmitError, match="extra copies of shard 0 of run run-stuck") as err:
+        pb.submit(manifest.iloc[:1], client=observer)
+    assert f"client.batches.cancel('{newer}')" in str(err.value)
+    assert pb.jobs("run-stuck")["batch_id"].tolist() == [older]  # the shard has its batch
+
+
+def test_a_claim_left_in_an_old_registry_does_not_hold_the_shard(local_server, manifest) -> None:
+    # A registry written by the claim-based release, with a claim by a live process (this one):
+    # the claim columns are ignored now, so the shard is created at once, not in 15 minutes.
+    _queued(local_server, manifest, "run-old")
+    with open_registry() as reg:
+        reg.update_shard(
+            "run-old", 0, creating=time.time(), creating_owner=f"host/x/1:{os.getpid()}:ab"
+        )
+    jobs = pb.submit(manifest.iloc[:1], client=local_server.client())
+    assert jobs["batch_id"].notna().all() and jobs["run_id"].tolist() == ["run-old"]
+
+
+SUBMITTER = textwrap.dedent(
+    """
+    import sys, time, openai, pandas as pd, portfolio_batch as pb
+    from pathlib import Path
+    base_url, manifest_path, go, out = sys.argv[1:5]
+    client = openai.OpenAI(base_url=base_url, api_key="test")
+    manifest = pd.read_pickle(manifest_path)
+    Path(out + ".ready").touch()
+    while not Path(go).exists():
+        time.sleep(0.005)
+    pb.submit(manifest, client=client).to_pickle(out)
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_processes_submitting_one_manifest_at_once_make_one_batch_per_shard(
+    local_server, manifest, tmp_path
+) -> None:
+    local_server.configure(latency=0.05)  # widens the window between a look-up and a create
+    manifest.to_pickle(tmp_path / "manifest.pkl")
+    (tmp_path / "submitter.py").write_text(SUBMITTER)
+    go = tmp_path / "go"
+    children = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                tmp_path / "submitter.py",
+                local_server.base_url,
+                tmp_path / "manifest.pkl",
+                go,
+                f"{tmp_path / f'jobs{i}.pkl'}",
+            ],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"jobs{i}.pkl.ready").exists() for i in range(2)):
+        assert time.monotonic() < deadline and all(c.poll() is None for c in children)
+        time.sleep(0.02)
+    go.touch()  # both imported and waiting: they start together
+    for child in children:
+        _, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+    first, second = (pd.read_pickle(tmp_path / f"jobs{i}.pkl") for i in range(2))
+    assert first["batch_id"].tolist() == second["batch_id"].tolist()
+    _assert_one_batch_per_shard(local_server.client(), manifest, first)
+
+
+def test_many_threads_taking_shard_locks_on_a_fresh_home_all_get_them(
+    tmp_path, monkeypatch
+) -> None:
+    # The first use of a home creates locks/ from several threads at once (two submits, two
+    # aggregations): none may take the directory another just made for "a file in the way".
+    for round_ in range(20):
+        monkeypatch.setenv("PORTFOLIO_BATCH_HOME", str(tmp_path / f"home{round_}"))
+        barrier, errors = threading.Barrier(6), []
+
+        def take(i: int, barrier: Any = barrier, errors: list[Any] = errors) -> None:
+            barrier.wait()
+            try:
+                with create.shard_lock(f"{i:064x}", "local:test", what=f"shard {i}"):
+                    pass
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=take, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert not errors, (round_, errors)
