@@ -90,13 +90,14 @@ def _hex(rng: random.Random, n: int) -> str:
     return "".join(rng.choice("0123456789abcdef") for _ in range(n))
 
 
-def _answer(rng: random.Random) -> tuple[dict[str, object], str]:
+def _answer(rng: random.Random, key: str) -> tuple[dict[str, object], str]:
     w, b, v = rng.uniform(0.002, 0.08), rng.uniform(0.5, 1.9), rng.uniform(0.15, 0.65)
     score = min(100, int(20 + w * 400 + (b - 1) * 25 + v * 40))
     level = "low" if score < 34 else "medium" if score <= 66 else "high"
     phrases = rng.sample(PHRASES, k=9)
     rationale = "; ".join(p.format(w=w, b=b, v=v, s=rng.choice(SECTORS)) for p in phrases) + "."
     answer = {
+        "position_key": key,  # RISK_SCHEMA's echo of the request's key, checked by aggregate_df
         "risk_score": score,
         "risk_level": level,
         "drivers": rng.sample(DRIVERS, k=3),
@@ -122,7 +123,7 @@ def _usage(rng: random.Random, completion: int) -> dict[str, object]:
 
 
 def output_line(rng: random.Random, cid: str, *, cut: bool = False) -> dict[str, object]:
-    _, content = _answer(rng)
+    _, content = _answer(rng, cid.split("-")[1])
     finish = "stop"
     if cut:  # stopped at max_tokens mid-JSON
         content, finish = content[: rng.randint(40, len(content) - 10)], "length"

@@ -27,9 +27,15 @@ import openai
 import orjson
 import pandas as pd
 
-from portfolio_batch.decode import LINE_DECODER, ROW, Line, row_of
+from portfolio_batch.decode import LINE_DECODER, ROW, VALUES, Line, row_of
 from portfolio_batch.errors import DownloadError, InputError, PricingError, ResultFileGoneError
-from portfolio_batch.requests import ANSWER_COLUMNS, USAGE_COLUMNS, gc_paused
+from portfolio_batch.requests import (
+    ANSWER_COLUMNS,
+    ECHO_FIELD,
+    RETRY_OF,
+    USAGE_COLUMNS,
+    gc_paused,
+)
 from portfolio_batch.validate import Validator, schema_of_body, validator_for
 
 __all__ = ["aggregate_df"]
@@ -47,7 +53,15 @@ _RANK = {
     "succeeded": 4,
 }
 _TERMINAL = {"completed", "failed", "expired", "cancelled"}
-_NOT_DATA = {"custom_id", "method", "url", "body"}
+_NOT_DATA = {"custom_id", "method", "url", "body", RETRY_OF}
+# the token columns of a row (see decode.ROW)
+_TOKENS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
 _CID = attrgetter("custom_id")
 _CHUNK = 512 << 10  # bytes decoded per call: small enough that its objects stay in the CPU cache
 _CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*("(?:[^"\\]|\\.)*")')
@@ -85,7 +99,7 @@ class Collector:
         self.where = np.zeros(n, dtype=np.intp)
         self.empty = self.single.empty if self.single is not None else None
         missing = ("missing", *([None] * (len(ROW) - 1)))
-        self.cols: list[list[Any]] = [[x] for x in missing[:10]]  # ROW without "values"
+        self.cols: list[list[Any]] = [[x] for x in missing[:VALUES]]  # ROW without "values"
         self.field_cols: dict[str, list[Any]] = {f: [None] for f in self.fields}
         self.batch_id: list[str | None] = [None]
         self.unknown = self.duplicates = self.malformed = 0
@@ -136,11 +150,11 @@ class Collector:
         rows = list(map(row_of, lines, repeat(None if v is None else v.decode), repeat(self.empty)))
         self.where[idx] = np.arange(len(self), len(self) + n)
         columns = list(zip(*rows, strict=True))
-        for col, values in zip(self.cols, columns, strict=False):  # the 10 row columns
+        for col, values in zip(self.cols, columns, strict=False):  # the row columns
             col.extend(values)
         if v is not None:
             for f, get in zip(v.fields, v.getters, strict=True):
-                self.field_cols[f].extend(map(get, columns[10]))
+                self.field_cols[f].extend(map(get, columns[VALUES]))
         self.batch_id.extend(repeat(batch_id, n))
         return True
 
@@ -150,7 +164,7 @@ class Collector:
         self.where[i] = len(self)
         for col, value in zip(self.cols, row, strict=False):
             col.append(value)
-        answer = row[10]
+        answer = row[VALUES]
         for f, col in self.field_cols.items():
             get = v.getter(f) if v is not None and answer is not None else None
             col.append(get(answer) if get is not None else None)
@@ -174,7 +188,7 @@ class Collector:
         log.warning("%s: malformed line (%s); custom_id %r left missing", where, problem, cid)
         if i is not None and self.cols[0][self.where[i]] == "missing":
             msg = f"its result line ({where}) is malformed: {problem}"
-            self._append(i, ("missing", None, "malformed_line", msg, *([None] * 7)), None, None)
+            self._append(i, _missing_row("malformed_line", msg), None, None)
 
     def files_gone(
         self, *, batch_id: str, files: list[tuple[str, str]], shard_path: str | None
@@ -191,7 +205,7 @@ class Collector:
         )
         marked = 0
         if shard_path is not None and Path(shard_path).is_file():
-            row = ("missing", None, "result_file_gone", msg, *([None] * 7))
+            row = _missing_row("result_file_gone", msg)
             with open(shard_path, "rb") as fh:
                 for raw in fh:
                     m = _CUSTOM_ID.search(raw)
@@ -276,9 +290,15 @@ class Collector:
         return blank
 
     def frame(
-        self, requests: pd.DataFrame, *, prices: Any = None, batch: bool = True
+        self,
+        requests: pd.DataFrame,
+        *,
+        prices: Any = None,
+        batch: bool = True,
+        backend: str | None = None,
     ) -> pd.DataFrame:
-        """The results frame, in the requests' row order.
+        """The results frame, in the requests' row order; ``backend`` is where the answers came
+        from (``backend_name``), None when unknown (files given by hand).
 
         The object columns are written straight into one 2-D block that becomes the frame's own
         (no consolidation copy); the typed columns are inserted next to them.
@@ -295,6 +315,7 @@ class Collector:
             *obj_fields,
             "batch_id",
             "model",
+            "requested_model",
         ]
         block = np.empty((len(obj_names), n), dtype=object)
         put = dict(zip(obj_names, block, strict=True))
@@ -310,23 +331,21 @@ class Collector:
             np.take(np.fromiter(self.cols[k], dtype=object, count=m), idx, out=put[name])
         np.take(np.fromiter(self.batch_id, dtype=object, count=m), idx, out=put["batch_id"])
         typed: dict[str, Any] = {}
+        wrong = self._key_mismatches(requests, put)
         for f, values in self.field_cols.items():
             arr = np.fromiter(values, dtype=object, count=m)
-            if f in put:
-                np.take(arr, idx, out=put[f])
-            else:
-                typed[f] = _typed(arr[idx], self.fields[f])
+            col = put[f] if f in put else np.empty(n, dtype=object)
+            np.take(arr, idx, out=col)
+            if len(wrong):  # like any invalid_output row: no answer fields, the raw content kept
+                col[wrong] = None
+            if f not in put:
+                typed[f] = _typed(col, self.fields[f])
         typed["http_status"] = _int_column(_numbers(self.cols[1])[idx])
-        tokens = {
-            name: _numbers(self.cols[k])[idx]
-            for k, name in ((6, "prompt_tokens"), (7, "completion_tokens"), (8, "cached_tokens"))
-        }
+        tokens = {name: _numbers(self.cols[ROW.index(name)])[idx] for name in _TOKENS}
         typed.update((name, _int_column(arr)) for name, arr in tokens.items())
-        models = put["model"]
-        unnamed = models == None  # noqa: E711  (elementwise: rows whose response names no model)
-        if unnamed.any():
-            models[unnamed] = np.array(_request_models(requests), dtype=object)[unnamed]
-        typed["cost_usd"] = _cost(models, tokens, prices=prices, batch=batch)
+        put["requested_model"][:] = _request_models(requests)
+        engine, priced = _provenance(put["model"], put["requested_model"], backend)
+        typed["cost_usd"] = _cost(priced, tokens, prices=prices, batch=batch)
         for c in requests.columns:
             if c not in _NOT_DATA:
                 typed[c] = requests[c].array
@@ -352,8 +371,101 @@ class Collector:
             unknown_custom_ids=self.unknown,
             duplicate_lines=self.duplicates,
             mode="batch" if batch else "sync",
+            backend=backend,
+            engine=engine,
+            simulated=engine is not None,
         )
+        # what check_answers() compares the answers with: the key, the schema and the prompt
+        for name in ("key", "prompt_version", "schema"):
+            if requests.attrs.get(name) is not None:
+                out.attrs[name] = requests.attrs[name]
+        prompt = _system_prompt(requests)
+        if prompt is not None:
+            out.attrs["system_prompt"] = prompt
         return out
+
+    def _key_mismatches(self, requests: pd.DataFrame, put: dict[str, np.ndarray]) -> np.ndarray:
+        """The rows (in frame order) whose answer echoes another key than the request's in
+        ``ECHO_FIELD``; they become ``invalid_output`` / ``key_mismatch`` here, in ``put``.
+
+        One vectorised comparison; only the few rows not equal as they are get a closer look
+        (``echoes_key``), so this costs ~1 % of an aggregation.
+        """
+        key = requests.attrs.get("key")
+        echo_col = self.field_cols.get(ECHO_FIELD)
+        if echo_col is None or key is None or key not in requests.columns:
+            return _NO_ROWS
+        echo = np.fromiter(echo_col, dtype=object, count=len(self))[self.where]
+        sent = requests[key].to_numpy(dtype=object)
+        asked = put["status"] == "succeeded"
+        if self.validators is not None:  # mixed schemas: only rows whose schema asks for the echo
+            asked &= np.fromiter(
+                (v is not None and ECHO_FIELD in v.fields for v in self.validators), dtype=bool
+            )
+        differ = np.flatnonzero(asked & (echo != sent))
+        if not len(differ):
+            return differ
+        keys = {str(k) for k in sent}
+        wrong = differ[[not echoes_key(echo[i], sent[i], keys) for i in differ.tolist()]]
+        for i in wrong.tolist():
+            put["status"][i] = "invalid_output"
+            put["error_code"][i] = "key_mismatch"
+            put["error_message"][i] = (
+                f"the answer's {ECHO_FIELD} is {echo[i]!r} but this request's {key} is "
+                f"{sent[i]!r}: the answer may belong to another request (answers mapped to the "
+                "wrong requests), or the model did not copy the key; retry_failed() sends it again"
+            )
+        if len(wrong):
+            log.warning(
+                "%d answer(s) echo another key than their request's, e.g. custom_id %r; they are "
+                "invalid_output with error_code 'key_mismatch'",
+                len(wrong),
+                self.ids[int(wrong[0])],
+            )
+        return wrong
+
+
+_NO_ROWS = np.empty(0, dtype=np.intp)
+
+
+def _missing_row(code: str, message: str) -> tuple[Any, ...]:
+    """A ``missing`` row (see ``decode.ROW``) with a reason."""
+    return ("missing", None, code, message, *([None] * (len(ROW) - 4)))
+
+
+def echoes_key(answer: Any, sent: Any, keys: set[str] | None = None) -> bool:
+    """Whether an answer's echoed key is the request's key ``sent``.
+
+    Compared after stripping surrounding whitespace and case-insensitively (a model writing
+    ``brk.b`` for ``BRK.B`` answered the right request), unless the echo is exactly another of
+    the requests' ``keys``: then it names that other request. A number key is compared as the
+    text the prompt showed (``str`` and JSON agree on numbers: ``7``, ``0.25``, ``1e+20``).
+
+        >>> echoes_key(" nvda", "NVDA"), echoes_key("AMD", "NVDA"), echoes_key("abc", "ABC", {"abc", "ABC"})
+        (True, False, False)
+    """
+    if not isinstance(answer, str):
+        return False
+    text = answer.strip()
+    wanted = str(sent).strip()
+    if text == wanted:
+        return True
+    if keys is not None and text in keys:
+        return False
+    return text.casefold() == wanted.casefold()
+
+
+def _system_prompt(requests: pd.DataFrame) -> str | None:
+    """The first request's system (or developer) message: what check_answers looks for echoes of."""
+    if "body" not in requests.columns or not len(requests):
+        return None
+    body = requests["body"].iloc[0]
+    messages = body.get("messages") if isinstance(body, dict) else None
+    for message in messages or ():
+        if isinstance(message, dict) and message.get("role") in ("system", "developer"):
+            content = message.get("content")
+            return content if isinstance(content, str) else None
+    return None
 
 
 def _numbers(values: list[Any]) -> np.ndarray:
@@ -429,15 +541,17 @@ def aggregate_df(
                 raise InputError(f"{kind}_files: {path} does not exist or is not a file")
             sources.append((kind, path, None, None))
     gone: dict[str, tuple[str | None, list[tuple[str, str]]]] = {}
+    backend = None
     if jobs is not None:
         sources[:0] = _job_files(jobs, client, gone)
+        backend = _jobs_backend(jobs, client)
     with gc_paused():
         stats = [
             collector.read_file(path, batch_id=b, kind=k, file_id=f) for k, path, b, f in sources
         ]
         for batch_id, (shard_path, files) in gone.items():
             stats += collector.files_gone(batch_id=batch_id, files=files, shard_path=shard_path)
-        out = collector.frame(requests, prices=prices, batch=True)
+        out = collector.frame(requests, prices=prices, batch=True, backend=backend)
         # freed while the GC is still paused, so it never scans the row tuples
         del collector
     out.attrs["files"] = stats
@@ -507,6 +621,17 @@ def _job_files(
                 yield kind, path, str(batch_id), file_id
 
 
+def _jobs_backend(jobs: pd.DataFrame, client: Any) -> str:
+    """Where the jobs' batches ran: their ``backend`` column (as submitted), else the client's."""
+    from portfolio_batch.backend import backend_name
+    from portfolio_batch.backend import client as default_client
+
+    names = jobs["backend"].dropna().astype(str).unique().tolist() if "backend" in jobs else []
+    if names:
+        return ", ".join(sorted(names))
+    return backend_name(client if client is not None else default_client())
+
+
 def _check_batch_visible(client: Any, batch_id: str) -> None:
     """A 404 on a result file means it is gone only if this client sees its batch: with another
     key, project or server every file is a 404, and resending would pay twice."""
@@ -567,6 +692,34 @@ def _validators(requests: pd.DataFrame) -> tuple[Validator | None, list[Validato
     return None, per_row
 
 
+def _provenance(
+    models: np.ndarray, requested: np.ndarray, backend: str | None
+) -> tuple[str | None, np.ndarray]:
+    """(engine, the model each row is priced on), with ``models`` made what answered.
+
+    The local server's answers are ``local:<engine>`` (from their system_fingerprint, see
+    ``decode.row_of``; every answer of the embedded server, whose backend name has the engine).
+    They are priced as the requested model, what the run would cost at OpenAI; other answers on
+    the model that answered (a dated snapshot, or Azure's model behind a deployment name).
+    """
+    from portfolio_batch.backend import engine_of
+
+    answered = models != None  # noqa: E711  (elementwise: rows whose response names a model)
+    # one embedded server answered everything (jobs from several backends are joined by ", ")
+    engines = {engine_of(b) for b in (backend or "").split(", ")}
+    engine = engines.pop() if len(engines) == 1 else None
+    if engine is not None:
+        models[answered] = f"local:{engine}"
+    names = set(models[answered].tolist())
+    local = sorted(m for m in names if isinstance(m, str) and m.startswith("local:"))
+    priced = np.where(answered, models, requested)
+    for name in local:
+        priced[models == name] = requested[models == name]
+    if engine is None and local:
+        engine = ", ".join(m.removeprefix("local:") for m in local)
+    return engine, priced
+
+
 def _request_models(requests: pd.DataFrame) -> list[str | None]:
     model = requests.attrs.get("model")
     if isinstance(model, str) and model:
@@ -602,19 +755,29 @@ def _typed(values: Any, dtype: str) -> Any:
 def _cost(
     models: np.ndarray, tokens: dict[str, np.ndarray], *, prices: Any, batch: bool
 ) -> np.ndarray:
-    """Actual cost per row: priced once per model, over whole token arrays."""
-    prompt, completion, cached = (
-        np.nan_to_num(tokens[c]) for c in ("prompt_tokens", "completion_tokens", "cached_tokens")
+    """Actual cost per row: priced once per model, over whole token arrays. Reasoning tokens are
+    inside completion_tokens (OpenAI's usage), so they are priced as output once, not added."""
+    prompt, completion, cached, written = (
+        np.nan_to_num(tokens[c])
+        for c in ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens")
     )
     billed = (prompt > 0) | (completion > 0)
     names = set(models[billed].tolist())
     if len(names) == 1:  # the usual case: one model; rows without usage cost 0 anyway
-        return _priced(names.pop(), prompt, completion, cached, prices=prices, batch=batch)
+        return _priced(
+            names.pop(), prompt, completion, cached, written, prices=prices, batch=batch
+        )
     cost = np.zeros(len(models))
     for model in names:
         mask = billed & (models == model)
         cost[mask] = _priced(
-            model, prompt[mask], completion[mask], cached[mask], prices=prices, batch=batch
+            model,
+            prompt[mask],
+            completion[mask],
+            cached[mask],
+            written[mask],
+            prices=prices,
+            batch=batch,
         )
     return cost
 
@@ -624,6 +787,7 @@ def _priced(
     prompt: np.ndarray,
     completion: np.ndarray,
     cached: np.ndarray,
+    written: np.ndarray,
     *,
     prices: Any,
     batch: bool,
@@ -636,7 +800,16 @@ def _priced(
                 "the responses name no model; pass the requests frame they came from"
             )
         return np.asarray(
-            cost_usd(model, prompt, completion, cached, batch=batch, prices=prices), dtype=float
+            cost_usd(
+                model,
+                prompt,
+                completion,
+                cached,
+                cache_write_tokens=written,
+                batch=batch,
+                prices=prices,
+            ),
+            dtype=float,
         )
     except PricingError as exc:
         billed = int(((prompt > 0) | (completion > 0)).sum())

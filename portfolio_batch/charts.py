@@ -225,8 +225,11 @@ def risk_vs_weight(
     ok = _scored(results)
     score = _float(results["risk_score"])
     weight = _float(results["weight"]).fillna(0.0)
-    wmax = float(weight.max()) if len(weight) and weight.max() > 0 else 1.0
-    sizes = 30 + 900 * weight / wmax
+    # A short (negative weight) is as much exposure as a long of the same size: bubbles and labels
+    # go by the absolute weight, while x keeps the sign so shorts sit left of zero.
+    gross = weight.abs()
+    wmax = float(gross.max()) if len(gross) and gross.max() > 0 else 1.0
+    sizes = 30 + 900 * gross / wmax
     fig = _new_figure(figsize, (8.0, 5.0))
     ax = fig.add_subplot()
     levels = results.loc[ok, "risk_level"].astype(str)
@@ -265,7 +268,7 @@ def risk_vs_weight(
                 fontsize=7,
                 color="#616161",
             )
-    exposure = (weight[ok] * score[ok]).sort_values(ascending=False)
+    exposure = (gross[ok] * score[ok]).sort_values(ascending=False)
     for i in exposure.index[:annotate]:
         ax.annotate(
             labels.loc[i],
@@ -306,11 +309,14 @@ def sector_risk(
     frame = pd.DataFrame(
         {
             "sector": results["sector"].astype("string").fillna("(no sector)"),
-            "weight": _float(results["weight"]).fillna(0.0),
+            # Gross (absolute) weights: with shorts, a sector's net weight can sum to about zero,
+            # which would blow its weighted score up or flip its sign.
+            "weight": _float(results["weight"]).fillna(0.0).abs(),
             "score": _float(results["risk_score"]),
             "ok": ok,
         }
     )
+    has_shorts = bool((_float(results["weight"]) < 0).any())
     frame["w_ok"] = frame["weight"].where(frame["ok"], 0.0)
     frame["ws"] = (frame["weight"] * frame["score"]).where(frame["ok"], 0.0)
     frame["n_bad"] = (~frame["ok"]).astype(int)
@@ -353,7 +359,7 @@ def sector_risk(
     for yy, (total, n_bad) in zip(y, zip(g["weight"], g["n_bad"], strict=True), strict=True):
         text = f"{total:.1%}" + (f" ({int(n_bad)} unscored)" if n_bad else "")
         ax_weight.text(total, yy, " " + text, va="center", fontsize=7)
-    ax_weight.set_xlabel("portfolio weight")
+    ax_weight.set_xlabel("gross weight (shorts counted positive)" if has_shorts else "portfolio weight")
     ax_weight.xaxis.set_major_formatter(lambda v, _pos: f"{v:.0%}")
     ax_weight.set_title("Sector weight")
     ax_weight.legend(fontsize=7, loc="lower right")
@@ -504,7 +510,9 @@ def cost_breakdown(
         _require(results, ["cost_usd"], name="results", fn="cost_breakdown", hint=_RESULTS_HINT)
         cost = _float(results["cost_usd"])
         act_total = float(cost.sum())
-        act_bars = ax_est.bar(["actual"], [act_total], color="#1565c0", label="actual")
+        # a simulated run paid nothing: its cost_usd is what OpenAI would charge
+        actual = "at OpenAI prices\n(simulated)" if results.attrs.get("simulated") else "actual"
+        act_bars = ax_est.bar([actual], [act_total], color="#1565c0", label=actual)
         ax_est.bar_label(act_bars, labels=[f"${act_total:,.4f}"], fontsize=8)
         no_cost = results.loc[cost.isna()]
         if len(no_cost):

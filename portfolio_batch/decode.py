@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["LINE_DECODER", "ROW", "Line", "row_of"]
+__all__ = ["LINE_DECODER", "LOCAL_FINGERPRINT", "ROW", "VALUES", "Line", "row_of"]
 
 
 class _Err(msgspec.Struct, gc=False):
@@ -27,15 +27,22 @@ class _Err(msgspec.Struct, gc=False):
 
 class _Details(msgspec.Struct, gc=False):
     cached_tokens: int | None = None
+    cache_write_tokens: int | None = None  # GPT-5.6 and later
+
+
+class _OutDetails(msgspec.Struct, gc=False):
+    reasoning_tokens: int | None = None
 
 
 class _Usage(msgspec.Struct, gc=False):
     prompt_tokens: int | None = None  # chat completions
     completion_tokens: int | None = None
     prompt_tokens_details: _Details | None = None
+    completion_tokens_details: _OutDetails | None = None
     input_tokens: int | None = None  # responses
     output_tokens: int | None = None
     input_tokens_details: _Details | None = None
+    output_tokens_details: _OutDetails | None = None
 
 
 class _Message(msgspec.Struct, gc=False):
@@ -65,6 +72,7 @@ class _Incomplete(msgspec.Struct, gc=False):
 
 class _Body(msgspec.Struct, gc=False):
     model: str | None = None
+    system_fingerprint: str | None = None
     choices: list[_Choice] | None = None
     usage: _Usage | None = None
     error: _Err | None = None
@@ -101,8 +109,15 @@ ROW = (
     "completion_tokens",
     "cached_tokens",
     "model",
+    "cache_write_tokens",
+    "reasoning_tokens",
     "values",
 )
+# Where the answer's values are in a row, and how many columns come before them.
+VALUES = len(ROW) - 1
+# The local server (portfolio_batch.local) marks its answers with this system_fingerprint and its
+# engine's name; OpenAI's are "fp_" and hex digits. The row's model is then "local:<engine>".
+LOCAL_FINGERPRINT = "fp_local_"
 
 
 def row_of(line: Line, decode: Callable[[str], Any] | None, empty: Any = None) -> tuple[Any, ...]:
@@ -110,7 +125,8 @@ def row_of(line: Line, decode: Callable[[str], Any] | None, empty: Any = None) -
     the answer text, ``empty`` is the answer slot of a row without a valid answer.
 
     Written for the common case, a 200 chat.completion with a valid answer: it runs 50,000 times
-    per batch file, so it touches as few attributes as it can.
+    per batch file, so it touches as few attributes as it can. The model is what answered:
+    ``body.model``, or ``local:<engine>`` for the local server's answers.
     """
     resp = line.response
     if resp is None:
@@ -118,16 +134,26 @@ def row_of(line: Line, decode: Callable[[str], Any] | None, empty: Any = None) -
     body = resp.body
     if resp.status_code != 200 or type(body) is not _Body or body.error is not None:
         return _http_failure(resp, empty)
+    model, fp = body.model, body.system_fingerprint
+    if fp is not None and fp.startswith(LOCAL_FINGERPRINT):
+        model = "local:" + fp[len(LOCAL_FINGERPRINT) :]
     u = body.usage
     if u is None:
-        pt = ct = cached = None
+        pt = ct = cached = written = thought = None
     else:
+        # OpenAI's usage: cached and cache-written tokens are parts of the prompt tokens,
+        # reasoning tokens part of the completion tokens; each is billed once, at its own rate.
         pt = u.prompt_tokens
         if pt is not None or u.completion_tokens is not None:
-            ct, d = u.completion_tokens, u.prompt_tokens_details
+            ct, d, o = u.completion_tokens, u.prompt_tokens_details, u.completion_tokens_details
         else:
-            pt, ct, d = u.input_tokens, u.output_tokens, u.input_tokens_details
-        cached = (d.cached_tokens or 0) if d is not None else 0
+            pt, ct = u.input_tokens, u.output_tokens
+            d, o = u.input_tokens_details, u.output_tokens_details
+        if d is None:
+            cached = written = 0
+        else:
+            cached, written = d.cached_tokens or 0, d.cache_write_tokens or 0
+        thought = (o.reasoning_tokens or 0) if o is not None else 0
     choices = body.choices
     if choices:
         ch = choices[0]
@@ -147,7 +173,9 @@ def row_of(line: Line, decode: Callable[[str], Any] | None, empty: Any = None) -
                 pt,
                 ct,
                 cached,
-                body.model,
+                model,
+                written,
+                thought,
                 empty,
             )
         try:
@@ -167,7 +195,9 @@ def row_of(line: Line, decode: Callable[[str], Any] | None, empty: Any = None) -
                 pt,
                 ct,
                 cached,
-                body.model,
+                model,
+                written,
+                thought,
                 answer,
             )
         if finish in ("length", "max_output_tokens"):
@@ -179,7 +209,21 @@ def row_of(line: Line, decode: Callable[[str], Any] | None, empty: Any = None) -
     elif decode is not None:
         code, problem = "no_content", "the response has no answer text"
     else:
-        return ("succeeded", 200, None, None, finish, content, pt, ct, cached, body.model, empty)
+        return (
+            "succeeded",
+            200,
+            None,
+            None,
+            finish,
+            content,
+            pt,
+            ct,
+            cached,
+            model,
+            written,
+            thought,
+            empty,
+        )
     return (
         "invalid_output",
         200,
@@ -190,9 +234,15 @@ def row_of(line: Line, decode: Callable[[str], Any] | None, empty: Any = None) -
         pt,
         ct,
         cached,
-        body.model,
+        model,
+        written,
+        thought,
         empty,
     )
+
+
+# finish_reason .. reasoning_tokens of a row without a response
+_NO_USAGE = (None,) * (VALUES - 4)
 
 
 def _no_response(line: Line, empty: Any) -> tuple[Any, ...]:
@@ -206,7 +256,7 @@ def _no_response(line: Line, empty: Any) -> tuple[Any, ...]:
         else "failed"
     )
     msg = err.message if err is not None else "the line has neither a response nor an error"
-    return (status, None, code, msg, None, None, None, None, None, None, empty)
+    return (status, None, code, msg, *_NO_USAGE, empty)
 
 
 def _http_failure(resp: _Response, empty: Any) -> tuple[Any, ...]:
@@ -219,7 +269,7 @@ def _http_failure(resp: _Response, empty: Any) -> tuple[Any, ...]:
         msg = body
     else:
         msg = "the response has no body"
-    return ("failed", resp.status_code, code, msg, None, None, None, None, None, None, empty)
+    return ("failed", resp.status_code, code, msg, *_NO_USAGE, empty)
 
 
 def _responses_answer(body: _Body) -> tuple[str | None, str | None, str | None]:

@@ -14,6 +14,10 @@ Every error a user can act on is a ``PortfolioBatchError``; its message names th
     ├── RegistryError           the local job registry cannot be read or written
     ├── LocalServerError        the embedded OpenAI-compatible server could not start
     └── MissingDependencyError  an optional extra is not installed; says which ``pip install``
+
+Warnings (not errors: the run goes on):
+
+    SimulatedBackendWarning     no API key: the answers come from the offline local server
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ __all__ = [
     "PortfolioBatchError",
     "PricingError",
     "RegistryError",
+    "SimulatedBackendWarning",
     "SubmitError",
 ]
 
@@ -101,6 +106,15 @@ class LocalServerError(PortfolioBatchError):
 
 class MissingDependencyError(PortfolioBatchError, ImportError):
     """An optional extra is needed for this feature."""
+
+
+class SimulatedBackendWarning(UserWarning):
+    """No API key is set, so ``client()`` picked the embedded local server: the answers are
+    simulated by its offline engine, not an LLM's judgement. Issued once per process and engine.
+
+    Silence it (once you know) with
+    ``warnings.filterwarnings("ignore", category=pb.SimulatedBackendWarning)``.
+    """
 
 
 def missing_extra(module: str, extra: str) -> MissingDependencyError:

@@ -27,6 +27,7 @@ import orjson
 import pandas as pd
 
 from portfolio_batch.errors import InputError
+from portfolio_batch.home import writable_dir
 from portfolio_batch.requests import _json_default
 
 __all__ = ["MANIFEST_COLUMNS", "iter_jsonl", "to_jsonl"]
@@ -324,8 +325,9 @@ def to_jsonl(
         _check_frame(requests)  # raises the "takes a requests DataFrame" error
     exact = costs is not None or max_input_tokens is not None
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_dir(
+        out_dir, what="to_jsonl(out_dir=...)", fix="pass a directory you can write to"
+    )
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="to_jsonl-writer")
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="to_jsonl-sha256")
     limits = (int(max_requests), int(max_bytes), max_input_tokens)

@@ -25,6 +25,7 @@ import pandas as pd
 from portfolio_batch import charts as _charts
 from portfolio_batch._version import __version__
 from portfolio_batch.errors import InputError
+from portfolio_batch.quality import check_answers, headline
 
 __all__ = ["report"]
 
@@ -58,6 +59,8 @@ th{background:#f5f5f5} td.num{text-align:right;font-variant-numeric:tabular-nums
 .level-high{color:#c62828;font-weight:600} .status-bad{color:#c62828}
 .chart{margin:1em 0} .chart img{max-width:100%;border:1px solid #eee}
 .muted{color:#757575;font-size:12px}
+.degenerate{background:#ffebee;border-left:4px solid #c62828;padding:.5em .8em;font-weight:600}
+.simulated{background:#fff3e0;border-left:4px solid #ef6c00;padding:.5em .8em;font-weight:600}
 """
 
 
@@ -159,10 +162,13 @@ def _metadata(
     rows.append(
         ("model", ", ".join(_unique(_col(results, "model"), _col(costs, "model"))) or "unknown")
     )
+    requested = _unique(_col(results, "requested_model"))
+    if requested:
+        rows.append(("requested model", ", ".join(requested)))
     rows.append(("prompt version", _prompt_version(results)))
     batch_ids = _unique(_col(jobs, "batch_id"), _col(results, "batch_id"))
     rows.append(("batch ids", ", ".join(batch_ids) or "none"))
-    backends = _unique(_col(jobs, "backend"))
+    backends = _unique(_col(jobs, "backend")) or _unique(pd.Series([results.attrs.get("backend")]))
     if backends:
         rows.append(("backend", ", ".join(backends)))
     endpoints = _unique(_col(jobs, "endpoint"))
@@ -207,7 +213,7 @@ def _headline(results: pd.DataFrame, costs: pd.DataFrame | None) -> list[tuple[s
                 rows.append((f"{level} risk positions", int((levels == level).sum())))
     if "cost_usd" in results.columns:
         actual = pd.to_numeric(results["cost_usd"], errors="coerce").astype("float64")
-        rows.append(("actual cost", f"${float(actual.sum()):,.6f}"))
+        rows.append((_cost_label(results), f"${float(actual.sum()):,.6f}"))
     if costs is not None and "batch_cost_usd" in costs.columns:
         est = pd.to_numeric(costs["batch_cost_usd"], errors="coerce").astype("float64")
         rows.append(("estimated batch cost", f"${float(est.sum()):,.6f}"))
@@ -219,6 +225,24 @@ def _headline(results: pd.DataFrame, costs: pd.DataFrame | None) -> list[tuple[s
             total = pd.to_numeric(results[col], errors="coerce").astype("float64").sum()
             rows.append((col, int(total)))
     return rows
+
+
+def _cost_label(results: pd.DataFrame) -> str:
+    """The label of the cost figure: paid, or for a simulated run (nothing paid) its price."""
+    if not results.attrs.get("simulated"):
+        return "actual cost"
+    prices = "synchronous" if results.attrs.get("mode") == "sync" else "batch"
+    return f"cost at OpenAI {prices} prices (simulated run)"
+
+
+def _simulated_html(results: pd.DataFrame) -> str:
+    """The banner a simulated run's report starts with; empty for a real API's answers."""
+    if not results.attrs.get("simulated"):
+        return ""
+    from portfolio_batch.backend import simulated_banner
+
+    banner = simulated_banner(results.attrs.get("engine"), mode=results.attrs.get("mode", "batch"))
+    return f'<p class="simulated" id="simulated">{html.escape(banner)}</p>'
 
 
 def _summary_html(summary: Any) -> str:
@@ -239,6 +263,20 @@ def _summary_html(summary: Any) -> str:
     if isinstance(summary, dict):
         return _kv((str(k), v) for k, v in summary.items())
     return f"<pre>{html.escape(str(summary))}</pre>"
+
+
+def _flags_html(flags: pd.DataFrame) -> str:
+    """check_answers' flags, or a line saying none was raised."""
+    if not len(flags):
+        return (
+            f"<p>No answer flagged: {flags.attrs.get('checked', 0)} answers checked for one "
+            "shared value, echoes of the prompt, out-of-range or contradicting scores, "
+            "refusals, cut answers and key mismatches.</p>"
+        )
+    shown = flags.assign(examples=flags["examples"].map(lambda e: "; ".join(map(str, e))))
+    return _table(
+        shown, ["severity", "check", "field", "count", "message", "advice", "examples"], css="flags"
+    )
 
 
 def _png(fig: Any) -> str:
@@ -361,6 +399,9 @@ def report(
         except InputError:
             summary = None  # the headline table below covers a frame summarize() cannot read
 
+    flags = getattr(summary, "flags", None)
+    if not isinstance(flags, pd.DataFrame):
+        flags = check_answers(results)
     key_cols = _key_columns(results)
     positions = _sorted_positions(results)
     errors = results[results["status"].astype("string").fillna("missing") != "succeeded"]
@@ -372,6 +413,10 @@ def report(
             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
             f"<h1>{html.escape(title)}</h1>"
         )
+        yield _simulated_html(results)
+        line = headline(flags)
+        if line:
+            yield f'<p class="degenerate">{html.escape(line)}</p>'
         yield "<h2>Summary</h2>" + _kv(_headline(results, costs))
         if summary is not None:
             yield (
@@ -379,6 +424,7 @@ def report(
                 + _summary_html(summary)
                 + "</details>"
             )
+        yield f"<h2>Answer checks ({len(flags)})</h2>" + _flags_html(flags)
         yield "<h2>Run</h2>" + _kv(_metadata(results, costs, jobs))
         yield (
             f"<h2>Positions by risk ({len(positions)})</h2>"

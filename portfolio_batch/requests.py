@@ -35,38 +35,92 @@ from portfolio_batch.errors import InputError
 __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
     "DEFAULT_USER_PROMPT",
+    "ECHO_FIELD",
+    "MODEL_FAMILIES",
+    "REASONING_EFFORTS",
     "RISK_SCHEMA",
     "SUPPORTED_ENDPOINTS",
     "build_requests",
     "custom_id_for",
+    "is_reasoning_model",
 ]
 
 # Kept short: it is repeated in every line of every batch file, and billed on every request.
 DEFAULT_SYSTEM_PROMPT = (
     "You are a portfolio risk analyst. Assess the risk one equity position adds to its portfolio "
     "over the next 12 months, using only the fields given: weight (fraction of the portfolio), "
-    "beta, volatility (annualised fraction, 0.35 = 35 %), sector, notes. risk_score: 0 "
-    "(negligible) to 100 (severe); risk_level: low below 34, medium 34-66, high above 66; "
-    "drivers: at most 3, short; rationale: one or two sentences."
+    "beta, volatility (annualised fraction, 0.35 = 35 %), sector, notes. position_key: the "
+    "first field's value, copied exactly; risk_score: 0 (negligible) to 100 (severe); "
+    "risk_level: low below 34, medium 34-66, high above 66; drivers: at most 3, short; "
+    "rationale: one or two sentences."
 )
 DEFAULT_USER_PROMPT = "Review the risk of this portfolio position. Its fields, as JSON:"
 
+# The answer's echo of the request's key: aggregate_df compares it with the key it sent, so an
+# answer mapped to the wrong request (a provider bug, a mixed-up file) is caught, not trusted.
+# Not "ticker": build_requests refuses schema fields named like input columns.
+ECHO_FIELD = "position_key"
 RISK_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
+        ECHO_FIELD: {
+            "type": "string",
+            "description": "The first field's value, copied exactly",
+        },
         "risk_score": {"type": "integer", "minimum": 0, "maximum": 100},
         "risk_level": {"type": "string", "enum": ["low", "medium", "high"]},
         "drivers": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
         "rationale": {"type": "string"},
     },
-    "required": ["risk_score", "risk_level", "drivers", "rationale"],
+    "required": [ECHO_FIELD, "risk_score", "risk_level", "drivers", "rationale"],
     "additionalProperties": False,
 }
 _RISK_SCHEMA_NAME = "position_risk"
 
 # OpenAI needs the /v1 prefix; Azure OpenAI's batch files use the bare path.
 SUPPORTED_ENDPOINTS = ("/v1/chat/completions", "/chat/completions")
-_RESERVED = ("custom_id", "method", "url", "body")
+# retry_of: the batches a retry_failed() frame's results came from, which submit() never hands
+# back for it (a column, so that it survives pd.concat; see retry.py).
+RETRY_OF = "retry_of"
+_RESERVED = ("custom_id", "method", "url", "body", RETRY_OF)
+
+# Model families by name prefix (after any "openai/"), the longest matching prefix wins.
+# reasoning=True: the model thinks before answering, so on chat completions it takes
+# max_completion_tokens (it refuses max_tokens with a 400 on every line: "Use
+# 'max_completion_tokens' instead", openai-python #2046) and reasoning_effort, and its reasoning
+# tokens are billed as output. Add your own names, e.g. an Azure deployment of o4-mini:
+# ``pb.MODEL_FAMILIES["my-o4-deployment"] = True``, or pass ``reasoning=True`` to build_requests.
+MODEL_FAMILIES: dict[str, bool] = {
+    "o1": True,
+    "o3": True,
+    "o4": True,
+    "gpt-5": True,
+    "gpt-4": False,
+    "gpt-3.5": False,
+}
+# The chat-completions reasoning_effort values (OpenAI's ReasoningEffort; not every model takes
+# every one: "none" is gpt-5.1 and later, "minimal" the gpt-5 family).
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+
+
+def is_reasoning_model(model: str) -> bool:
+    """Whether ``model`` is a reasoning model per :data:`MODEL_FAMILIES` (prefix match at a
+    ``-``/``.``/``_`` boundary; unknown names are not).
+
+        >>> is_reasoning_model("gpt-5-mini"), is_reasoning_model("o3"), is_reasoning_model("gpt-4o-mini")
+        (True, True, False)
+    """
+    name = model.removeprefix("openai/")
+    best = ""
+    for prefix in MODEL_FAMILIES:
+        if (
+            name.startswith(prefix)
+            and (len(name) == len(prefix) or name[len(prefix)] in "-._")
+            and len(prefix) > len(best)
+        ):
+            best = prefix
+    return bool(MODEL_FAMILIES.get(best, False))
+
 # The columns aggregate_df / run_sync add beside the input's (docs/design.md, Results) and
 # merge_results' attempt count: an input column with one of these names, or a schema field's name,
 # would collide with them only after the batch is paid for, so build_requests refuses it up front.
@@ -82,9 +136,12 @@ USAGE_COLUMNS = (
     "prompt_tokens",
     "completion_tokens",
     "cached_tokens",
+    "cache_write_tokens",  # GPT-5.6+: prompt tokens written to the cache (billed at 1.25x input)
+    "reasoning_tokens",  # part of completion_tokens: billed as output, never on top of it
     "cost_usd",
     "batch_id",
-    "model",
+    "model",  # what answered: the response's model, or local:<engine> on the local server
+    "requested_model",
 )
 # The results frame is: custom_id, the input columns, ANSWER_COLUMNS, the schema's fields,
 # USAGE_COLUMNS (and merge_results' attempt).
@@ -352,6 +409,8 @@ def build_requests(
     schema: Any = ...,
     key: str = ...,
     max_tokens: int = ...,
+    reasoning_effort: str | None = ...,
+    reasoning: bool | None = ...,
     endpoint: str = ...,
     id_prefix: str = ...,
     chunksize: None = ...,
@@ -367,6 +426,8 @@ def build_requests(
     schema: Any = ...,
     key: str = ...,
     max_tokens: int = ...,
+    reasoning_effort: str | None = ...,
+    reasoning: bool | None = ...,
     endpoint: str = ...,
     id_prefix: str = ...,
     chunksize: int,
@@ -381,6 +442,8 @@ def build_requests(
     schema: Any = None,
     key: str = "ticker",
     max_tokens: int = 400,
+    reasoning_effort: str | None = None,
+    reasoning: bool | None = None,
     endpoint: str = "/v1/chat/completions",
     id_prefix: str = "risk",
     chunksize: int | None = None,
@@ -397,6 +460,17 @@ def build_requests(
         >>> requests = build_requests(pd.DataFrame({"ticker": ["AAPL"], "weight": [0.5]}))
         >>> list(requests.columns)
         ['custom_id', 'method', 'url', 'body', 'ticker', 'weight']
+
+    Reasoning models (o-series, gpt-5: :data:`MODEL_FAMILIES`, or ``reasoning=True`` for a name
+    the table does not know) get ``max_completion_tokens`` instead of ``max_tokens``; it bounds
+    the reasoning tokens and the answer together, so leave room for both. ``reasoning_effort``
+    (``"minimal"``, ``"low"``, ``"medium"``, ``"high"``, ...) is sent as given; None leaves the
+    model's default.
+
+        >>> body = build_requests(pd.DataFrame({"ticker": ["AAPL"]}), model="gpt-5-mini",
+        ...                       max_tokens=2000, reasoning_effort="low").body.iloc[0]
+        >>> body["max_completion_tokens"], body["reasoning_effort"], "max_tokens" in body
+        (2000, 'low', False)
 
     ``custom_id`` = ``{id_prefix}-{key}-{prompt_version}``, where ``prompt_version`` is a short hash
     of prompt, schema and model: the same row gets the same id whatever its position.
@@ -420,6 +494,8 @@ def build_requests(
             schema=schema,
             key=key,
             max_tokens=max_tokens,
+            reasoning_effort=reasoning_effort,
+            reasoning=reasoning,
             endpoint=endpoint,
             id_prefix=id_prefix,
         )
@@ -438,6 +514,7 @@ def build_requests(
         raise InputError(
             f"max_tokens={max_tokens!r} must be a positive integer, e.g. max_tokens=400"
         )
+    thinks = _reasoning(model, reasoning, reasoning_effort)
     if not re.fullmatch(r"[A-Za-z0-9_.]+", id_prefix):
         raise InputError(f"id_prefix={id_prefix!r} may only use letters, digits, '_' and '.'")
     if key not in df.columns:
@@ -541,15 +618,37 @@ def build_requests(
     response_format = {"type": "json_schema", "json_schema": json_schema}
     limit = int(max_tokens)
     with gc_paused():
-        bodies = [
-            {
-                "model": model,
-                "messages": [system_message, {"role": "user", "content": content}],
-                "max_tokens": limit,
-                "response_format": response_format,
-            }
-            for content in contents
-        ]
+        if not thinks:
+            bodies = [
+                {
+                    "model": model,
+                    "messages": [system_message, {"role": "user", "content": content}],
+                    "max_tokens": limit,
+                    "response_format": response_format,
+                }
+                for content in contents
+            ]
+        elif reasoning_effort is None:
+            bodies = [
+                {
+                    "model": model,
+                    "messages": [system_message, {"role": "user", "content": content}],
+                    "max_completion_tokens": limit,
+                    "response_format": response_format,
+                }
+                for content in contents
+            ]
+        else:
+            bodies = [
+                {
+                    "model": model,
+                    "messages": [system_message, {"role": "user", "content": content}],
+                    "max_completion_tokens": limit,
+                    "reasoning_effort": reasoning_effort,
+                    "response_format": response_format,
+                }
+                for content in contents
+            ]
 
     index = pd.Index(ids, name="custom_id", dtype=object)
     frame: dict[Any, Any] = {
@@ -568,8 +667,32 @@ def build_requests(
         "prompt_version": prompt_version,
         "schema": schema_dict,
         "max_tokens": limit,
+        "reasoning": thinks,
+        "reasoning_effort": reasoning_effort,
     }
     return out
+
+
+def _reasoning(model: str, reasoning: bool | None, effort: str | None) -> bool:
+    """Whether the bodies are a reasoning model's (``reasoning`` overrides the family table);
+    checks ``reasoning_effort`` against it."""
+    if reasoning is not None and not isinstance(reasoning, bool):
+        raise InputError(f"reasoning={reasoning!r} must be True, False or None (look it up)")
+    thinks = is_reasoning_model(model) if reasoning is None else reasoning
+    if effort is None:
+        return thinks
+    if effort not in REASONING_EFFORTS:
+        raise InputError(
+            f"reasoning_effort={effort!r} is not one of {list(REASONING_EFFORTS)}; "
+            "e.g. reasoning_effort='low'"
+        )
+    if not thinks:
+        raise InputError(
+            f"reasoning_effort={effort!r} is for reasoning models (o-series, gpt-5), and "
+            f"{model!r} is not one (pb.MODEL_FAMILIES); drop reasoning_effort, or pass "
+            "reasoning=True if it is a deployment of a reasoning model"
+        )
+    return thinks
 
 
 def _build_in_chunks(df: pd.DataFrame, chunksize: int, **options: Any) -> Iterator[pd.DataFrame]:

@@ -8,6 +8,7 @@ results over the first run's (``merge_results``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
@@ -15,12 +16,9 @@ import pandas as pd
 
 from portfolio_batch.aggregate import custom_ids, need_columns
 from portfolio_batch.errors import InputError
+from portfolio_batch.requests import RETRY_OF
 
-__all__ = ["RETRY_OF", "merge_results", "retry_failed"]
-
-# attrs key of a retry frame (and of the manifest to_jsonl writes from it): the batch ids whose
-# results it replaces, which submit() never reuses for it.
-RETRY_OF = "retry_of_batches"
+__all__ = ["RETRY_OF", "merge_results", "retry_failed", "retry_of_batches"]
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +62,10 @@ def retry_failed(
     ``server_error``, ``request_timeout``). A 400 such as ``context_length_exceeded`` is not
     resent: it would fail the same way. ``max_tokens`` raises the limit of the ``invalid_output``
     rows (answers cut at ``max_tokens``); their custom_id stays, so ``merge_results`` pairs them up.
-    ``attrs["retry_of_batches"]`` names the batches the results came from: ``submit`` never hands
-    one of them back, even when the retry's file is byte-identical to its (every row retried).
+    Its ``retry_of`` column names the batches the results came from (comma-separated): ``submit``
+    never hands one of them back, even when the retry's file is byte-identical to its (every row
+    retried). A column, not ``attrs``: it survives ``pd.concat`` of two retry frames, and
+    ``to_jsonl`` carries it into the manifest.
 
     >>> again = retry_failed(results, requests, max_tokens=800)  # doctest: +SKIP
     >>> merged = merge_results(results, aggregate_df(poll(submit(again)), again))  # doctest: +SKIP
@@ -83,11 +83,11 @@ def retry_failed(
     mask = np.fromiter((cid in wanted for cid in ids), dtype=bool, count=len(ids))
     out = requests.loc[mask].copy()
     out.attrs = dict(requests.attrs)
-    # The batches these results came from: a retry frame byte-identical to one of their files
-    # (every row retried, bodies unchanged) must make a new batch, not get that one back.
-    source = _source_batches(results)
-    if source:
-        out.attrs[RETRY_OF] = source
+    # The batches these results came from (and those an earlier retry already replaced): a retry
+    # frame byte-identical to one of their files (every row retried, bodies unchanged) must make
+    # a new batch, not get that one back. One string shared by every row.
+    source = sorted(set(_source_batches(results)) | set(retry_of_batches(requests)))
+    out[RETRY_OF] = pd.Series(",".join(source) or None, index=out.index, dtype=object)
     if max_tokens is not None and len(out):
         cut = set(results.index[(results["status"] == "invalid_output").to_numpy(dtype=bool)])
         out["body"] = [
@@ -96,6 +96,20 @@ def retry_failed(
         ]
     log.info("retry_failed: %d of %d request(s) to send again", len(out), len(results))
     return out
+
+
+def retry_of_batches(frame: pd.DataFrame) -> list[str]:
+    """The batch ids in a requests frame's or manifest's ``retry_of`` column (none without one).
+
+        >>> retry_of_batches(pd.DataFrame({"retry_of": ["batch_a,batch_b", None, "batch_a"]}))
+        ['batch_a', 'batch_b']
+    """
+    if RETRY_OF not in frame.columns:
+        return []
+    ids: set[str] = set()
+    for value in frame[RETRY_OF].dropna().unique().tolist():
+        ids.update(b for b in str(value).split(",") if b)
+    return sorted(ids)
 
 
 def _source_batches(results: pd.DataFrame) -> list[str]:
@@ -151,5 +165,19 @@ def merge_results(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
         **old.attrs,
         "malformed_lines": int(old.attrs.get("malformed_lines", 0))
         + int(new.attrs.get("malformed_lines", 0)),
+        **_provenance(old.attrs, new.attrs),
     }
     return merged
+
+
+def _provenance(old: Mapping[Any, Any], new: Mapping[Any, Any]) -> dict[Hashable, Any]:
+    """Where the merged answers came from: both runs' backends and engines; simulated if either
+    run was (the ``model`` column says which rows), so no simulated row passes as an LLM's."""
+    out: dict[Hashable, Any] = {}
+    for name in ("backend", "engine"):
+        values = [a.get(name) for a in (old, new) if a.get(name) is not None]
+        if values or name in old or name in new:
+            out[name] = ", ".join(dict.fromkeys(", ".join(map(str, values)).split(", "))) or None
+    if "simulated" in old or "simulated" in new:
+        out["simulated"] = bool(old.get("simulated")) or bool(new.get("simulated"))
+    return out

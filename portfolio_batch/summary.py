@@ -8,6 +8,7 @@ vs actual cost.
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from portfolio_batch.aggregate import need_columns
+from portfolio_batch.quality import check_answers
 
 __all__ = ["Summary", "summarize"]
 
@@ -22,7 +24,9 @@ __all__ = ["Summary", "summarize"]
 @dataclass
 class Summary:
     """What a run gave: ``items`` requested, ``successes``, ``failures`` (counts by status and
-    error code), ``errors`` (the rows that did not succeed) and estimated vs actual cost.
+    error code), ``errors`` (the rows that did not succeed), estimated vs actual cost, and the
+    answer checks: ``flags`` (``check_answers``' frame) and ``trusted`` (successes no flag points
+    at).
 
     >>> s = summarize(results, costs=costs)  # doctest: +SKIP
     >>> s.successes, s.items, s.actual_cost_usd  # doctest: +SKIP
@@ -38,48 +42,119 @@ class Summary:
     est_cost_usd: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int = 0  # part of completion_tokens (billed as output, counted once)
+    flags: pd.DataFrame | None = None
+    trusted: int | None = None
+    simulated: bool = False  # the answers came from the offline local server (attrs["simulated"])
+    engine: str | None = None
+    mode: str = "batch"
+
+    @property
+    def banner(self) -> str | None:
+        """The line a simulated run's summary starts with ("Simulated: answers from the offline
+        local rules engine, ..."); None for answers from a real API."""
+        from portfolio_batch.backend import simulated_banner
+
+        return simulated_banner(self.engine, mode=self.mode) if self.simulated else None
+
+    @property
+    def cost_label(self) -> str:
+        """What ``actual_cost_usd`` is: paid, or for a simulated run the OpenAI price of it."""
+        prices = "synchronous" if self.mode == "sync" else "batch"
+        return f"cost at OpenAI {prices} prices" if self.simulated else "actual cost"
+
+    @property
+    def headline(self) -> str | None:
+        """The line "The answers look degenerate: ..." when a flag is severe, else None."""
+        from portfolio_batch.quality import headline
+
+        return headline(self.flags)
+
+    @property
+    def _cost_metric(self) -> str:
+        if not self.simulated:
+            return "actual_cost_usd"
+        # not "actual": nothing was paid
+        return f"cost_usd_at_openai_{'sync' if self.mode == 'sync' else 'batch'}_prices"
 
     def to_frame(self) -> pd.DataFrame:
         """The headline numbers as a two-column frame (metric, value)."""
         rows: list[tuple[str, Any]] = [("items", self.items), ("successes", self.successes)]
+        if self.trusted is not None:
+            rows.append(("trusted answers", self.trusted))
         rows += [(f"status: {k}", v) for k, v in self.by_status.items() if k != "succeeded"]
         rows += [
             ("prompt_tokens", self.prompt_tokens),
             ("completion_tokens", self.completion_tokens),
-            ("actual_cost_usd", self.actual_cost_usd),
+            *([("reasoning_tokens", self.reasoning_tokens)] if self.reasoning_tokens else []),
+            (self._cost_metric, self.actual_cost_usd),
             ("est_cost_usd", self.est_cost_usd),
         ]
+        if self.simulated:
+            rows.insert(0, ("simulated", f"yes: answers from the local {self.engine} engine"))
         return pd.DataFrame(rows, columns=["metric", "value"])
 
     def __str__(self) -> str:
         est = "n/a" if self.est_cost_usd is None else f"${self.est_cost_usd:.4f}"
         lines = [
-            f"{self.successes}/{self.items} succeeded; actual cost ${self.actual_cost_usd:.4f} (estimate {est})",
+            *([self.banner] if self.banner else []),
+            f"{self.successes}/{self.items} succeeded; {self.cost_label} ${self.actual_cost_usd:.4f} (estimate {est})",
         ]
         lines += [
             f"  {r.status:<15} {r.error_code if isinstance(r.error_code, str) else '-':<28} {r.count}"
             for r in self.failures.itertuples()
         ]
+        if self.headline:
+            lines.append(self.headline)
+        for r in self.flags.itertuples() if self.flags is not None else ():
+            lines.append(f"  {r.severity:<8} {r.check:<15} {r.message}")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         return (
             "<div><b>portfolio_batch summary</b>"
+            + (
+                f"<p style='background:#fff3e0;border-left:4px solid #ef6c00;padding:4px 8px'>"
+                f"<b>{html.escape(self.banner)}</b></p>"
+                if self.banner
+                else ""
+            )
             + self.to_frame().to_html(index=False)
             + (
                 "<p>Failures by status and code</p>" + self.failures.to_html(index=False)
                 if len(self.failures)
                 else ""
             )
+            + (
+                f"<p style='color:#c62828'><b>{html.escape(self.headline)}</b></p>"
+                if self.headline
+                else ""
+            )
+            + (
+                "<p>Answer checks</p>"
+                + self.flags[["check", "field", "severity", "count", "message", "advice"]].to_html(
+                    index=False
+                )
+                if self.flags is not None and len(self.flags)
+                else ""
+            )
             + "</div>"
         )
 
 
-def summarize(results: pd.DataFrame, costs: pd.DataFrame | None = None) -> Summary:
-    """Successes, failures by status and code, and estimated vs actual cost of a results frame.
+def summarize(
+    results: pd.DataFrame,
+    costs: pd.DataFrame | None = None,
+    *,
+    requests: pd.DataFrame | None = None,
+) -> Summary:
+    """Successes, failures by status and code, estimated vs actual cost and the answer checks of
+    a results frame.
 
     ``costs`` is the ``estimate_cost`` frame; its batch (or, for ``run_sync`` results, sync)
-    estimate of the same custom_ids is compared with the actual ``cost_usd``.
+    estimate of the same custom_ids is compared with the actual ``cost_usd``. ``check_answers``
+    runs on the results (``requests`` gives it the schema and prompt when the results' attrs were
+    lost, e.g. read back from a file): ``.flags``, ``.trusted``, ``.headline``.
 
     >>> print(summarize(results))  # doctest: +SKIP
     38/40 succeeded; actual cost $0.0123 (estimate n/a)
@@ -103,6 +178,7 @@ def summarize(results: pd.DataFrame, costs: pd.DataFrame | None = None) -> Summa
         need_columns(costs, "costs", (col,))
         est = float(costs[col].reindex(results.index).sum())
     by_status = {str(s): int(n) for s, n in results["status"].value_counts().items()}
+    flags = check_answers(results, requests=requests)
     return Summary(
         items=len(results),
         successes=by_status.get("succeeded", 0),
@@ -117,6 +193,14 @@ def summarize(results: pd.DataFrame, costs: pd.DataFrame | None = None) -> Summa
         completion_tokens=int(results["completion_tokens"].sum())
         if "completion_tokens" in results
         else 0,
+        reasoning_tokens=int(results["reasoning_tokens"].sum())
+        if "reasoning_tokens" in results
+        else 0,
+        flags=flags,
+        trusted=int(flags.attrs["trusted"]),
+        simulated=bool(results.attrs.get("simulated")),
+        engine=results.attrs.get("engine"),
+        mode=str(results.attrs.get("mode") or "batch"),
     )
 
 

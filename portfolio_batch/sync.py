@@ -16,6 +16,7 @@ import openai
 import pandas as pd
 
 from portfolio_batch.aggregate import Collector
+from portfolio_batch.backend import backend_name
 from portfolio_batch.decode import Line
 from portfolio_batch.errors import InputError
 from portfolio_batch.requests import gc_paused
@@ -36,9 +37,9 @@ def run_sync(
     """Send every request with ``client.chat.completions.create(**body)`` (``/v1/responses``
     bodies with ``client.responses.create``), ``concurrency`` at a time, with the SDK's retries.
 
-    Returns the columns ``aggregate_df`` returns; an API error becomes a ``failed`` row with its
-    ``http_status`` and ``error_code``, ``cost_usd`` is at the synchronous price and ``batch_id``
-    is None.
+    Returns the columns and attrs ``aggregate_df`` returns; an API error becomes a ``failed`` row
+    with its ``http_status`` and ``error_code``, ``cost_usd`` is at the synchronous price and
+    ``batch_id`` is None.
 
     >>> results = run_sync(requests, client=pb.client(max_retries=5))  # doctest: +SKIP
     >>> results["status"].value_counts()  # doctest: +SKIP
@@ -73,7 +74,7 @@ def run_sync(
         pool.shutdown(wait=True, cancel_futures=True)
     with gc_paused():
         collector.add_lines(lines, batch_id=None, name="run_sync", first=1)
-        out = collector.frame(requests, prices=prices, batch=False)
+        out = collector.frame(requests, prices=prices, batch=False, backend=backend_name(client))
     failed = int((out["status"] != "succeeded").sum())
     if failed:
         log.warning(

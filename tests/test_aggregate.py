@@ -24,6 +24,12 @@ ANSWER = {
     "drivers": ["beta 1.75", "volatility 52%"],
     "rationale": "Big and volatile.",
 }
+ECHOED = {"position_key": "NVDA", **ANSWER}
+
+
+def key_of(cid: str) -> str:
+    """The key in a build_requests custom_id, risk-<key>-<prompt_version>."""
+    return cid[cid.index("-") + 1 : cid.rindex("-")]
 
 
 def ok_line(
@@ -35,6 +41,10 @@ def ok_line(
     ct: int = 60,
     cached: int = 0,
 ) -> dict[str, Any]:
+    """A 200 line; an answer of the default schema without ``position_key`` echoes the key of
+    ``cid`` first, as a model given RISK_SCHEMA does (pass ``position_key`` to answer another)."""
+    if isinstance(answer, dict) and "drivers" in answer and "position_key" not in answer:
+        answer = {"position_key": key_of(cid), **answer}
     content = answer if isinstance(answer, str) else orjson.dumps(answer).decode()
     return {
         "id": f"batch_req_{cid}",
@@ -162,6 +172,7 @@ def test_columns_follow_the_contract(requests: pd.DataFrame, files: tuple[Path, 
         "error_message",
         "finish_reason",
         "content",
+        "position_key",
         "risk_score",
         "risk_level",
         "drivers",
@@ -169,9 +180,12 @@ def test_columns_follow_the_contract(requests: pd.DataFrame, files: tuple[Path, 
         "prompt_tokens",
         "completion_tokens",
         "cached_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
         "cost_usd",
         "batch_id",
         "model",
+        "requested_model",
     ]
 
 
@@ -193,8 +207,9 @@ def test_success_fields_tokens_and_batch_cost(
     )
     assert row["cost_usd"] < cost_usd("gpt-4o-mini", 300, 80, 100, batch=False)
     assert res["risk_score"].dtype == "Int64"
-    # no usage, no cost; the request's model fills in where no response names one
-    assert res.iloc[7]["cost_usd"] == 0 and res.iloc[7]["model"] == "gpt-4o-mini"
+    # no usage, no cost; no model answered, the requested one is in its own column
+    assert res.iloc[7]["cost_usd"] == 0 and res.iloc[7]["model"] is None
+    assert res.iloc[7]["requested_model"] == "gpt-4o-mini"
 
 
 def test_failures_keep_their_code_and_reason(
@@ -326,17 +341,19 @@ def test_schema_from_request_bodies_and_a_custom_schema(tmp_path: Path, testdata
 @pytest.mark.parametrize(
     "answer",
     [
-        ANSWER,
-        {**ANSWER, "risk_score": 0, "drivers": []},
-        {**ANSWER, "risk_score": 100},
-        {**ANSWER, "risk_score": 101},
-        {**ANSWER, "risk_score": -1},
-        {**ANSWER, "risk_score": "72"},
-        {**ANSWER, "risk_level": "severe"},
-        {**ANSWER, "drivers": ["a", "b", "c", "d"]},
-        {**ANSWER, "drivers": [1]},
-        {**ANSWER, "extra": 1},
-        {k: v for k, v in ANSWER.items() if k != "rationale"},
+        ECHOED,
+        {**ECHOED, "risk_score": 0, "drivers": []},
+        {**ECHOED, "risk_score": 100},
+        {**ECHOED, "risk_score": 101},
+        {**ECHOED, "risk_score": -1},
+        {**ECHOED, "risk_score": "72"},
+        {**ECHOED, "risk_level": "severe"},
+        {**ECHOED, "drivers": ["a", "b", "c", "d"]},
+        {**ECHOED, "drivers": [1]},
+        {**ECHOED, "extra": 1},
+        {**ECHOED, "position_key": 7},
+        ANSWER,  # no key echo
+        {k: v for k, v in ECHOED.items() if k != "rationale"},
         [1, 2],
         "just text",
     ],

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from test_local_support import default_sigint
 
 ROOT = Path(__file__).resolve().parent.parent
 PORTFOLIO = ROOT / "testdata" / "portfolio.csv"
@@ -47,6 +48,13 @@ def run_cli(
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.strip()]
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    """results.csv read as the README says: a simulated run's first line is its notice."""
+    with path.open(encoding="utf-8") as fh:
+        simulated = fh.readline().startswith("# Simulated:")
+    return pd.read_csv(path, skiprows=1 if simulated else 0)
 
 
 def registry_jobs() -> pd.DataFrame:
@@ -90,7 +98,7 @@ def test_full_run_writes_every_output_and_jobs_results_matches(tmp_path: Path) -
     assert len(lines) == N_POSITIONS
     assert {line["url"] for line in lines} == {"/v1/chat/completions"}
 
-    csv = pd.read_csv(out / "results.csv")
+    csv = read_results(out / "results.csv")
     parquet = pd.read_parquet(out / "results.parquet")
     assert len(csv) == len(parquet) == N_POSITIONS
     assert set(csv["status"]) == {"succeeded"}
@@ -126,19 +134,19 @@ def test_full_run_writes_every_output_and_jobs_results_matches(tmp_path: Path) -
     proc2 = run_cli("jobs", "results", run["run_id"], "--out", again, cwd=tmp_path)
     assert proc2.returncode == 0, proc2.stderr
     assert (again / "report.html").is_file()
-    pd.testing.assert_frame_equal(pd.read_csv(again / "results.csv"), csv)
+    pd.testing.assert_frame_equal(read_results(again / "results.csv"), csv)
     assert len(registry_jobs()) == 3  # no new batch
 
 
 def test_partial_run_exits_3_and_still_writes_results(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    # The rules engine's answers are 68-80 tokens long: with --max-tokens 72 the longer ones are
+    # The rules engine's answers are 73-86 tokens long: with --max-tokens 78 the longer ones are
     # cut (finish_reason "length") and become invalid_output, the others succeed.
     proc = run_cli(
-        "analyze-risk", PORTFOLIO, "--yes", "--max-tokens", "72", "--out", out, cwd=tmp_path
+        "analyze-risk", PORTFOLIO, "--yes", "--max-tokens", "78", "--out", out, cwd=tmp_path
     )
     assert proc.returncode == 3, proc.stderr
-    csv = pd.read_csv(out / "results.csv")
+    csv = read_results(out / "results.csv")
     assert len(csv) == N_POSITIONS
     assert set(csv["status"]) == {"succeeded", "invalid_output"}
     cut = csv[csv["status"] == "invalid_output"]
@@ -182,7 +190,7 @@ def test_sync_run(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = run_cli("analyze-risk", PORTFOLIO, "--sync", "--yes", "--out", out, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    csv = pd.read_csv(out / "results.csv")
+    csv = read_results(out / "results.csv")
     assert len(csv) == N_POSITIONS and set(csv["status"]) == {"succeeded"}
     assert len(registry_jobs()) == 0  # no batch for a synchronous run
 
@@ -198,7 +206,7 @@ def test_two_runs_into_one_out_keep_their_own_shards(tmp_path: Path) -> None:
         proc = run_cli("analyze-risk", f"{name}.csv", "--yes", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
     b_results = (out / "results.csv").read_bytes()
-    assert set(pd.read_csv(out / "results.csv")["ticker"]) == set(portfolio["ticker"].iloc[4:9])
+    assert set(read_results(out / "results.csv")["ticker"]) == set(portfolio["ticker"].iloc[4:9])
 
     jobs = registry_jobs()
     assert jobs["run_id"].nunique() == 2
@@ -206,7 +214,7 @@ def test_two_runs_into_one_out_keep_their_own_shards(tmp_path: Path) -> None:
     again = tmp_path / "again"
     proc = run_cli("jobs", "results", run_a, "--out", again, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    csv = pd.read_csv(again / "results.csv")
+    csv = read_results(again / "results.csv")
     assert set(csv["ticker"]) == set(portfolio["ticker"].iloc[:4])
     assert set(csv["status"]) == {"succeeded"}
     assert (out / "results.csv").read_bytes() == b_results
@@ -320,7 +328,7 @@ def _wait_for_batch(proc: subprocess.Popen[str], timeout: float = 60) -> pd.Data
 def test_resume_after_interrupt_creates_no_second_batch(
     tmp_path: Path, slow_server: Any, how: str
 ) -> None:
-    env = cli_env(OPENAI_BASE_URL=str(slow_server.base_url), OPENAI_API_KEY="test-key")
+    env = cli_env(OPENAI_BASE_URL=str(slow_server.base_url), OPENAI_API_KEY=slow_server.api_key)
     out = tmp_path / "out"
     proc = subprocess.Popen(
         cli_args("analyze-risk", PORTFOLIO, "--yes", "--engine", "smollm2", "--out", out),
@@ -330,6 +338,7 @@ def test_resume_after_interrupt_creates_no_second_batch(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,  # Ctrl-C must reach it even when pytest runs under nohup or &
     )
     jobs = _wait_for_batch(proc)
     run_id = jobs["run_id"].iloc[0]
@@ -352,7 +361,7 @@ def test_resume_after_interrupt_creates_no_second_batch(
     assert resumed.returncode == 0, resumed.stderr
     assert len(list(client.batches.list())) == 1
     assert set(registry_jobs()["batch_id"]) == set(jobs["batch_id"])
-    csv = pd.read_csv(out / "results.csv")  # the run's own --out by default
+    csv = read_results(out / "results.csv")  # the run's own --out by default
     assert len(csv) == N_POSITIONS and set(csv["status"]) == {"succeeded"}
     assert "Positions by risk" in resumed.stdout
 
@@ -374,7 +383,7 @@ def _results_and_cancel(tmp_path: Path, slow_server: Any) -> None:
     requests = pb.build_requests(pb.load_portfolio(PORTFOLIO))
     jobs = pb.submit(pb.to_jsonl(requests, tmp_path / "shards"), client=client)
     run_id = jobs["run_id"].iloc[0]
-    env = cli_env(OPENAI_BASE_URL=str(slow_server.base_url), OPENAI_API_KEY="test-key")
+    env = cli_env(OPENAI_BASE_URL=str(slow_server.base_url), OPENAI_API_KEY=slow_server.api_key)
 
     early = run_cli("jobs", "results", run_id, cwd=tmp_path, env=env)
     assert early.returncode == 2
@@ -391,7 +400,7 @@ def _results_and_cancel(tmp_path: Path, slow_server: Any) -> None:
     out = tmp_path / "collected"
     proc = run_cli("jobs", "results", run_id, "--out", out, cwd=tmp_path, env=env)
     assert proc.returncode == 3, proc.stderr  # the requests that never ran are "cancelled"
-    csv = pd.read_csv(out / "results.csv")
+    csv = read_results(out / "results.csv")
     assert len(csv) == N_POSITIONS
     assert "cancelled" in set(csv["status"])
     assert list(csv["custom_id"]) == list(requests.index)
@@ -414,6 +423,7 @@ def test_serve_command_answers_the_openai_sdk(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     try:
         client = openai.OpenAI(

@@ -87,7 +87,7 @@ def test_jobs_resume_checks_out_before_waiting(tmp_path: Path) -> None:
             out,
             cwd=tmp_path,
             OPENAI_BASE_URL=str(server.base_url),
-            OPENAI_API_KEY="test-key",
+            OPENAI_API_KEY=server.api_key,
         )
         assert f"--out '{out}' is a file, not a directory" in one_error_line(proc)
         assert "Resuming run" not in proc.stderr

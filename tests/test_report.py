@@ -234,7 +234,7 @@ def test_report_of_a_real_run_on_the_local_server(openai_client, testdata, tmp_p
     meta = dict(re.findall(r"<tr><th>([^<]*)</th><td>([^<]*)</td></tr>", doc))
     assert meta["batch ids"] == jobs["batch_id"].iloc[0]
     assert meta["prompt version"] == requests.attrs["prompt_version"]
-    assert meta["model"] == "gpt-4o-mini"
+    assert meta["model"] == "local:rules" and meta["requested model"] == "gpt-4o-mini"
     assert meta["price source"].startswith(costs.attrs["price_source"])
     assert meta["positions"] == str(len(portfolio))
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", meta["first batch created"])

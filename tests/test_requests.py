@@ -52,7 +52,17 @@ def test_body_is_a_strict_structured_output_chat_request(portfolio: pd.DataFrame
     assert rf["json_schema"]["name"] == "position_risk"
     assert rf["json_schema"]["strict"] is True
     schema = rf["json_schema"]["schema"]
-    assert schema["required"] == ["risk_score", "risk_level", "drivers", "rationale"]
+    # the key echo comes first: the model copies it before it writes anything else
+    assert schema["required"] == [
+        "position_key",
+        "risk_score",
+        "risk_level",
+        "drivers",
+        "rationale",
+    ]
+    assert next(iter(schema["properties"])) == "position_key"
+    assert schema["properties"]["position_key"]["type"] == "string"
+    assert "position_key: the first field's value, copied exactly" in system["content"]
     assert schema["additionalProperties"] is False
     assert schema["properties"]["risk_score"] == {"type": "integer", "minimum": 0, "maximum": 100}
     assert schema["properties"]["risk_level"]["enum"] == ["low", "medium", "high"]
@@ -178,6 +188,9 @@ def test_bad_options_are_named(portfolio: pd.DataFrame) -> None:
     # only after the batch is paid for: refused here, naming the column and a rename.
     with pytest.raises(InputError, match=r"\['risk_score'\] have the name of a results column"):
         build_requests(portfolio.assign(risk_score=50))
+    # nor an input column named like the key echo
+    with pytest.raises(InputError, match=r"\['position_key'\] have the name of a results column"):
+        build_requests(portfolio.assign(position_key="x"))
     with pytest.raises(InputError, match=r"\['status', 'model'\].*'input_status'"):
         build_requests(portfolio.assign(status="held", model="x"))
     with pytest.raises(InputError, match="prompt= must be a string"):
@@ -279,7 +292,13 @@ def test_readme_requests_section_runs(
 def test_schema_is_copied_and_strict_can_be_turned_off(portfolio: pd.DataFrame) -> None:
     requests = build_requests(portfolio)
     requests.body.iloc[0]["response_format"]["json_schema"]["schema"]["required"].append("x")
-    assert RISK_SCHEMA["required"] == ["risk_score", "risk_level", "drivers", "rationale"]
+    assert RISK_SCHEMA["required"] == [
+        "position_key",
+        "risk_score",
+        "risk_level",
+        "drivers",
+        "rationale",
+    ]
     loose = {"type": "object", "properties": {"label": {"type": "string"}}}
     spec = build_requests(portfolio, schema={"name": "loose", "strict": False, "schema": loose})
     assert spec.body.iloc[0]["response_format"]["json_schema"]["strict"] is False

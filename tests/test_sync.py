@@ -46,7 +46,7 @@ def test_same_columns_and_answers_as_the_batch_path(
     row = sync.iloc[0]
     assert row["cost_usd"] == pytest.approx(
         cost_usd(
-            row["model"],
+            row["requested_model"],  # the local server's answers: priced as the model asked for
             row["prompt_tokens"],
             row["completion_tokens"],
             row["cached_tokens"],

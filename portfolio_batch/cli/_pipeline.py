@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,7 @@ from rich.text import Text
 from portfolio_batch.cli._console import EXIT_INTERRUPTED, err, error_line
 from portfolio_batch.cli._progress import BatchProgress
 from portfolio_batch.cli._runs import check_shards, load_run_info, requests_from_shards
-from portfolio_batch.errors import BatchFailedError, InputError
+from portfolio_batch.errors import BatchFailedError, InputError, SimulatedBackendWarning
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -70,12 +71,15 @@ def make_client(engine: str | None, *, default_engine: str | None = None) -> Any
                 style="yellow",
             )
         )
+    from portfolio_batch.backend import simulated_notice
+
     engine = engine or default_engine
     name = engine or os.environ.get("PORTFOLIO_BATCH_ENGINE") or "rules"
-    err.print(
-        Text(f"No API key set: using the embedded local server (engine {name}).", style="dim")
-    )
-    return pb.client(engine=engine) if engine else pb.client()
+    # Highlighted, every run: the user must not take simulated answers for an LLM's.
+    err.print(Text(simulated_notice(name), style="bold yellow"))
+    with warnings.catch_warnings():  # the line above says it; no Python warning text as well
+        warnings.simplefilter("ignore", SimulatedBackendWarning)
+        return pb.client(engine=engine) if engine else pb.client()
 
 
 def client_for_run(jobs: pd.DataFrame, engine: str | None) -> Any:

@@ -20,6 +20,7 @@ __all__ = [
     "compare_table",
     "errors_table",
     "estimate_table",
+    "flags_text",
     "frame_table",
     "positions_table",
     "summary_table",
@@ -85,6 +86,8 @@ def estimate_table(costs: pd.DataFrame, manifest: pd.DataFrame | None = None) ->
     table.add_row("Requests", _int(len(costs)))
     table.add_row("Input tokens", _int(costs["input_tokens"].sum()))
     mode = costs.attrs.get("output_tokens", "max")
+    if costs.attrs.get("output_includes_reasoning"):
+        mode = f"{mode}, reasoning included"  # reasoning tokens are billed as output
     table.add_row(f"Output tokens (est., {mode})", _int(costs["output_tokens_est"].sum()))
     table.add_row("Batch cost", usd(batch))
     table.add_row("Sync cost", usd(sync))
@@ -147,9 +150,17 @@ def frame_table(frame: pd.DataFrame, *, title: str | None = None) -> Table:
 def compare_table(comparison: pd.DataFrame) -> Table:
     """``compare_models`` as a table, one row per model."""
     sources = sorted({str(v) for v in comparison.get("price_source", [])})
+    caption = f"Prices: {', '.join(sources)}" if sources else ""
+    thinking = comparison.get("output_includes_reasoning")
+    if thinking is not None and bool(thinking.any()):
+        names = ", ".join(comparison.loc[thinking.astype(bool), "model"].astype(str))
+        caption += (
+            f"\nOut tokens of {names} include reasoning tokens (billed as output; "
+            "--max-tokens bounds reasoning and answer together)."
+        )
     table = Table(
         title="Batch vs sync, per model",
-        caption=f"Prices: {', '.join(sources)}" if sources else None,
+        caption=caption.strip() or None,
         box=box.SIMPLE_HEAD,
         title_justify="left",
         caption_justify="left",
@@ -171,25 +182,57 @@ def compare_table(comparison: pd.DataFrame) -> Table:
     return table
 
 
-def summary_table(results: pd.DataFrame, costs: pd.DataFrame | None) -> Table:
-    """``pb.summarize``: successes, failures by status and code, estimated vs actual cost."""
+def summary_table(results: pd.DataFrame, costs: pd.DataFrame | None, summary: Any = None) -> Table:
+    """``pb.summarize`` (or the ``summary`` given): successes, failures by status and code,
+    estimated vs actual cost."""
     import portfolio_batch as pb
 
-    summary = pb.summarize(results, costs=costs)
+    if summary is None:
+        summary = pb.summarize(results, costs=costs)
     table = Table(title="Summary", box=box.SIMPLE, show_header=False, title_justify="left")
     table.add_column("", style="bold")
     table.add_column("", justify="right")
     table.add_row("Requests", _int(summary.items))
     table.add_row("Succeeded", Text(_int(summary.successes), style="green"))
+    if summary.trusted is not None and summary.trusted != summary.successes:
+        table.add_row("  of them trusted", Text(_int(summary.trusted), style="bold red"))
     for row in summary.failures.itertuples(index=False):
         code = _cell(row.error_code)
         label = f"  {row.status}" + (f" ({code})" if code else "")
         table.add_row(label, Text(_int(row.count), style=_STATUS_STYLE.get(str(row.status), "red")))
     table.add_row("Estimated cost", usd(summary.est_cost_usd))
-    table.add_row("Actual cost", usd(summary.actual_cost_usd))
+    label = summary.cost_label  # "actual cost", or "cost at OpenAI batch prices" when simulated
+    table.add_row(label[0].upper() + label[1:], usd(summary.actual_cost_usd))
     table.add_row("Input tokens", _int(summary.prompt_tokens))
     table.add_row("Output tokens", _int(summary.completion_tokens))
+    if getattr(summary, "reasoning_tokens", 0):
+        table.add_row("  of them reasoning", _int(summary.reasoning_tokens))
     return table
+
+
+def flags_text(flags: pd.DataFrame | None) -> Text:
+    """``check_answers``' flags, a line each, after "The answers look degenerate: ..." when one
+    is severe; a green line when there is none."""
+    from portfolio_batch.quality import headline
+
+    if flags is None or not len(flags):
+        checked = flags.attrs.get("checked", 0) if flags is not None else 0
+        return Text(f"Answer checks: no flag on {checked} answers.", style="green")
+    text = Text()
+    line = headline(flags)
+    if line:
+        text.append(line + "\n", style="bold red")
+    for row in flags.itertuples(index=False):
+        style = "red" if row.severity == "severe" else "yellow"
+        field = f" {row.field}" if isinstance(row.field, str) else ""
+        text.append(f"  {row.severity} {row.check}{field}: ", style=style)
+        text.append(f"{row.message}; {row.advice}")
+        examples: Any = row.examples
+        if examples:
+            text.append(f" (e.g. {'; '.join(map(str, examples))})", style="dim")
+        text.append("\n")
+    text.rstrip()
+    return text
 
 
 def positions_table(results: pd.DataFrame, *, key: str | None = None, width: int = 160) -> Table:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +52,9 @@ def load_portfolio_file(path: Path) -> pd.DataFrame:
 
     kind = "Parquet" if path.suffix.lower() in (".parquet", ".pq") else "CSV"
     try:
-        return pb.load_portfolio(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            frame = pb.load_portfolio(path)
     except pd.errors.EmptyDataError:
         raise InputError(
             f"{path} is empty; a portfolio needs a header line (ticker,weight,...) and one line per position."
@@ -70,6 +73,34 @@ def load_portfolio_file(path: Path) -> pd.DataFrame:
                 "with ticker and weight columns."
             ) from None
         raise
+    notes = []
+    for warning in caught:
+        if issubclass(warning.category, UserWarning):
+            notes.append(str(warning.message))
+        else:  # not ours to reword: handed on as it came
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+    _show_portfolio_notes(frame, notes)
+    return frame
+
+
+def _show_portfolio_notes(frame: pd.DataFrame, notes: list[str]) -> None:
+    """load_portfolio's warnings (a sum far from 1) and its shorts, one line each on stderr: a
+    Python warning's file:line prefix means nothing to a CLI user."""
+    from rich.text import Text
+
+    from portfolio_batch.cli._console import err
+
+    for note in notes:
+        err.print(Text.assemble(("Warning:", "bold yellow"), " ", note), soft_wrap=True)
+    shorts = int(frame.attrs.get("shorts", 0))
+    if shorts and not notes:  # the warning already gives gross and net
+        weights = frame["weight"]
+        err.print(
+            f"{shorts} short position{'s' if shorts != 1 else ''} (negative weights): gross "
+            f"exposure {float(weights.abs().sum()):.2f}, net {float(weights.sum()):.2f}."
+        )
 
 
 def shard_dir(out_dir: Path, run_id: str) -> Path:
@@ -78,9 +109,9 @@ def shard_dir(out_dir: Path, run_id: str) -> Path:
     >>> shard_dir(Path("demo-out"), "run-20261115-103000-ab12cd")  # doctest: +SKIP
     PosixPath('demo-out/requests/run-20261115-103000-ab12cd')
     """
-    path = out_dir / "requests" / run_id
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    from portfolio_batch.home import writable_dir
+
+    return writable_dir(out_dir / "requests" / run_id, what="--out")
 
 
 def run_out_dir(shard_path: str | Path) -> Path:

@@ -10,14 +10,26 @@ import typer
 from rich.text import Text
 
 from portfolio_batch.cli._console import confirm, err
-from portfolio_batch.errors import BudgetExceededError
+from portfolio_batch.errors import BudgetExceededError, InputError
 
-__all__ = ["Engine", "analyze_risk"]
+__all__ = ["Engine", "analyze_risk", "engine_option"]
 
 
 class Engine(StrEnum):
     rules = "rules"
     smollm2 = "smollm2"
+
+
+def engine_option(value: str | None) -> str | None:
+    """Check ``--engine``: ``rules``, ``smollm2`` or an import path ``package.module:factory``."""
+    if value is None:
+        return None
+    from portfolio_batch.local.engines import check_engine_name
+
+    try:
+        return check_engine_name(value)
+    except InputError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _check_budget(costs: Any, budget: float, *, mode: str) -> None:
@@ -41,7 +53,8 @@ def analyze_risk(
         Path,
         typer.Argument(
             metavar="PORTFOLIO",
-            help="The portfolio: a CSV or Parquet file with ticker and weight columns.",
+            help="The portfolio: a CSV/TSV, Excel (.xlsx) or Parquet file with ticker and weight "
+            "columns.",
         ),
     ],
     batch: Annotated[
@@ -74,12 +87,14 @@ def analyze_risk(
         ),
     ] = Path("portfolio-batch-out"),
     engine: Annotated[
-        Engine | None,
+        str | None,
         typer.Option(
             "--engine",
-            help="Engine of the embedded local server, used when no API key is set; ignored with a key. "
-            "[default: $PORTFOLIO_BATCH_ENGINE or rules]",
+            help="Engine of the embedded local server, used when no API key is set; ignored with a key: "
+            "rules, smollm2, or your engine's import path package.module:factory (run in a child "
+            "process). [default: $PORTFOLIO_BATCH_ENGINE or rules]",
             show_default=False,
+            callback=engine_option,
         ),
     ] = None,
     max_requests: Annotated[
@@ -109,13 +124,15 @@ def analyze_risk(
     from portfolio_batch.cli._pipeline import make_client, poll_run
     from portfolio_batch.cli._render import estimate_table
     from portfolio_batch.cli._runs import load_portfolio_file, shard_dir, write_run_info
+    from portfolio_batch.home import writable_dir
     from portfolio_batch.submit import new_run_id
 
-    engine_name = engine.value if engine is not None else None
+    engine_name = engine
     frame = load_portfolio_file(portfolio)
+    # Before the work and the money: a --out that is a file or read-only is one line, exit 2.
+    out_dir = writable_dir(out_dir, what="--out").resolve()
     requests = pb.build_requests(frame, model=model, max_tokens=max_tokens)
     costs = pb.estimate_cost(requests)
-    out_dir = out_dir.resolve()
     # The run id is chosen here so the shards go to their own directory: a later run into the
     # same --out must not rewrite the files this run's results are matched against.
     run_id = new_run_id() if batch else "sync-" + new_run_id().removeprefix("run-")

@@ -25,7 +25,8 @@ def estimate(
         Path,
         typer.Argument(
             metavar="PORTFOLIO",
-            help="The portfolio: a CSV or Parquet file with ticker and weight columns.",
+            help="The portfolio: a CSV/TSV, Excel (.xlsx) or Parquet file with ticker and weight "
+            "columns.",
         ),
     ],
     models: Annotated[

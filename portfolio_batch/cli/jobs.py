@@ -37,9 +37,17 @@ _Engine = Annotated[
 
 def _out_dir(jobs_paths: list[str], out_dir: Path | None) -> Path:
     from portfolio_batch.cli._runs import run_out_dir
+    from portfolio_batch.home import writable_dir
 
-    # By default, the run's original --out (from its run.json next to the shards).
-    return (out_dir or run_out_dir(jobs_paths[0])).resolve()
+    if out_dir is not None:
+        return writable_dir(out_dir, what="--out").resolve()
+    # By default, the run's original --out (from its run.json next to the shards). Checked before
+    # polling: hours of waiting must not end in a directory that cannot be written.
+    return writable_dir(
+        run_out_dir(jobs_paths[0]),
+        what="the run's own --out",
+        fix="pass --out a directory you can write to",
+    ).resolve()
 
 
 @app.command("list")

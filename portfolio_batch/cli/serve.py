@@ -35,20 +35,36 @@ def serve(
             help="Where files and batches are kept [default: $PORTFOLIO_BATCH_HOME/local].",
         ),
     ] = None,
+    api_key: Annotated[
+        bool,
+        typer.Option(
+            "--api-key",
+            help="Require an API key, typed at a prompt (or one line of stdin). Never put the key "
+            "itself on the command line, where `ps` shows it; or set PORTFOLIO_BATCH_SERVER_KEY.",
+        ),
+    ] = False,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option("--api-key-file", help="Require the API key held in this file."),
+    ] = None,
 ) -> None:
     """Run the local OpenAI-compatible Files + Batches server until Ctrl-C.
 
     Point the SDK or another portfolio-batch at it with OPENAI_BASE_URL=http://HOST:PORT/v1 and
-    any non-empty OPENAI_API_KEY. Unlike the embedded server, it outlives the CLI run, so
-    `jobs resume` works after the CLI is interrupted.
+    OPENAI_API_KEY set to the key it requires (PORTFOLIO_BATCH_SERVER_KEY, --api-key or
+    --api-key-file; without one it accepts any non-empty key). Unlike the embedded server, it
+    outlives the CLI run, so `jobs resume` works after the CLI is interrupted. On an address
+    other than 127.0.0.1 it warns loudly.
 
     Example:
 
-        portfolio-batch serve --port 8000 --engine rules
+        PORTFOLIO_BATCH_SERVER_KEY=sk-team portfolio-batch serve --port 8000 --engine rules
     """
     from portfolio_batch import local
     from portfolio_batch.home import writable_dir
+    from portfolio_batch.local.server import read_api_key
 
     if data_dir is not None:
         data_dir = writable_dir(data_dir, what="--data-dir")
-    local.run(host=host, port=port, engine=engine, data_dir=data_dir)
+    key = read_api_key(prompt=api_key, key_file=api_key_file)
+    local.run(host=host, port=port, engine=engine, data_dir=data_dir, api_key=key)

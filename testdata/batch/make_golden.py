@@ -44,7 +44,13 @@ def _answer(row: dict) -> dict:
         f"{row.get('name', row['ticker'])} combines a beta of {beta:.2f} with {vol:.0%} volatility "
         f"at a {weight:.1%} weight, so its contribution to portfolio risk is {level}."
     )
-    return {"risk_score": score, "risk_level": level, "drivers": drivers, "rationale": rationale}
+    return {
+        "position_key": row["ticker"],  # the echo RISK_SCHEMA asks for first
+        "risk_score": score,
+        "risk_level": level,
+        "drivers": drivers,
+        "rationale": rationale,
+    }
 
 
 def main() -> None:

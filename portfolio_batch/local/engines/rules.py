@@ -51,7 +51,9 @@ def _number(value: Any, default: float) -> float:
 
 
 def risk_answer(position: dict[str, Any]) -> dict[str, Any]:
-    """Score one position: ``risk_score`` 0-100, ``risk_level``, ``drivers`` (≤3), ``rationale``."""
+    """Score one position: ``position_key`` (its first field, the request's key, echoed as
+    ``RISK_SCHEMA`` asks), ``risk_score`` 0-100, ``risk_level`` in the system prompt's bands,
+    ``drivers`` (≤3), ``rationale``."""
     weight = max(_number(position.get("weight"), 0.0), 0.0)
     volatility = max(_number(position.get("volatility"), 0.25), 0.0)
     beta = _number(position.get("beta"), 1.0)
@@ -63,7 +65,8 @@ def risk_answer(position: dict[str, Any]) -> dict[str, Any]:
         f"{sector} sector": float(SECTOR_POINTS.get(sector.lower(), DEFAULT_SECTOR_POINTS)),
     }
     score = int(max(0, min(100, round(5 + sum(parts.values())))))
-    level = "low" if score < 35 else "medium" if score < 65 else "high"
+    # the bands DEFAULT_SYSTEM_PROMPT gives: low below 34, medium 34-66, high above 66
+    level = "low" if score < 34 else "medium" if score <= 66 else "high"
     drivers = [name for name, _ in sorted(parts.items(), key=lambda kv: -kv[1])[:3]]
     label = str(position.get("ticker") or position.get("name") or "This position")
     if position.get("name") and position.get("ticker"):
@@ -72,7 +75,14 @@ def risk_answer(position: dict[str, Any]) -> dict[str, Any]:
         f"{label} scores {score}/100 ({level} risk): weight {weight:.1%}, volatility "
         f"{volatility:.0%}, beta {beta:.2f}, {sector} sector."
     )
-    return {"risk_score": score, "risk_level": level, "drivers": drivers, "rationale": rationale}
+    key = next(iter(position.values()), "")  # build_requests writes the key first
+    return {
+        "position_key": "" if key is None else str(key),
+        "risk_score": score,
+        "risk_level": level,
+        "drivers": drivers,
+        "rationale": rationale,
+    }
 
 
 def _text(content: Any) -> str:
