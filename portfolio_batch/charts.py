@@ -359,7 +359,9 @@ def sector_risk(
     for yy, (total, n_bad) in zip(y, zip(g["weight"], g["n_bad"], strict=True), strict=True):
         text = f"{total:.1%}" + (f" ({int(n_bad)} unscored)" if n_bad else "")
         ax_weight.text(total, yy, " " + text, va="center", fontsize=7)
-    ax_weight.set_xlabel("gross weight (shorts counted positive)" if has_shorts else "portfolio weight")
+    ax_weight.set_xlabel(
+        "gross weight (shorts counted positive)" if has_shorts else "portfolio weight"
+    )
     ax_weight.xaxis.set_major_formatter(lambda v, _pos: f"{v:.0%}")
     ax_weight.set_title("Sector weight")
     ax_weight.legend(fontsize=7, loc="lower right")

@@ -13,7 +13,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTDATA = ROOT / "testdata"
-SHARED = ROOT.parent / "shared"
+
+# Set by .ci/run: the browser and SmolLM2 tests fail instead of skipping when their tools are missing.
+_REQUIRE_VARS = ("PB_REQUIRE_BROWSER", "PB_REQUIRE_LLM")
 
 _CREDENTIAL_VARS = (
     "OPENAI_API_KEY",
@@ -43,7 +45,9 @@ def local_server(tmp_path: Path) -> Iterator[Any]:
     """A local Files + Batches server (rules engine) on a random loopback port."""
     from portfolio_batch.local import serve
 
-    with serve(engine="rules", data_dir=tmp_path / "server-data") as server:
+    # any_key: tests build their own clients (other transports, child processes) with any key;
+    # the key a server requires by default is tested in tests/test_local_security.py
+    with serve(engine="rules", data_dir=tmp_path / "server-data", any_key=True) as server:
         yield server
 
 
@@ -59,4 +63,5 @@ def testdata() -> Path:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"portfolio_batch tests; PORTFOLIO_BATCH_HOME per test; PB_REQUIRE_BROWSER={os.environ.get('PB_REQUIRE_BROWSER', '')}"
+    required = " ".join(f"{var}={os.environ.get(var, '')}" for var in _REQUIRE_VARS)
+    return f"portfolio_batch tests; PORTFOLIO_BATCH_HOME per test; {required}"

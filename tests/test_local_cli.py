@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import openai
-from test_local_support import create_batch, read_lines, risk_line, wait
+from test_local_support import create_batch, default_sigint, read_lines, risk_line, wait
 
 
-def _start(data_dir: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+def _start(
+    data_dir: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -29,7 +31,8 @@ def _start(data_dir: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
         ],
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ},
+        env={**os.environ, **(env or {})},
+        preexec_fn=default_sigint,  # stopped by SIGINT below, even when pytest runs under nohup
     )
     assert proc.stderr is not None
     line = proc.stderr.readline()
@@ -44,7 +47,9 @@ def _stop(proc: subprocess.Popen[str]) -> int:
 
 
 def test_module_cli_serves_and_stops(tmp_path: Path) -> None:
-    proc, base_url = _start(tmp_path / "data", "--api-key", "sk-cli-key", "--request-delay", "0")
+    proc, base_url = _start(
+        tmp_path / "data", "--request-delay", "0", env={"PORTFOLIO_BATCH_SERVER_KEY": "sk-cli-key"}
+    )
     try:
         client: Any = openai.OpenAI(base_url=base_url, api_key="sk-cli-key")
         batch, _ = wait(client, create_batch(client, [risk_line(0), risk_line(1)]).id)

@@ -1,9 +1,11 @@
 """Helpers for the local server tests (imported by the other test_local_* modules), and the checks
-of the helpers themselves: the OpenAPI schemas in shared/ are loaded and actually reject bad objects."""
+of the helpers themselves: the OpenAPI schemas (tests/data/openapi/, vendored from the API contract)
+are loaded and actually reject bad objects."""
 
 from __future__ import annotations
 
 import io
+import signal
 import time
 from functools import cache
 from pathlib import Path
@@ -16,11 +18,21 @@ import yaml
 
 from portfolio_batch.requests import RISK_SCHEMA
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-SPEC_PATH = SHARED / "openapi" / "batch-subset.yaml"
+# A vendored copy of the API contract's OpenAPI subset: the tests need nothing beside the repo.
+SPEC_PATH = Path(__file__).resolve().parent / "data" / "openapi" / "batch-subset.yaml"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 SECTORS = ["Technology", "Energy", "Utilities", "Consumer Staples", "Financials"]
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child process that a test stops with SIGINT, as a user's Ctrl-C does.
+
+    A test run started with ``nohup`` or ``&`` ignores SIGINT and its children inherit that, so
+    Python never installs its KeyboardInterrupt handler in them and the signal is lost. A terminal's
+    Ctrl-C reaches a process whose SIGINT is at its default: give the child that. Only the signal
+    disposition is reset, before exec, so the child is the program the user runs, unchanged."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @cache
@@ -38,7 +50,7 @@ def _drop_nulls(value: Any) -> Any:
 
 
 def validate(obj: Any, name: str) -> None:
-    """Validate a wire JSON object against ``#/components/schemas/<name>`` of the shared spec."""
+    """Validate a wire JSON object against ``#/components/schemas/<name>`` of the OpenAPI subset."""
     schema = {"$ref": f"#/components/schemas/{name}", "components": _spec()["components"]}
     jsonschema.Draft202012Validator(schema).validate(_drop_nulls(obj))
 
