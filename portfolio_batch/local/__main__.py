@@ -1,4 +1,9 @@
-"""``python -m portfolio_batch.local [--host] [--port] [--engine] [--data-dir] [--api-key] ...``"""
+"""``python -m portfolio_batch.local [--host] [--port] [--engine] [--data-dir] [--api-key] ...``
+
+The key the server requires is never given on the command line, where ``ps`` shows it to every
+user: ``PORTFOLIO_BATCH_SERVER_KEY``, ``--api-key-file PATH``, or ``--api-key`` alone, which asks
+for it (or reads one line of stdin: ``printf %s "$KEY" | python -m portfolio_batch.local --api-key``).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from collections.abc import Sequence
 
 from portfolio_batch.errors import InputError, PortfolioBatchError
 from portfolio_batch.local.engines import ENGINES, check_engine_name
-from portfolio_batch.local.server import run
+from portfolio_batch.local.server import KEY_ENV, read_api_key, run
 
 
 def _engine(value: str) -> str:
@@ -40,8 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--api-key",
+        nargs="?",
+        const=True,
         default=None,
-        help="require this bearer token (default: any non-empty key); or set PORTFOLIO_BATCH_SERVER_KEY",
+        help=f"require an API key, asked for at a prompt (or read from stdin); or set {KEY_ENV}, "
+        "or --api-key-file. Without any, every non-empty key is accepted.",
+    )
+    parser.add_argument(
+        "--api-key-file", default=None, help="require the API key held in this file"
     )
     parser.add_argument("--max-upload-bytes", type=int, default=None)
     parser.add_argument("--max-requests-per-batch", type=int, default=None)
@@ -78,15 +89,22 @@ _CONFIG_FLAGS = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if isinstance(args.api_key, str):
+        parser.error(
+            "--api-key takes no value: a key on the command line is visible to every user in "
+            f"`ps`. Set {KEY_ENV}, use --api-key-file PATH, or pass --api-key alone to type it."
+        )
     config = {k: getattr(args, k) for k in _CONFIG_FLAGS if getattr(args, k) is not None}
     try:
+        api_key = read_api_key(prompt=args.api_key is True, key_file=args.api_key_file)
         run(
             host=args.host,
             port=args.port,
             engine=args.engine,
             data_dir=args.data_dir,
-            api_key=args.api_key or os.environ.get("PORTFOLIO_BATCH_SERVER_KEY"),
+            api_key=api_key,
             log_level=args.log_level,
             **config,
         )

@@ -16,6 +16,7 @@ import hmac
 import logging
 import math
 import re
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,10 +26,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response, StreamingResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from portfolio_batch.local.config import ServerConfig
-from portfolio_batch.local.execute import SUPPORTED_ENDPOINTS, Executor
+from portfolio_batch.local.execute import SUPPORTED_ENDPOINTS, Executor, Usage
 from portfolio_batch.local.store import ApiError, Store
 from portfolio_batch.local.upload import receive_upload
 from portfolio_batch.local.worker import BatchWorker
@@ -37,17 +38,11 @@ __all__ = ["ServerState", "create_app"]
 
 log = logging.getLogger("portfolio_batch.local")
 
-BATCH_ENDPOINTS = (
-    "/v1/responses",
-    "/v1/chat/completions",
-    "/v1/embeddings",
-    "/v1/completions",
-    "/v1/moderations",
-    "/v1/images/generations",
-    "/v1/images/edits",
-    "/v1/videos",
-)
+# OpenAI's batch endpoint enum: all accepted (the image and video requests fail line by line).
+BATCH_ENDPOINTS = SUPPORTED_ENDPOINTS
 _DOWNLOAD_CHUNK = 256 * 1024
+# How far into an input file create looks for the batch's model (the first line that names one).
+_MODEL_SCAN_BYTES = 1 << 20
 
 
 @dataclass
@@ -56,8 +51,10 @@ class ServerState:
     config: ServerConfig
     executor: Executor
     worker: BatchWorker
-    api_key: str | None = None
+    api_key: str | None = None  # None: any non-empty key
     cut_files: set[str] = field(default_factory=set)
+    # server clock times of the batch creations in the last hour (max_batches_per_hour)
+    creations: list[float] = field(default_factory=list)
 
 
 class DownloadCut(Exception):
@@ -86,7 +83,9 @@ _ROUTES = [
     ("POST", re.compile(r"^/v1/batches/[^/]+/cancel$"), "batches.cancel"),
     ("GET", re.compile(r"^/v1/batches/[^/]+$"), "batches.retrieve"),
     ("POST", re.compile(r"^/v1/chat/completions$"), "chat.completions"),
+    ("POST", re.compile(r"^/v1/completions$"), "completions"),
     ("POST", re.compile(r"^/v1/embeddings$"), "embeddings"),
+    ("POST", re.compile(r"^/v1/moderations$"), "moderations"),
     ("POST", re.compile(r"^/v1/responses$"), "responses"),
 ]
 
@@ -99,14 +98,28 @@ def route_name(method: str, path: str) -> str | None:
 
 
 class GatewayMiddleware:
-    """Bearer token check, then added latency, then injected 429/500 faults."""
+    """An ``x-request-id`` on every answer, then the bearer token check, then added latency,
+    then injected 429/500 faults."""
 
     def __init__(self, app: ASGIApp, state: ServerState) -> None:
         self.app = app
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1"):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # The SDKs read it into their `request_id` (openai-python's `_request_id`).
+        request_id = ("req_" + secrets.token_hex(16)).encode()
+        inner = send
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id)]
+            await inner(message)
+
+        send = send_with_id
+        if not scope["path"].startswith("/v1"):
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
@@ -233,6 +246,61 @@ def _check_metadata(metadata: Any) -> None:
             )
 
 
+def _only_params(request: Request, allowed: tuple[str, ...]) -> None:
+    """A query parameter the route does not take is a 400, as on OpenAI (not silently ignored)."""
+    for name in request.query_params:
+        if name not in allowed:
+            raise ApiError(
+                400,
+                f"Unknown parameter: '{name}'. This route takes {_names(allowed)}.",
+                param=name,
+                code="unknown_parameter",
+            )
+
+
+def _names(names: tuple[str, ...]) -> str:
+    quoted = [f"'{n}'" for n in names]
+    return ", ".join(quoted[:-1]) + f" and {quoted[-1]}" if len(quoted) > 1 else quoted[0]
+
+
+def _first_model(store: Store, file_id: str) -> str | None:
+    """The model of the first line of an input file that names one (OpenAI sets a batch's
+    ``model`` from its input file); None when the file's first MiB names none."""
+    try:
+        with open(store.content_path(file_id), "rb") as handle:
+            for line in handle.readlines(_MODEL_SCAN_BYTES):
+                try:
+                    request = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                body = request.get("body") if isinstance(request, dict) else None
+                model = body.get("model") if isinstance(body, dict) else None
+                if isinstance(model, str) and model:
+                    return model
+    except OSError:
+        return None
+    return None
+
+
+def _count_creation(state: ServerState, now: float) -> None:
+    """Count a batch creation against ``max_batches_per_hour``; over it, OpenAI's 429."""
+    limit = state.config.max_batches_per_hour
+    with state.store.lock:
+        # a list, not a queue: clock_offset can move the clock back as well as forward
+        recent = state.creations = [t for t in state.creations if now - 3600 < t <= now]
+        if limit is not None and len(recent) >= limit:
+            wait = max(1, math.ceil(min(recent) + 3600 - now))
+            raise ApiError(
+                429,
+                f"Rate limit reached for batch creations: at most {limit:,} per hour (the local "
+                f"server's max_batches_per_hour, OpenAI's limit). Try again in {wait} seconds.",
+                type="requests",
+                code="rate_limit_exceeded",
+                headers={"retry-after": str(wait), "retry-after-ms": str(wait * 1000)},
+            )
+        recent.append(now)
+
+
 def create_app(state: ServerState) -> FastAPI:
     """The app for one server state."""
     app = FastAPI(
@@ -275,6 +343,7 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.get("/v1/files")
     def list_files(request: Request) -> Response:
+        _only_params(request, ("purpose", "limit", "order", "after"))
         order = request.query_params.get("order", "desc")
         if order not in ("asc", "desc"):
             raise ApiError(400, f"Invalid 'order': {order!r}; use 'asc' or 'desc'.", param="order")
@@ -353,12 +422,6 @@ def create_app(state: ServerState) -> FastAPI:
                 f"Invalid value for 'endpoint': {endpoint!r}. Supported values are {list(BATCH_ENDPOINTS)}.",
                 param="endpoint",
             )
-        if endpoint not in SUPPORTED_ENDPOINTS:
-            raise ApiError(
-                400,
-                f"The local server runs batches for {list(SUPPORTED_ENDPOINTS)} only, not {endpoint!r}.",
-                param="endpoint",
-            )
         if body["completion_window"] != "24h":
             raise ApiError(
                 400,
@@ -386,12 +449,13 @@ def create_app(state: ServerState) -> FastAPI:
                 param="input_file_id",
             )
         now = config.now()
+        _count_creation(state, now)
         window = config.completion_window_seconds
         batch: dict[str, Any] = {
             "id": store.new_batch_id(),
             "object": "batch",
             "endpoint": endpoint,
-            "model": None,
+            "model": _first_model(store, input_file["id"]),
             "errors": None,
             "input_file_id": input_file["id"],
             "completion_window": "24h",
@@ -408,23 +472,21 @@ def create_app(state: ServerState) -> FastAPI:
             "cancelling_at": None,
             "cancelled_at": None,
             "request_counts": {"total": 0, "completed": 0, "failed": 0},
-            "usage": {
-                "input_tokens": 0,
-                "input_tokens_details": {"cached_tokens": 0},
-                "output_tokens": 0,
-                "output_tokens_details": {"reasoning_tokens": 0},
-                "total_tokens": 0,
-            },
+            "usage": Usage().as_batch_usage(chat_fields=config.batch_usage_chat_fields),
             "metadata": body.get("metadata"),
-            "output_expires_after": expires_after,
+            # not a field of OpenAI's Batch object: kept, not shown
+            "_output_expires_after": expires_after,
             "_deadline": now + window,
         }
         store.add_batch(batch)
+        # The answer is taken before the worker may start: a create always answers validating.
+        answer = _json(store.public(batch))
         state.worker.submit(batch["id"])
-        return _json(store.public(batch))
+        return answer
 
     @app.get("/v1/batches")
     def list_batches(request: Request) -> Response:
+        _only_params(request, ("after", "limit"))
         return _json(
             store.list_batches(
                 limit=_int_param(request, "limit", 20, 1, 100),
@@ -434,7 +496,15 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.get("/v1/batches/{batch_id}")
     def retrieve_batch(batch_id: str) -> Response:
-        return _json(store.public(store.get_batch(batch_id)))
+        batch = store.get_batch(batch_id)
+        with store.lock:
+            public = store.public(batch)
+            lag = batch.get("_lag_polls", 0)
+            if public["status"] == "completed" and lag > 0:
+                # as the live API sometimes does: completed, but the output file not yet shown
+                batch["_lag_polls"] = lag - 1
+                public["output_file_id"] = None
+        return _json(public)
 
     @app.post("/v1/batches/{batch_id}/cancel")
     def cancel_batch(batch_id: str) -> Response:
@@ -466,6 +536,14 @@ def create_app(state: ServerState) -> FastAPI:
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Response:
         return await _sync("/v1/embeddings", request)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await _sync("/v1/completions", request)
+
+    @app.post("/v1/moderations")
+    async def moderations(request: Request) -> Response:
+        return await _sync("/v1/moderations", request)
 
     @app.post("/v1/responses")
     async def responses(request: Request) -> Response:

@@ -38,7 +38,9 @@ ENDPOINT_NAMES = frozenset(
         "batches.retrieve",
         "batches.cancel",
         "chat.completions",
+        "completions",
         "embeddings",
+        "moderations",
         "responses",
     }
 )
@@ -64,6 +66,13 @@ class ServerConfig:
     Clock: ``clock_offset`` (seconds added to the server's clock for every timestamp, deadline and
     file expiry): ``configure(clock_offset=31 * 86400)`` is a month later, when OpenAI has deleted
     a batch's files (``expires_at`` passed) and any batch still running has expired.
+
+    Behaviours seen on the live API: ``output_file_lag_polls`` (a completed batch shows
+    ``output_file_id: null`` to that many retrievals first), ``empty_error_file_id`` (a completed
+    batch with no error file says ``error_file_id: ""``), ``max_batches_per_hour`` (creations per
+    rolling hour, 2,000 as on OpenAI; then a 429; None: no limit), ``batch_usage_chat_fields``
+    (the Batch ``usage`` also carries zeroed chat-style ``prompt_tokens``/``completion_tokens``
+    fields next to the Responses-style ones).
     """
 
     max_upload_bytes: int = 200 * MiB
@@ -83,6 +92,10 @@ class ServerConfig:
     malformed_output_rate: float = 0.0
     seed: int = 0
     clock_offset: float = 0.0
+    output_file_lag_polls: int = 0
+    empty_error_file_id: bool = False
+    max_batches_per_hour: int | None = 2000
+    batch_usage_chat_fields: bool = False
     _rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -141,6 +154,12 @@ class ServerConfig:
         for key in ("max_upload_bytes", "max_requests_per_batch", "max_concurrent_batches"):
             if int(getattr(self, key)) < 1:
                 raise InputError(f"Local server setting {key} must be at least 1.")
+        if self.max_batches_per_hour is not None and int(self.max_batches_per_hour) < 1:
+            raise InputError(
+                "Local server setting max_batches_per_hour must be at least 1, or None for no limit."
+            )
+        if int(self.output_file_lag_polls) < 0:
+            raise InputError("Local server setting output_file_lag_polls must be 0 or more.")
 
     def chance(self, rate: float) -> bool:
         """True with probability ``rate``, drawn from the seeded generator."""

@@ -1,5 +1,11 @@
-"""One request to ``/v1/chat/completions``, ``/v1/embeddings`` or ``/v1/responses``, answered by an
-engine and wrapped in OpenAI's response shape, with ``usage`` counted the way OpenAI counts it.
+"""One request to a batch endpoint, checked against OpenAI's request schema (``validate.py``),
+answered by an engine and wrapped in OpenAI's response shape, with ``usage`` counted the way
+OpenAI counts it.
+
+``/v1/chat/completions``, ``/v1/responses`` and ``/v1/completions`` are answered by the engine
+(``n`` choices); ``/v1/embeddings`` (``encoding_format`` float or base64) and ``/v1/moderations``
+are computed here, deterministically. The image and video endpoints are accepted in a batch, but
+each of their requests is answered with a 400 saying the local engines cannot generate them.
 
 Both the synchronous routes and the batch worker go through ``Executor.run``, which returns
 ``(status_code, body, usage)``; a 4xx body is ``{"error": {...}}`` as the API would send it.
@@ -11,10 +17,13 @@ Both the synchronous routes and the batch worker go through ``Executor.run``, wh
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
 import random
+import re
 import secrets
+import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -25,6 +34,7 @@ from portfolio_batch.local.config import ServerConfig
 from portfolio_batch.local.engines import Engine
 from portfolio_batch.local.engines.process import EngineError
 from portfolio_batch.local.store import ApiError
+from portfolio_batch.local.validate import check_body
 from portfolio_batch.tokens import (
     encoding_for_model,
     encoding_name_for_model,
@@ -33,7 +43,22 @@ from portfolio_batch.tokens import (
 
 __all__ = ["SUPPORTED_ENDPOINTS", "Executor", "Usage"]
 
-SUPPORTED_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/responses")
+# Every endpoint of OpenAI's batch enum; the engines answer the first five.
+SUPPORTED_ENDPOINTS = (
+    "/v1/responses",
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/moderations",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/videos",
+)
+_GENERATED = {
+    "/v1/images/generations": "image",
+    "/v1/images/edits": "image",
+    "/v1/videos": "video",
+}
 
 
 @dataclass
@@ -49,14 +74,24 @@ class Usage:
         self.cached_tokens += other.cached_tokens
         self.reasoning_tokens += other.reasoning_tokens
 
-    def as_batch_usage(self) -> dict[str, Any]:
-        return {
+    def as_batch_usage(self, *, chat_fields: bool = False) -> dict[str, Any]:
+        """The Batch object's ``usage``; ``chat_fields`` adds the zeroed chat-style fields the
+        live API has been seen to send next to the Responses-style ones (LiteLLM #14884)."""
+        usage: dict[str, Any] = {
             "input_tokens": self.input_tokens,
             "input_tokens_details": {"cached_tokens": self.cached_tokens},
             "output_tokens": self.output_tokens,
             "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
             "total_tokens": self.input_tokens + self.output_tokens,
         }
+        if chat_fields:
+            usage.update(
+                prompt_tokens=0,
+                prompt_tokens_details={"cached_tokens": 0},
+                completion_tokens=0,
+                completion_tokens_details={"reasoning_tokens": 0},
+            )
+        return usage
 
 
 @lru_cache(maxsize=8192)
@@ -125,6 +160,12 @@ def _check_chat_body(body: Any) -> tuple[str, list[dict[str, Any]]]:
     return model, messages
 
 
+def _n(body: dict[str, Any]) -> int:
+    """How many choices to answer (the schema has checked the range)."""
+    n = body.get("n")
+    return 1 if n is None else int(n)
+
+
 def _max_tokens(body: dict[str, Any], key: str = "max_tokens") -> int | None:
     value = body.get("max_completion_tokens", body.get(key))
     if value is None:
@@ -149,14 +190,28 @@ class Executor:
         """Answer one request; a request-level error comes back as a 4xx/5xx body, not raised.
         A fatal ``EngineError`` (the engine keeps crashing) is raised: the caller stops."""
         try:
+            if endpoint not in SUPPORTED_ENDPOINTS:
+                raise ApiError(
+                    404, f"The local server does not implement {endpoint}.", code="unknown_url"
+                )
+            check_body(endpoint, body)
             if endpoint == "/v1/chat/completions":
                 return self._chat(body)
             if endpoint == "/v1/embeddings":
                 return self._embeddings(body)
             if endpoint == "/v1/responses":
                 return self._responses(body)
+            if endpoint == "/v1/completions":
+                return self._completions(body)
+            if endpoint == "/v1/moderations":
+                return self._moderations(body)
+            kind = _GENERATED[endpoint]
             raise ApiError(
-                404, f"The local server does not implement {endpoint}.", code="unknown_url"
+                400,
+                f"The local server's engines cannot generate {kind}s: this {endpoint} request is "
+                f"valid, but the local server answers every {kind} request with this error. Send "
+                f"{kind} requests to OpenAI.",
+                code="unsupported_endpoint",
             )
         except EngineError as exc:
             if exc.fatal:
@@ -207,17 +262,17 @@ class Executor:
 
     def _chat(self, body: Any) -> tuple[int, dict[str, Any], Usage]:
         model, messages = _check_chat_body(body)
-        content, finish_reason, usage = self._complete(
-            model, messages, body.get("response_format"), _max_tokens(body)
-        )
-        answer = {
-            "id": "chatcmpl-" + secrets.token_hex(12),
-            "object": "chat.completion",
-            "created": int(self.config.now()),
-            "model": model,
-            "choices": [
+        choices = []
+        usage = Usage()
+        for index in range(_n(body)):
+            content, finish_reason, used = self._complete(
+                model, messages, body.get("response_format"), _max_tokens(body)
+            )
+            # the prompt is billed once, each choice's tokens as output
+            usage = Usage(used.input_tokens, usage.output_tokens + used.output_tokens)
+            choices.append(
                 {
-                    "index": 0,
+                    "index": index,
                     "message": {
                         "role": "assistant",
                         "content": content,
@@ -227,7 +282,13 @@ class Executor:
                     "logprobs": None,
                     "finish_reason": finish_reason,
                 }
-            ],
+            )
+        answer = {
+            "id": "chatcmpl-" + secrets.token_hex(12),
+            "object": "chat.completion",
+            "created": int(self.config.now()),
+            "model": model,
+            "choices": choices,
             "usage": {
                 "prompt_tokens": usage.input_tokens,
                 "completion_tokens": usage.output_tokens,
@@ -269,9 +330,12 @@ class Executor:
             rng = random.Random(hashlib.sha256(text.encode()).digest())
             vector = [rng.gauss(0.0, 1.0) for _ in range(dims)]
             norm = math.sqrt(sum(v * v for v in vector)) or 1.0
-            data.append(
-                {"object": "embedding", "index": index, "embedding": [v / norm for v in vector]}
-            )
+            unit = [v / norm for v in vector]
+            embedding: Any = unit
+            if body.get("encoding_format") == "base64":
+                # as OpenAI sends it: little-endian float32, base64 (the SDK decodes it with numpy)
+                embedding = base64.b64encode(struct.pack(f"<{dims}f", *unit)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
         answer = {
             "object": "list",
             "data": data,
@@ -308,31 +372,185 @@ class Executor:
             response_format = {"type": "json_object"}
         max_tokens = _max_tokens({"max_tokens": body.get("max_output_tokens")}, "max_output_tokens")
         content, finish_reason, usage = self._complete(model, messages, response_format, max_tokens)
+        done = finish_reason == "stop"
+        text: dict[str, Any] = body.get("text") or {}  # the schema has checked their types
+        reasoning: dict[str, Any] = body.get("reasoning") or {}
+        # The Response object echoes the request's settings, with the API's defaults for the
+        # ones not given (the SDK's Response type requires tools, tool_choice, ...).
         answer = {
             "id": "resp_" + secrets.token_hex(24),
             "object": "response",
             "created_at": int(self.config.now()),
-            "status": "completed" if finish_reason == "stop" else "incomplete",
-            "incomplete_details": None
-            if finish_reason == "stop"
-            else {"reason": "max_output_tokens"},
+            "status": "completed" if done else "incomplete",
+            "background": bool(body.get("background") or False),
             "error": None,
+            "incomplete_details": None if done else {"reason": "max_output_tokens"},
+            "instructions": body.get("instructions"),
+            "max_output_tokens": body.get("max_output_tokens"),
+            "max_tool_calls": body.get("max_tool_calls"),
             "model": model,
             "output": [
                 {
                     "type": "message",
                     "id": "msg_" + secrets.token_hex(24),
-                    "status": "completed" if finish_reason == "stop" else "incomplete",
+                    "status": "completed" if done else "incomplete",
                     "role": "assistant",
-                    "content": [{"type": "output_text", "text": content, "annotations": []}],
+                    "content": [
+                        {"type": "output_text", "text": content, "annotations": [], "logprobs": []}
+                    ],
                 }
             ],
+            "parallel_tool_calls": body.get("parallel_tool_calls", True),
+            "previous_response_id": body.get("previous_response_id"),
+            "prompt_cache_key": body.get("prompt_cache_key"),
+            "reasoning": {
+                "effort": reasoning.get("effort"),
+                "summary": reasoning.get("summary"),
+            },
+            "safety_identifier": body.get("safety_identifier"),
+            "service_tier": "default",
+            "store": body.get("store", True),
+            "temperature": body.get("temperature", 1.0),
+            "text": {
+                "format": text.get("format") or {"type": "text"},
+                "verbosity": text.get("verbosity", "medium"),
+            },
+            "tool_choice": body.get("tool_choice", "auto"),
+            "tools": body.get("tools", []),
+            "top_logprobs": body.get("top_logprobs", 0),
+            "top_p": body.get("top_p", 1.0),
+            "truncation": body.get("truncation", "disabled"),
             "usage": {
                 "input_tokens": usage.input_tokens,
-                "input_tokens_details": {"cached_tokens": 0},
+                # cache_write_tokens: GPT-5.6 and later bill cache writes (the SDK requires it)
+                "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
                 "output_tokens": usage.output_tokens,
                 "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": usage.input_tokens + usage.output_tokens,
             },
+            "user": body.get("user"),
+            "metadata": body.get("metadata") or {},
         }
         return 200, answer, usage
+
+    # completions ---------------------------------------------------------------------------
+    def _completions(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], Usage]:
+        model = body["model"]
+        raw = body["prompt"]
+        encoding = encoding_for_model(model)
+        if isinstance(raw, str):
+            prompts = [raw]
+        elif raw and all(isinstance(p, str) for p in raw):
+            prompts = list(raw)
+        elif raw and all(isinstance(p, int) for p in raw):
+            prompts = [encoding.decode(raw)]  # one prompt of token ids
+        else:
+            prompts = [encoding.decode(p) for p in raw]  # several prompts of token ids
+        # the completions endpoint writes at most 16 tokens unless told otherwise
+        max_tokens = body.get("max_tokens", 16)
+        choices = []
+        usage = Usage()
+        n = _n(body)
+        for p_index, prompt in enumerate(prompts):
+            messages = [{"role": "user", "content": prompt}]
+            for i in range(n):
+                content, finish_reason, used = self._complete(model, messages, None, max_tokens)
+                input_tokens = _text_tokens(encoding_name_for_model(model), prompt) if prompt else 0
+                usage = Usage(
+                    usage.input_tokens + (input_tokens if i == 0 else 0),
+                    usage.output_tokens + used.output_tokens,
+                )
+                choices.append(
+                    {
+                        "text": content,
+                        "index": p_index * n + i,
+                        "logprobs": None,
+                        "finish_reason": finish_reason,
+                    }
+                )
+        answer = {
+            "id": "cmpl-" + secrets.token_hex(12),
+            "object": "text_completion",
+            "created": int(self.config.now()),
+            "model": model,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": usage.input_tokens,
+                "completion_tokens": usage.output_tokens,
+                "total_tokens": usage.input_tokens + usage.output_tokens,
+            },
+            "system_fingerprint": f"fp_local_{self.engine.name}",
+        }
+        return 200, answer, usage
+
+    # moderations ---------------------------------------------------------------------------
+    def _moderations(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], Usage]:
+        model = body.get("model") or "omni-moderation-latest"
+        raw = body["input"]
+        if isinstance(raw, str):
+            items: list[tuple[str, bool]] = [(raw, False)]
+        elif raw and all(isinstance(p, str) for p in raw):
+            items = [(p, False) for p in raw]
+        else:  # one multimodal input: text and image parts
+            text = " ".join(str(p.get("text", "")) for p in raw if p.get("type") == "text")
+            items = [(text, any(p.get("type") == "image_url" for p in raw))]
+        results = [_moderate(text, image) for text, image in items]
+        answer = {"id": "modr-" + secrets.token_hex(12), "model": model, "results": results}
+        return 200, answer, Usage()
+
+
+# Words that make the deterministic moderation flag a category, so that tests can see both
+# outcomes; every other score is a small number derived from the text.
+_FLAG_WORDS = {
+    "violence": re.compile(r"\b(kill|murder|shoot|stab|attack)\b", re.I),
+    "harassment": re.compile(r"\b(idiot|moron|loser)\b", re.I),
+    "self-harm": re.compile(r"\b(suicide|self-harm)\b", re.I),
+    "illicit": re.compile(r"\b(make a bomb|steal a car)\b", re.I),
+}
+_CATEGORIES = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
+# the categories OpenAI's omni-moderation also scores on images
+_IMAGE_CATEGORIES = frozenset(
+    {
+        "self-harm",
+        "self-harm/intent",
+        "self-harm/instructions",
+        "sexual",
+        "violence",
+        "violence/graphic",
+    }
+)
+
+
+def _moderate(text: str, image: bool) -> dict[str, Any]:
+    """One deterministic moderation result: a category is flagged when one of its words is in
+    the text (``_FLAG_WORDS``)."""
+    digest = hashlib.sha256(text.encode()).digest()
+    scores = {}
+    for i, name in enumerate(_CATEGORIES):
+        base = digest[i] / 255 * 0.001  # small, stable, different per text
+        pattern = _FLAG_WORDS.get(name)
+        scores[name] = 0.9 + base if pattern is not None and pattern.search(text) else base
+    flags = {name: score > 0.5 for name, score in scores.items()}
+    return {
+        "flagged": any(flags.values()),
+        "categories": flags,
+        "category_scores": scores,
+        "category_applied_input_types": {
+            name: ["text", "image"] if image and name in _IMAGE_CATEGORIES else ["text"]
+            for name in _CATEGORIES
+        },
+    }

@@ -3,7 +3,8 @@
 Each file is ``files/<id>.jsonl`` (the bytes) plus ``files/<id>.json`` (the OpenAI file object);
 each batch is ``batches/<id>.json``. Objects are also held in memory (they are small); the bytes
 never are. Ids are checked against a strict pattern before any path is built from them, so no id
-can name a path outside the data dir.
+can name a path outside the data dir. Uploaded portfolios and results are private: the
+directories the store creates are 0700 and every file it writes is 0600.
 
     >>> store = Store(Path(tempfile.mkdtemp()))             # doctest: +SKIP
     >>> store.new_file_id()                                 # doctest: +SKIP
@@ -19,11 +20,18 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
-__all__ = ["ACTIVE_STATUSES", "TERMINAL_STATUSES", "ApiError", "Store"]
+__all__ = [
+    "ACTIVE_STATUSES",
+    "TERMINAL_STATUSES",
+    "ApiError",
+    "Store",
+    "private_dir",
+    "private_file",
+]
 
 FILE_ID = re.compile(r"^file-[A-Za-z0-9]{8,64}$")
 BATCH_ID = re.compile(r"^batch_[A-Za-z0-9]{8,64}$")
@@ -66,10 +74,30 @@ class ApiError(Exception):
         }
 
 
+def private_file(path: str | os.PathLike[str], buffering: int = -1) -> IO[bytes]:
+    """``path`` opened for writing (truncated), created readable by its owner only (0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    return os.fdopen(fd, "wb", buffering=buffering)
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory, created with its missing parents as 0700 (owner only)."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:  # made meanwhile by another thread or process
+            pass
+        else:
+            os.chmod(directory, 0o700)  # whatever the umask
+    return path
+
+
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
     # Write-then-rename so a reader (or a crash) never sees half an object.
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(orjson.dumps(obj))
+    with private_file(tmp) as handle:
+        handle.write(orjson.dumps(obj))
     os.replace(tmp, path)
 
 
@@ -82,8 +110,10 @@ class Store:
         self.clock = clock
         self.files_dir = self.root / "files"
         self.batches_dir = self.root / "batches"
-        self.files_dir.mkdir(parents=True, exist_ok=True)
-        self.batches_dir.mkdir(parents=True, exist_ok=True)
+        # owner only, also a data dir made by someone else's mkdir or an earlier version
+        for directory in (self.root, self.files_dir, self.batches_dir):
+            private_dir(directory)
+            os.chmod(directory, 0o700)
         self.lock = threading.RLock()
         self.files: dict[str, dict[str, Any]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
@@ -99,6 +129,8 @@ class Store:
             for path in directory.glob("*.json"):
                 if pattern.match(path.stem):
                     obj = orjson.loads(path.read_bytes())
+                    if "output_expires_after" in obj:  # kept in public by earlier versions
+                        obj["_output_expires_after"] = obj.pop("output_expires_after")
                     found.append((obj.get("created_at", 0), obj.get("_seq", 0), obj))
             for _, _, obj in sorted(found, key=lambda item: (item[0], item[1])):
                 target[obj["id"]] = obj

@@ -15,7 +15,7 @@ from typing import IO, Any
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from portfolio_batch.local.store import ApiError, Store
+from portfolio_batch.local.store import ApiError, Store, private_file
 
 __all__ = ["FILE_PURPOSES", "receive_upload"]
 
@@ -82,7 +82,7 @@ class _UploadSink:
                 return
             self._part.filename = options[b"filename"].decode("utf-8", "replace")
             self.filename = self._part.filename
-            self._out = open(self.path, "wb")  # noqa: SIM115  (closed in on_part_end / close)
+            self._out = private_file(self.path)  # closed in on_part_end / close
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
