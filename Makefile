@@ -139,12 +139,18 @@ doctest: $(VENV)/.installed-test
 	  $(abspath $(BIN))/python -m pytest -q -p no:cacheprovider --rootdir=$(CURDIR) -c $(CURDIR)/pyproject.toml \
 	    --doctest-modules $(CURDIR)/portfolio_batch
 
+# nbval runs each notebook top to bottom in a kernel (outputs are not compared here: the guides are
+# committed without any; tests/test_notebooks.py reads what they show). A scratch home keeps their
+# runs out of the work tree's registry.
 notebooks: $(VENV)/.installed-test
-	$(NO_CREDENTIALS) $(BIN)/python -m pytest -q --nbval-lax -p no:cacheprovider notebooks/
+	@scratch=$$(mktemp -d) && trap 'rm -rf "$$scratch"' EXIT && \
+	  $(NO_CREDENTIALS) PORTFOLIO_BATCH_HOME="$$scratch" \
+	  $(BIN)/python -m pytest -q --nbval-lax --nbval-cell-timeout=120 -p no:cacheprovider notebooks/
 
 ## report: run 01_quickstart with parameters (papermill) and export it to HTML in reports/
-# The HTML export drops the stored widget state so the progress panel shows its saved HTML fallback
-# (the live widget would need JavaScript from a CDN); the risk report itself is reports/quickstart/report.html.
+# The HTML export drops the stored widget state so the run card shows its saved HTML (its final
+# state: run.wait() refreshes it), as the live widget would need JavaScript from a CDN; the risk
+# report itself is reports/quickstart/report.html.
 REPORT_PARAMS ?= -p portfolio_path ../testdata/portfolio.csv -p engine rules -p budget_usd 1.0 -p out_dir ../reports/quickstart
 report: $(VENV)/.installed-test
 	mkdir -p reports

@@ -5,7 +5,8 @@
     >>> panel.update(refreshed_jobs)                     # doctest: +SKIP
     >>> panel.close()                                    # doctest: +SKIP
 
-The panel is one ipywidgets ``VBox`` (a line per shard, the overall counts, elapsed, ETA and cost).
+The panel is one ipywidgets ``VBox`` (a line per shard, the overall counts, elapsed, ETA and cost),
+under a banner when the batches run on a local server (simulated answers, not OpenAI's).
 It is displayed with a bundle holding both the live widget and a plain HTML/text rendering, so a
 saved notebook or an ``nbconvert`` export without widget state still shows the last known state.
 ipywidgets is imported lazily; without it the panel raises an install hint.
@@ -13,12 +14,13 @@ ipywidgets is imported lazily; without it the panel raises an install hint.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import importlib.util
 import math
 import numbers
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pandas as pd
@@ -29,9 +31,18 @@ __all__ = [
     "STATUS_STYLES",
     "JobsFrame",
     "ProgressPanel",
+    "RunCard",
+    "RunView",
+    "RunsFrame",
+    "backend_banner",
     "in_notebook",
     "jobs_table",
     "jobs_table_html",
+    "results_table_html",
+    "run_card_html",
+    "run_card_text",
+    "runs_table_html",
+    "score_style",
 ]
 
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -112,6 +123,39 @@ def _badge(status: str) -> str:
     )
 
 
+def backend_banner(jobs: pd.DataFrame) -> str | None:
+    """What the panel says first when the jobs' ``backend`` is not OpenAI or Azure, else None.
+
+    >>> print(backend_banner(pd.DataFrame({"backend": ["local:embedded:rules"]})))  # doctest: +ELLIPSIS
+    Simulated: these batches run on the offline local server (engine rules); answers are ...
+    """
+    from portfolio_batch.backend import engine_of
+
+    if "backend" not in jobs.columns:
+        return None
+    names = [str(b) for b in pd.unique(jobs["backend"].dropna())]
+    engines = [e for e in map(engine_of, names) if e is not None]
+    if engines:
+        return (
+            f"Simulated: these batches run on the offline local server (engine "
+            f"{', '.join(engines)}); answers are simulated, not an LLM's judgement. Set "
+            "OPENAI_API_KEY to use OpenAI."
+        )
+    others = [b.removeprefix("local:") for b in names if b.startswith("local:")]
+    if others:
+        return (
+            f"Not OpenAI: these batches run on the server at {', '.join(others)} (a "
+            "`portfolio-batch serve` server simulates its answers)."
+        )
+    return None
+
+
+_BANNER_STYLE = (
+    "background:#fff3e0;border-left:4px solid #ef6c00;padding:4px 8px;margin-bottom:4px;"
+    "font-weight:600"
+)
+
+
 def _shard_rows(jobs: pd.DataFrame) -> list[dict[str, Any]]:
     """One plain dict per shard, with totals that make sense before the server reports any."""
     if not isinstance(jobs, pd.DataFrame):
@@ -173,6 +217,8 @@ class ProgressPanel:
         self._rows: list[dict[str, Any]] = []
         self._lines: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         self._statuses: tuple[str, ...] = ()
+        self._banner_text: str | None = None
+        self._banner = w.HTML()
         self._header = w.HTML()
         self._overall_bar = w.IntProgress(min=0, max=1, value=0, layout=w.Layout(width="320px"))
         self._overall_text = w.HTML()
@@ -180,6 +226,7 @@ class ProgressPanel:
         self._footer = w.HTML()
         self.widget = w.VBox(
             [
+                self._banner,
                 self._header,
                 self._shard_box,
                 w.HBox([self._overall_bar, self._overall_text]),
@@ -252,9 +299,16 @@ class ProgressPanel:
         self._render_summary()
         self._refresh_output()
 
+    @property
+    def banner(self) -> str | None:
+        """The backend banner shown above the shards (``backend_banner``), or None."""
+        return self._banner_text
+
     def _apply(self, jobs: pd.DataFrame) -> None:
         rows = _shard_rows(jobs)
         self._rows = rows
+        self._banner_text = backend_banner(jobs)
+        self._banner.value = self._banner_html()
         if [r["key"] for r in rows] != list(self._lines):
             self._lines = {r["key"]: self._make_line() for r in rows}
             self._shard_box.children = [
@@ -318,6 +372,13 @@ class ProgressPanel:
         )
         self._footer.value = html.escape(self._footer_text())
 
+    def _banner_html(self) -> str:
+        if self._banner_text is None:
+            return ""
+        return (
+            f'<div class="pb-banner" style="{_BANNER_STYLE}">{html.escape(self._banner_text)}</div>'
+        )
+
     def _footer_text(self) -> str:
         cost = self.cost_estimate()
         cost_text = f"${cost:,.4f}" if cost is not None else "–"
@@ -335,7 +396,8 @@ class ProgressPanel:
     def to_text(self) -> str:
         """The panel as plain text (what a terminal, a log or a widget-less viewer sees)."""
         t = self.totals
-        lines = [f"{self._title}: {len(self._rows)} shard(s)"]
+        lines = [self._banner_text] if self._banner_text else []
+        lines.append(f"{self._title}: {len(self._rows)} shard(s)")
         for r in self._rows:
             lines.append(
                 f"  shard {r['shard']}  {r['batch_id']}  {r['status']:<11}  "
@@ -366,7 +428,8 @@ class ProgressPanel:
             )
         return (
             '<div class="pb-progress-panel" style="border:1px solid #ddd;padding:6px">'
-            f"<b>{html.escape(self._title)}</b>"
+            + self._banner_html()
+            + f"<b>{html.escape(self._title)}</b>"
             "<table><tr><th>shard</th><th>batch</th><th>status</th><th>progress</th>"
             "<th>requests</th></tr>" + "".join(body) + "</table>"
             f"<div><b>overall</b> {t['completed']} completed, {t['failed']} failed / {t['total']}</div>"
@@ -472,3 +535,408 @@ def jobs_table(jobs: pd.DataFrame) -> JobsFrame:
     out = JobsFrame(jobs.copy())
     out.attrs = dict(jobs.attrs)
     return out
+
+
+# -- a run's card (pb.start / pb.attach) ------------------------------------------------------
+
+
+def score_style(score: Any) -> str:
+    """CSS for a risk score cell: a green (0) to red (100) background, dark text.
+
+    >>> score_style(100)
+    'background:hsl(0,70%,82%);color:#212121;font-weight:600'
+    """
+    value = _float_or_nan(score)
+    if math.isnan(value):
+        return "color:#9e9e9e"
+    hue = round(120 * (1 - min(max(value, 0.0), 100.0) / 100))
+    return f"background:hsl({hue},70%,82%);color:#212121;font-weight:600"
+
+
+_TD = "padding:2px 6px;vertical-align:top"
+_LONG_TEXT = frozenset({"rationale", "drivers", "error_message", "notes", "content"})
+
+
+def _cell(column: str, value: Any) -> str:
+    from portfolio_batch.charts import LEVEL_COLORS
+
+    if column == "risk_score":
+        text = _text(value, "–")
+        if text != "–":
+            text = f"{_float_or_nan(value):.0f}"
+        return f'<td style="{_TD};{score_style(value)};text-align:right">{html.escape(text)}</td>'
+    if column == "risk_level":
+        level = _text(value)
+        colour = LEVEL_COLORS.get(level.strip().lower(), "#757575") if level else None
+        if colour is None:
+            return f'<td style="{_TD}">–</td>'
+        return (
+            f'<td style="{_TD}"><span style="color:{colour};font-weight:600">'
+            f"{html.escape(level)}</span></td>"
+        )
+    if column == "status":
+        return f'<td style="{_TD}">{_badge(_text(value, "missing"))}</td>'
+    if column == "weight" and not math.isnan(_float_or_nan(value)):
+        return f'<td style="{_TD};text-align:right">{_float_or_nan(value):.2%}</td>'
+    if column == "cost_usd" and not math.isnan(_float_or_nan(value)):
+        return f'<td style="{_TD};text-align:right">${_float_or_nan(value):,.5f}</td>'
+    # drivers come as lists (or arrays, read back from parquet)
+    listed = hasattr(value, "__iter__") and not isinstance(value, str | bytes | Mapping)
+    text = "; ".join(map(str, value)) if listed else _text(value, "–")
+    if column in _LONG_TEXT:
+        if len(text) > 160:
+            text = text[:157] + "…"
+        return f'<td style="{_TD};min-width:180px;max-width:460px">{html.escape(text)}</td>'
+    return f'<td style="{_TD};white-space:nowrap">{html.escape(text)}</td>'
+
+
+def results_table_html(
+    frame: pd.DataFrame,
+    columns: list[str] | None = None,
+    *,
+    css_class: str = "pb-results",
+    caption: str | None = None,
+) -> str:
+    """An HTML table of results rows: risk scores coloured green to red, levels in their colour,
+    statuses as badges, weights as percentages; every text escaped.
+
+    >>> results_table_html(pd.DataFrame({"ticker": ["NVDA"], "risk_score": [81]})).count("hsl(")
+    1
+    """
+    cols = [c for c in (columns or list(frame.columns)) if c in frame.columns]
+    head = "".join(
+        f'<th style="{_TD};text-align:left;white-space:nowrap;border-bottom:1px solid #bbb">'
+        f"{html.escape(str(c).replace('_', ' '))}</th>"
+        for c in cols
+    )
+    body = "".join(
+        "<tr>" + "".join(_cell(c, rec.get(c)) for c in cols) + "</tr>"
+        for rec in frame[cols].to_dict("records")
+    )
+    cap = f"<caption style='text-align:left'>{html.escape(caption)}</caption>" if caption else ""
+    return (
+        f'<table class="{html.escape(css_class)}" style="border-collapse:collapse;font-size:12px;line-height:1.35">'
+        f"{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    )
+
+
+@dataclasses.dataclass
+class RunView:
+    """Everything a run's card shows, computed by ``Run.view()`` (plain values, no widgets)."""
+
+    run_id: str
+    title: str
+    model: str
+    status: str
+    done: bool
+    banner: str | None
+    shards: list[dict[str, Any]]
+    canary_note: str | None
+    total: int
+    finished: int
+    failed: int
+    held: int
+    eta_s: float | None
+    est_cost_usd: float | None
+    billed_usd: float | None
+    simulated: bool
+    as_of: float | None
+    stalled: bool
+    quiet_s: float
+    stall_after_s: float
+    reasons: str
+    reviewed: int
+    top: pd.DataFrame | None
+    notes: list[str]
+    error: str | None
+    message: str | None
+    watching: bool
+    can_retry: bool
+
+    def as_of_text(self) -> str:
+        if self.as_of is None:
+            return "not checked yet"
+        return "as of " + time.strftime("%H:%M:%S", time.localtime(self.as_of))
+
+    def cost_text(self) -> str:
+        est = f"${self.est_cost_usd:,.4f}" if self.est_cost_usd is not None else "–"
+        billed = f"${self.billed_usd:,.4f}" if self.billed_usd is not None else "$0"
+        if self.simulated:  # nothing is billed: what OpenAI would charge for the answers so far
+            return f"estimated {est} · so far {billed} at OpenAI batch prices (simulated)"
+        return f"estimated {est} · billed so far {billed}"
+
+    def progress_text(self) -> str:
+        ok = self.finished - self.failed
+        eta = "" if self.done else f" · ETA {_duration(self.eta_s)}"
+        return f"{ok} done, {self.failed} failed of {self.total} requests{eta}"
+
+    def stall_text(self) -> str:
+        if not self.stalled:
+            return ""
+        return (
+            f"No movement for {_duration(self.quiet_s)}, longer than expected "
+            f"({_duration(self.stall_after_s)}); the server may be busy. The run keeps going."
+        )
+
+    def reviewed_text(self) -> str:
+        return f"{self.reviewed} of {self.total} reviewed"
+
+
+def _shard_counts_html(s: Mapping[str, Any]) -> str:
+    text = ProgressPanel._counts_html(s)
+    if s.get("reasons"):
+        text += f' <span style="color:#c62828">({html.escape(s["reasons"])})</span>'
+    return text
+
+
+def _shard_label_html(s: Mapping[str, Any]) -> str:
+    tag = ' <span style="color:#6a1b9a;font-weight:600">canary</span>' if s.get("canary") else ""
+    return (
+        f'<span style="font-family:monospace">shard {html.escape(str(s["shard"]))} · '
+        f"{html.escape(str(s['batch_id']))}</span> {_badge(str(s['status']))}{tag}"
+    )
+
+
+def _header_html(v: RunView) -> str:
+    return (
+        f"<b>{html.escape(v.title)}</b> {_badge(v.status)} "
+        f'<span style="color:#616161;font-family:monospace">{html.escape(v.run_id)}</span> '
+        f'<span class="pb-as-of" style="color:#616161">· {html.escape(v.model)} · '
+        f"{html.escape(v.as_of_text())}</span>"
+    )
+
+
+def _flag_html(v: RunView) -> str:
+    parts = []
+    if v.stalled:
+        parts.append(
+            f'<div class="pb-stall" style="color:#e65100;font-weight:600">⚠ '
+            f"{html.escape(v.stall_text())}</div>"
+        )
+    if v.canary_note:
+        parts.append(
+            f'<div class="pb-canary" style="color:#4a148c">{html.escape(v.canary_note)}</div>'
+        )
+    if v.error:
+        parts.append(f'<div class="pb-error" style="color:#c62828">{html.escape(v.error)}</div>')
+    for note in v.notes:
+        parts.append(f'<div class="pb-note" style="color:#8d6e63">{html.escape(note)}</div>')
+    return "".join(parts)
+
+
+def _summary_html(v: RunView) -> str:
+    reasons = (
+        f'<div style="color:#c62828">without an answer: {html.escape(v.reasons)}</div>'
+        if v.reasons
+        else ""
+    )
+    return (
+        f'<div class="pb-progress-text"><b>overall</b> {html.escape(v.progress_text())}</div>'
+        f'<div class="pb-cost">{html.escape(v.cost_text())}</div>{reasons}'
+    )
+
+
+def _top_html(v: RunView) -> str:
+    if v.top is None:
+        return f'<div class="pb-reviewed">{html.escape(v.reviewed_text())}</div>'
+    caption = f"{v.reviewed_text()} · highest risk first"
+    return results_table_html(v.top, css_class="pb-run-results", caption=caption)
+
+
+def run_card_html(v: RunView) -> str:
+    """A run's card as static HTML: the saved-notebook, nbconvert and no-widgets rendering."""
+    banner = (
+        f'<div class="pb-banner" style="{_BANNER_STYLE}">{html.escape(v.banner)}</div>'
+        if v.banner
+        else ""
+    )
+    rows = "".join(
+        f"<tr><td>{_shard_label_html(s)}</td><td>{_shard_counts_html(s)}</td></tr>"
+        for s in v.shards
+    )
+    message = f"<div>{v.message}</div>" if v.message else ""  # built escaped by the Run
+    return (
+        '<div class="pb-run-card" style="border:1px solid #ddd;padding:6px">'
+        f"{banner}<div>{_header_html(v)}</div>{_flag_html(v)}"
+        f"<table>{rows}</table>{_summary_html(v)}{message}{_top_html(v)}</div>"
+    )
+
+
+def run_card_text(v: RunView) -> str:
+    """A run's card as plain text (terminals, logs)."""
+    lines = [v.banner] if v.banner else []
+    lines.append(f"{v.title} [{v.status}] {v.run_id} · {v.model} · {v.as_of_text()}")
+    if v.canary_note:
+        lines.append("  " + v.canary_note)
+    for s in v.shards:
+        reasons = f" ({s['reasons']})" if s.get("reasons") else ""
+        canary = " canary" if s.get("canary") else ""
+        lines.append(
+            f"  shard {s['shard']}  {s['batch_id']}  {s['status']:<11}  "
+            f"{s['completed']} done, {s['failed']} failed / {s['total']}{reasons}{canary}"
+        )
+    lines.append("  overall: " + v.progress_text())
+    lines.append("  " + v.cost_text())
+    if v.stalled:
+        lines.append("  " + v.stall_text())
+    if v.error:
+        lines.append("  " + v.error)
+    lines.append("  " + v.reviewed_text())
+    return "\n".join(lines)
+
+
+class RunCard:
+    """The live card of a ``Run``: widgets whose values ``show(view)`` sets, from any thread; it
+    never displays or prints anything itself. Buttons call the callbacks given.
+
+        >>> card = RunCard(on_cancel=run.cancel, on_retry=..., on_report=...)   # doctest: +SKIP
+        >>> card.show(run.view())                                              # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        on_cancel: Callable[[], Any],
+        on_retry: Callable[[], Any],
+        on_report: Callable[[], Any],
+    ) -> None:
+        try:
+            import ipywidgets as w
+        except ImportError as exc:
+            raise missing_extra("ipywidgets", "notebook") from exc
+        self._w = w
+        self.banner = w.HTML()
+        self.header = w.HTML()
+        self.flags = w.HTML()
+        self.shard_box = w.VBox()
+        self.lines: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self.overall_bar = w.IntProgress(min=0, max=1, value=0, layout=w.Layout(width="320px"))
+        self.summary = w.HTML()
+        self.message = w.HTML()
+        self.cancel_button = w.Button(description="Cancel", icon="stop", button_style="danger")
+        self.retry_button = w.Button(description="Retry failed", icon="redo", disabled=True)
+        self.report_button = w.Button(description="Open report", icon="file", disabled=True)
+        for button, callback in (
+            (self.cancel_button, on_cancel),
+            (self.retry_button, on_retry),
+            (self.report_button, on_report),
+        ):
+            button.on_click(lambda _b, cb=callback: cb())
+        self.table = w.HTML()
+        self.children_box = w.VBox()
+        self.widget = w.VBox(
+            [
+                self.banner,
+                self.header,
+                self.flags,
+                self.shard_box,
+                w.HBox([self.overall_bar, self.summary], layout=w.Layout(align_items="center")),
+                w.HBox([self.cancel_button, self.retry_button, self.report_button]),
+                self.message,
+                self.table,
+                self.children_box,
+            ],
+            layout=w.Layout(border="1px solid #ddd", padding="6px"),
+        )
+        self.widget.add_class("pb-run-card")
+
+    def show(self, v: RunView) -> None:
+        """Set every widget's value from ``v`` (only the ones that changed reach the frontend)."""
+        w = self._w
+        self._set(
+            self.banner,
+            f'<div class="pb-banner" style="{_BANNER_STYLE}">{html.escape(v.banner)}</div>'
+            if v.banner
+            else "",
+        )
+        self._set(self.header, _header_html(v))
+        self._set(self.flags, _flag_html(v))
+        keys = [(str(s["run_id"]), str(s["shard"])) for s in v.shards]
+        if keys != list(self.lines):
+            self.lines = {
+                k: (
+                    w.HTML(layout=w.Layout(width="460px")),
+                    w.IntProgress(min=0, max=1, value=0, layout=w.Layout(width="200px")),
+                    w.HTML(),
+                )
+                for k in keys
+            }
+            self.shard_box.children = [
+                w.HBox(list(parts), layout=w.Layout(align_items="center"))
+                for parts in self.lines.values()
+            ]
+        for k, s in zip(keys, v.shards, strict=True):
+            label, bar, counts = self.lines[k]
+            self._set(label, _shard_label_html(s))
+            bar.max = max(int(s["total"]), 1)
+            bar.value = min(int(s["completed"]) + int(s["failed"]), bar.max)
+            bar.bar_style = STATUS_STYLES.get(str(s["status"]), _UNKNOWN_STYLE)[1]
+            self._set(counts, _shard_counts_html(s))
+        self.overall_bar.max = max(v.total, 1)
+        self.overall_bar.value = min(v.finished, self.overall_bar.max)
+        self.overall_bar.bar_style = (
+            ("success" if not v.reasons else "warning")
+            if v.done and v.status == "completed"
+            else "danger"
+            if v.done
+            else "info"
+        )
+        self._set(self.summary, _summary_html(v))
+        self._set(self.message, v.message or "")
+        self._set(self.table, _top_html(v))
+        self.cancel_button.disabled = v.done
+        self.retry_button.disabled = not v.can_retry
+        self.report_button.disabled = not v.done or v.reviewed == 0
+
+    @staticmethod
+    def _set(widget: Any, value: str) -> None:
+        if widget.value != value:
+            widget.value = value
+
+    def add_child(self, widget: Any) -> None:
+        """Show another card (a retry's) under this one."""
+        self.children_box.children = (*self.children_box.children, widget)
+
+
+# -- the runs table (pb.runs) ---------------------------------------------------------------------
+
+
+def runs_table_html(runs: pd.DataFrame) -> str:
+    """An HTML table of ``pb.runs()``: status badges, costs, times; all text escaped.
+
+    >>> "<table" in runs_table_html(pd.DataFrame({"run_id": ["run-1"], "status": ["completed"]}))
+    True
+    """
+    cols = list(runs.columns)
+    head = "".join(f"<th>{html.escape(str(c).replace('_', ' '))}</th>" for c in cols)
+    body = []
+    for rec in runs.to_dict("records"):
+        cells = []
+        for col in cols:
+            value = rec.get(col)
+            if col == "status":
+                cells.append(f"<td>{_badge(_text(value, 'unknown'))}</td>")
+            elif col in ("est_cost_usd", "billed_usd"):
+                number = _float_or_nan(value)
+                cells.append(f"<td>{'–' if math.isnan(number) else f'${number:,.4f}'}</td>")
+            elif isinstance(value, pd.Timestamp):
+                cells.append(f"<td>{value.strftime('%Y-%m-%d %H:%M:%S')}</td>")
+            else:
+                cells.append(f"<td>{html.escape(_text(value, '–'))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (
+        f'<table class="pb-runs"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table><p>{len(runs)} run(s); "
+        "pb.attach(run_id) shows one again</p>"
+    )
+
+
+class RunsFrame(pd.DataFrame):
+    """``pb.runs()``: a DataFrame that displays as a table with status badges in a notebook."""
+
+    @property
+    def _constructor(self) -> type[RunsFrame]:
+        return RunsFrame
+
+    def _repr_html_(self) -> str:  # type: ignore[override]
+        return runs_table_html(pd.DataFrame(self))

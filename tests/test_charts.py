@@ -242,7 +242,7 @@ def test_status_breakdown_shows_every_status_including_zeros(frames):
 
 def test_token_usage_estimated_vs_actual_and_missing_usage(frames):
     results, costs = frames
-    fig = charts.token_usage(results, costs)
+    fig = charts.token_usage(results, costs=costs)
     ax = fig.axes[0]
     rects = bars(ax)
     est = [r for r in rects if to_hex(r.get_facecolor()) == "#90caf9"]
@@ -263,7 +263,7 @@ def test_token_usage_without_costs_still_marks_missing(frames):
 
 def test_cost_breakdown_estimated_vs_actual_and_savings(frames):
     results, costs = frames
-    fig = charts.cost_breakdown(costs, results)
+    fig = charts.cost_breakdown(costs, results=results)
     ax_est, ax_sav = fig.axes
     heights = {
         t.get_text(): r.get_height()
@@ -334,3 +334,113 @@ def test_all_unscored_run_still_draws_every_row(frames):
         len([r for r in bars(charts.sector_risk(failed).axes[0]) if r.get_hatch()])
         == failed["sector"].nunique()
     )
+
+
+# -- one calling convention: the frame drawn first, options by keyword, ax=, a Figure back ----------
+
+SINGLE_PANEL = [
+    charts.risk_by_position,
+    charts.risk_vs_weight,
+    charts.status_breakdown,
+    charts.token_usage,
+]
+
+
+@pytest.mark.parametrize("fn", SINGLE_PANEL, ids=lambda f: f.__name__)
+def test_single_panel_charts_draw_into_the_given_axes(frames, fn):
+    results, _ = frames
+    fig = Figure(figsize=(12, 4))
+    left, right = fig.subplots(1, 2)
+    assert fn(results, ax=right) is fig
+    assert right.has_data() and not left.has_data()
+    assert len(fig.axes) == 2  # nothing added beside the caller's axes
+
+
+@pytest.mark.parametrize(
+    ("fn", "frame"), [(charts.sector_risk, 0), (charts.cost_breakdown, 1)], ids=["sector", "cost"]
+)
+def test_two_panel_charts_take_a_pair_or_draw_their_first_panel(frames, fn, frame):
+    drawn = frames[frame]
+    fig = Figure()
+    a, b = fig.subplots(1, 2)
+    assert fn(drawn, ax=(a, b)) is fig
+    assert a.has_data() and b.has_data()
+    single = Figure()
+    only = single.add_subplot()
+    assert fn(drawn, ax=only) is single
+    assert only.has_data() and len(single.axes) == 1
+    with pytest.raises(InputError, match=r"pair of Axes"):
+        fn(drawn, ax=[a])
+
+
+def test_ax_in_a_subfigure_returns_the_root_figure(frames):
+    results, _ = frames
+    fig = Figure()
+    sub = fig.subfigures(1, 2)[1]
+    assert charts.status_breakdown(results, ax=sub.add_subplot()) is fig
+
+
+def test_second_frames_and_options_are_keyword_only(frames):
+    results, costs = frames
+    with pytest.raises(TypeError):
+        charts.token_usage(results, costs)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        charts.cost_breakdown(costs, results)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        charts.risk_by_position(results, "ticker")  # type: ignore[misc]
+
+
+def test_alternative_models_are_priced_side_by_side_never_summed(frames):
+    """03_cost_planning prices one portfolio on four models: four estimates, not one bar."""
+    _, costs = frames
+    models = {"gpt-4.1-mini": 0.00012, "gpt-4.1": 0.001, "gpt-4o": 0.0015}
+    alt = pd.concat(
+        [costs.assign(model=m, batch_cost_usd=c, sync_cost_usd=2 * c) for m, c in models.items()]
+    )
+    fig = charts.cost_breakdown(alt)
+    ax_est, ax_sav = fig.axes
+    assert [t.get_text() for t in ax_est.get_xticklabels()] == sorted(models)
+    estimated = [r for r in bars(ax_est) if not r.get_hatch()]
+    heights = sorted(r.get_height() for r in estimated)
+    assert heights == pytest.approx(sorted(40 * c for c in models.values()))
+    assert max(heights) < 40 * sum(models.values())  # no bar holds the sum
+    assert "per model" in ax_sav.get_title() and "saves $" not in ax_sav.get_title()
+
+
+def test_actual_cost_per_model_follows_the_requested_model(frames):
+    results, costs = frames
+    two = pd.concat([costs, costs.assign(model="gpt-4.1", batch_cost_usd=0.001)])
+    answered = results.assign(requested_model="gpt-4.1-mini")
+    ax_est = charts.cost_breakdown(two, results=answered).axes[0]
+    actual = [r for r in bars(ax_est) if to_hex(r.get_facecolor()) == "#1565c0"]
+    assert [r.get_height() for r in actual] == pytest.approx([0.0, 37 * 0.0001])
+
+
+def test_highlight_draws_the_selection_within_the_whole_portfolio(frames):
+    results, _ = frames
+    energy = results["sector"] == "Energy"
+    fig = charts.risk_vs_weight(results, highlight=energy)
+    ax = fig.axes[0]
+    faint = [c for c in ax.collections if c.get_label().startswith("not selected")]
+    assert len(faint) == 1 and len(faint[0].get_offsets()) == int((~energy).sum())
+    drawn = sum(len(c.get_offsets()) for c in ax.collections)
+    assert drawn == len(results)
+    assert f"{int(energy.sum())} selected of 40" in ax.get_title()
+    by_index = charts.risk_vs_weight(results, highlight=results.index[energy])
+    assert by_index.axes[0].get_title() == ax.get_title()
+    with pytest.raises(InputError, match=r"not in results"):
+        charts.risk_vs_weight(results, highlight=["nope"])
+
+
+def test_labels_are_readable_at_default_size(frames):
+    results, costs = frames
+    for fig in (
+        charts.risk_by_position(results),
+        charts.risk_vs_weight(results),
+        charts.token_usage(results, costs=costs),
+        charts.cost_breakdown(costs, results=results),
+    ):
+        for ax in fig.axes:
+            ticks = ax.get_xticklabels() + ax.get_yticklabels()
+            small = [t.get_text() for t in [*ticks, *ax.texts] if t.get_fontsize() < 8]
+            assert not small, small

@@ -195,3 +195,162 @@ def test_panel_in_a_real_kernel_saves_widget_state_and_the_final_fallback(tmp_pa
     assert data[WIDGET_MIME]["model_id"] in state
     bars = [m["state"] for m in state.values() if m["model_name"] == "IntProgressModel"]
     assert {(b["value"], b["max"]) for b in bars} == {(40, 40)}
+
+
+# -- the run card (pb.start) and the runs table ---------------------------------------------------
+
+
+def run_view(**changes) -> widgets.RunView:
+    base = dict(
+        run_id="run-1",
+        title="Risk review <40>",
+        model="gpt-4.1-mini",
+        status="in_progress",
+        done=False,
+        banner="Simulated: local server",
+        shards=[
+            {
+                "shard": "0",
+                "run_id": "run-1",
+                "batch_id": "batch_a",
+                "status": "completed",
+                "completed": 2,
+                "failed": 0,
+                "total": 2,
+                "canary": True,
+                "reasons": "",
+            },
+            {
+                "shard": "1",
+                "run_id": "run-1",
+                "batch_id": "batch_<b>",
+                "status": "in_progress",
+                "completed": 10,
+                "failed": 3,
+                "total": 38,
+                "canary": False,
+                "reasons": "invalid_json 2, server_error 1",
+            },
+        ],
+        canary_note="Canary passed: 2 of 2 answers usable.",
+        total=40,
+        finished=15,
+        failed=3,
+        held=0,
+        eta_s=75.0,
+        est_cost_usd=0.0057,
+        billed_usd=0.0004,
+        simulated=True,
+        as_of=1_700_000_000.0,
+        stalled=False,
+        quiet_s=1.0,
+        stall_after_s=30.0,
+        reasons="invalid_json 2, server_error 1",
+        reviewed=2,
+        top=pd.DataFrame(
+            {"ticker": ["NVDA", "KO"], "risk_score": [81, 12], "rationale": ["<i>x</i>", "y"]}
+        ),
+        notes=["warning: checking batch_x failed; trying again"],
+        error=None,
+        message=None,
+        watching=True,
+        can_retry=False,
+    )
+    base.update(changes)
+    return widgets.RunView(**base)
+
+
+def test_run_card_shows_shards_canary_reasons_costs_eta_and_the_first_answers():
+    card = widgets.RunCard(on_cancel=lambda: None, on_retry=lambda: None, on_report=lambda: None)
+    card.show(run_view())
+    assert "Simulated: local server" in card.banner.value
+    assert "in_progress" in card.header.value and "as of " in card.header.value
+    assert "Risk review &lt;40&gt;" in card.header.value
+    assert len(card.shard_box.children) == 2
+    canary_label, canary_bar, _ = card.lines[("run-1", "0")]
+    assert "canary" in canary_label.value and (canary_bar.value, canary_bar.max) == (2, 2)
+    label, bar, counts = card.lines[("run-1", "1")]
+    assert "batch_&lt;b&gt;" in label.value and (bar.value, bar.max) == (13, 38)
+    assert "invalid_json 2, server_error 1" in counts.value
+    assert (card.overall_bar.value, card.overall_bar.max) == (15, 40)
+    assert "12 done, 3 failed of 40 requests · ETA 1:15" in card.summary.value
+    assert (
+        "estimated $0.0057 · so far $0.0004 at OpenAI batch prices (simulated)"
+        in card.summary.value
+    )
+    assert "Canary passed" in card.flags.value and "trying again" in card.flags.value
+    assert "2 of 40 reviewed" in card.table.value and "hsl(" in card.table.value
+    assert "&lt;i&gt;x&lt;/i&gt;" in card.table.value
+    assert not card.cancel_button.disabled and card.retry_button.disabled
+    assert card.report_button.disabled
+    first_lines = card.lines
+    card.show(run_view(finished=20))
+    assert card.lines is first_lines  # same shards: values change, widgets stay
+
+
+def test_run_card_at_the_end_and_when_stalled():
+    card = widgets.RunCard(on_cancel=lambda: None, on_retry=lambda: None, on_report=lambda: None)
+    card.show(run_view(stalled=True, quiet_s=95.0, stall_after_s=30.0))
+    assert "No movement for 1:35, longer than expected (0:30)" in card.flags.value
+    card.show(run_view(status="completed", done=True, can_retry=True, eta_s=0.0, simulated=False))
+    assert card.cancel_button.disabled and not card.retry_button.disabled
+    assert not card.report_button.disabled
+    assert "ETA" not in card.summary.value and "billed so far" in card.summary.value
+    assert card.overall_bar.bar_style == "warning"  # completed, some answers unusable
+
+
+def test_run_card_buttons_call_back():
+    calls = []
+    card = widgets.RunCard(
+        on_cancel=lambda: calls.append("cancel"),
+        on_retry=lambda: calls.append("retry"),
+        on_report=lambda: calls.append("report"),
+    )
+    card.cancel_button.click()
+    card.retry_button.click()
+    card.report_button.click()
+    assert calls == ["cancel", "retry", "report"]
+
+
+def test_run_card_static_html_and_text_are_the_fallbacks():
+    view = run_view(error="Watching stopped: <boom>")
+    html = widgets.run_card_html(view)
+    assert 'class="pb-run-card"' in html and "batch_&lt;b&gt;" in html
+    assert "Watching stopped: &lt;boom&gt;" in html and "<boom>" not in html
+    text = widgets.run_card_text(view)
+    assert "shard 1  batch_<b>  in_progress" in text and "(invalid_json 2, server_error 1)" in text
+    assert "2 of 40 reviewed" in text
+
+
+def test_results_table_colours_scores_and_escapes():
+    frame = pd.DataFrame(
+        {
+            "ticker": ["<x>", "B"],
+            "weight": [0.1234, None],
+            "risk_score": pd.array([100, None], dtype="Int64"),
+            "risk_level": ["high", None],
+            "drivers": [["a", "b"], None],
+            "status": ["succeeded", "failed"],
+        }
+    )
+    html = widgets.results_table_html(frame)
+    assert "&lt;x&gt;" in html and "12.34%" in html and "a; b" in html
+    assert widgets.score_style(100) in html and "hsl(0," in html
+    assert widgets.STATUS_STYLES["failed"][0] in html
+    assert widgets.score_style(0).startswith("background:hsl(120,")
+    assert widgets.score_style(None) == "color:#9e9e9e"
+
+
+def test_runs_table_renders_badges_and_costs():
+    frame = pd.DataFrame(
+        {
+            "run_id": ["run-<1>"],
+            "created_at": [pd.Timestamp("2026-12-01 10:00:00", tz="UTC")],
+            "status": ["held"],
+            "est_cost_usd": [0.0123],
+            "billed_usd": [None],
+        }
+    )
+    html = widgets.RunsFrame(frame)._repr_html_()
+    assert "run-&lt;1&gt;" in html and "2026-12-01 10:00:00" in html
+    assert "$0.0123" in html and "<td>–</td>" in html and "pb.attach(run_id)" in html
