@@ -170,6 +170,15 @@ def embedded_server(engine: str | None = None) -> Any:
         try:
             from portfolio_batch.local import LocalServer
         except ImportError as exc:
+            missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+            if missing and not missing.startswith("portfolio_batch"):
+                # an install that lacks a dependency: reinstalling fixes it, paying for OpenAI
+                # is not the fix
+                raise LocalServerError(
+                    f"The embedded local server cannot be imported: its dependency {missing!r} "
+                    f"is missing ({exc}); install it with pip install -e . in portfolio_batch's "
+                    "directory (or make demo), or set OPENAI_API_KEY to use OpenAI"
+                ) from exc
             raise LocalServerError(
                 f"The embedded local server cannot be imported ({exc}); set OPENAI_API_KEY to use "
                 "OpenAI instead."

@@ -244,8 +244,10 @@ def _missing_column(
     glued = [
         c for c in columns if any(s in c for s in _SEPARATORS[1:]) and column.lower() in c.lower()
     ]
+    # "ticker weight": a file separated by spaces, read as one column ("Ticker Symbol" is not)
+    spaced = [c for c in columns if {key.lower(), "weight"} <= {w.lower() for w in c.split()}]
     near = [c for c in columns if _normalise(c) == want] or [
-        c for c in columns if _normalise(c).startswith(want) and not glued
+        c for c in columns if _normalise(c).startswith(want) and not glued and not spaced
     ]
     if near:
         found = near[0]
@@ -261,6 +263,11 @@ def _missing_column(
         fix = (
             f"the header looks like {unit} {header_at} ({', '.join(src.head[header_at - 1][:6])}): "
             f"delete the {unit}s above it"
+        )
+    elif spaced:
+        fix = (
+            f"the header {spaced[0]!r} is one column: the fields are separated by spaces; "
+            "separate them with ',', ';', a tab or '|'"
         )
     elif glued:
         sep = next(s for s in _SEPARATORS[1:] if s in glued[0])
@@ -299,8 +306,8 @@ def load_portfolio(
     Lines with no value at all are skipped.
 
     Errors name the row (its line for text files, its row for Excel), the column and the fix. A
-    total line, or weights in percent or in amounts, are errors; weights that do not sum to 1 are
-    a ``UserWarning`` naming the sum (the net and gross exposure when there are shorts).
+    total line, weights in percent or in amounts, or every weight 0, are errors; weights that do
+    not sum to 1 are a ``UserWarning`` naming the sum (the net and gross exposure with shorts).
     """
     src: _Source | None = None
     if isinstance(path_or_df, pd.DataFrame):
@@ -419,6 +426,13 @@ def load_portfolio(
     weights = df["weight"].to_numpy()
     shorts = int((weights < 0).sum())
     net, gross = float(weights.sum()), float(np.abs(weights).sum())
+    if gross == 0:
+        # nothing to weight the scores by: the weighted score and the shares divide by the gross
+        raise InputError(
+            f"{origin}: every weight in column 'weight' is 0 ({len(df)} position"
+            f"{'s' if len(df) != 1 else ''}); give each position its weight, a fraction of the "
+            "portfolio (0.05 = 5 %)"
+        )
     if not _SUM_BAND[0] <= net <= _SUM_BAND[1]:
         exposure = (
             f" (net exposure; gross {gross:.4g}, with {shorts} short position"
@@ -503,7 +517,10 @@ def _check_weights(weights: np.ndarray, where: Callable[[int], str]) -> None:
         )
     # Percent (or amounts) whatever their sum: a position bigger than the whole portfolio, and a
     # sum or a gross far above any fund's. A 130/30 book (one 1.3 long, net 1) passes.
-    if abs(float(weights[big])) > 1 and (net > 1.5 or gross > 5):
+    above_one = abs(float(weights[big])) > 1
+    # A broad book in percent has no weight above 1 (150 positions of 0.67 %) but sums to about
+    # 100: no fund is 5 times net long or 20 times gross, whatever the size of each weight.
+    if (above_one and (net > 1.5 or gross > 5)) or net > 5 or gross > 20:
         exposure = f" (gross {gross:g})" if (weights < 0).any() else ""
         if 95 <= net <= 105 or (95 <= gross <= 405 and net < 95):
             what = "they look like percentages: divide the weight column by 100"
@@ -512,8 +529,12 @@ def _check_weights(weights: np.ndarray, where: Callable[[int], str]) -> None:
                 "if they are percentages, divide the weight column by 100; if they are amounts "
                 f"(market values), divide each by their sum ({net:g})"
             )
+        largest = (
+            f"{weights[big]:g} is more than the whole portfolio and "
+            if above_one
+            else f"{weights[big]:g} is the largest weight and "
+        )
         raise InputError(
-            f"{where(big)}, column 'weight': {weights[big]:g} is more than the whole portfolio "
-            f"and the weights sum to {net:g}{exposure}; weights are fractions of the portfolio "
-            f"(0.05 = 5 %): {what}"
+            f"{where(big)}, column 'weight': {largest}the weights sum to {net:g}{exposure}; "
+            f"weights are fractions of the portfolio (0.05 = 5 %): {what}"
         )

@@ -100,3 +100,25 @@ def test_openai_organisation_and_project_scope_the_backend_name() -> None:
     c = openai.OpenAI(api_key="sk-x", organization="org-1", project="proj_2")
     assert backend_name(c) == "openai:org-1:proj_2"
     assert "sk-x" not in backend_name(c)
+
+
+def test_a_missing_dependency_of_the_local_server_says_to_reinstall(monkeypatch) -> None:
+    # A fresh clone whose install lacked a dependency (fastjsonschema) was told only to set
+    # OPENAI_API_KEY, i.e. to pay for OpenAI, when reinstalling fixes it.
+    import builtins
+
+    real_import = builtins.__import__
+
+    def failing_import(name: str, *args: object, **kwargs: object) -> object:
+        if name == "portfolio_batch.local":
+            raise ModuleNotFoundError("No module named 'fastjsonschema'", name="fastjsonschema")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", failing_import)
+    with pytest.raises(
+        pb.LocalServerError,
+        match=r"^The embedded local server cannot be imported: its dependency 'fastjsonschema' is "
+        r"missing \(No module named 'fastjsonschema'\); install it with pip install -e \. in "
+        r"portfolio_batch's directory \(or make demo\), or set OPENAI_API_KEY to use OpenAI$",
+    ):
+        pb.client()

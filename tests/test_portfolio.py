@@ -294,6 +294,21 @@ def test_a_header_read_as_one_column_says_which_separator() -> None:
         load_portfolio(frame)
 
 
+def test_a_file_separated_by_spaces_is_named_as_such(tmp_path: Path) -> None:
+    # Pasted from a terminal or a PDF: renaming 'ticker weight' to 'ticker' would not help.
+    path = _csv(tmp_path, "ticker weight\nAAPL 0.6\nMSFT 0.4\n")
+    with pytest.raises(
+        InputError,
+        match=r"no column 'ticker' .*; the header 'ticker weight' is one column: the fields are "
+        r"separated by spaces; separate them with ',', ';', a tab or '\|'$",
+    ):
+        load_portfolio(path)
+    # A header of several words is still a column to rename (a broker's "Ticker Symbol").
+    path = _csv(tmp_path, "Ticker Symbol,weight\nAAPL,0.6\nMSFT,0.4\n")
+    with pytest.raises(InputError, match=r"rename the column 'Ticker Symbol' to 'ticker'"):
+        load_portfolio(path)
+
+
 # -- weights ----------------------------------------------------------------------------------------
 
 
@@ -317,6 +332,37 @@ def test_weights_in_percent_or_amounts_are_refused(weights: list[float], expect:
     frame = pd.DataFrame({"ticker": [f"T{i}" for i in range(len(weights))], "weight": weights})
     with pytest.raises(InputError, match=expect):
         load_portfolio(frame)
+
+
+@pytest.mark.parametrize(
+    ("weights", "expect"),
+    [
+        # 150 equal positions in percent: no weight above 1, but a sum of 100
+        ([100 / 150] * 150, r"the weights sum to 100; .*they look like percentages"),
+        # a market-neutral book in percent: net 0, gross 100
+        ([0.5] * 100 + [-0.5] * 100, r"sum to 0 \(gross 100\); .*they look like percentages"),
+    ],
+    ids=["percent-all-below-1", "percent-market-neutral-all-below-1"],
+)
+def test_percent_weights_are_refused_when_none_is_above_one(
+    weights: list[float], expect: str
+) -> None:
+    # Used as fractions, every weight would be 100 times too big; a warning is not enough.
+    frame = pd.DataFrame({"ticker": [f"T{i}" for i in range(len(weights))], "weight": weights})
+    with pytest.raises(InputError, match=expect):
+        load_portfolio(frame)
+
+
+def test_all_weights_zero_is_refused(tmp_path: Path) -> None:
+    # Nothing to weight the scores by (the report's weighted score and charts divide by the gross).
+    with pytest.raises(
+        InputError,
+        match=r"portfolio.csv: every weight in column 'weight' is 0 \(2 positions\); give each "
+        r"position its weight",
+    ):
+        load_portfolio(_csv(tmp_path, "ticker,weight\nAAPL,0\nMSFT,0\n"))
+    # One position at 0 among others is a position (a closed one, kept for the record).
+    assert len(load_portfolio(pd.DataFrame({"ticker": list("AB"), "weight": [1.0, 0.0]}))) == 2
 
 
 def test_decimal_comma_percentages_are_refused(tmp_path: Path) -> None:
