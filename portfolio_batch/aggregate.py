@@ -595,9 +595,20 @@ def _job_files(
             row.get("error_file_id"),
             row.get("status"),
         )
-        if status not in _TERMINAL or not (_present(out_id) or _present(err_id)):
+        done = int(row.get("completed") or 0)
+        # OpenAI can say completed before it names the output file: look again for it
+        if status not in _TERMINAL or (not _present(out_id) and (done or not _present(err_id))):
             batch = client.batches.retrieve(batch_id)
             out_id, err_id, status = batch.output_file_id, batch.error_file_id, batch.status
+            done = int(getattr(batch.request_counts, "completed", 0) or 0)
+        if status == "completed" and done and not _present(out_id):
+            log.warning(
+                "batch %s reports %d completed request(s) but no output file yet: they are "
+                "missing here; run aggregate_df again in a few minutes (OpenAI can name the "
+                "file a poll or two after the batch completes)",
+                batch_id,
+                done,
+            )
         if status not in _TERMINAL:
             log.warning(
                 "batch %s is still %s: its unfinished requests are missing; poll() it first",
@@ -764,9 +775,7 @@ def _cost(
     billed = (prompt > 0) | (completion > 0)
     names = set(models[billed].tolist())
     if len(names) == 1:  # the usual case: one model; rows without usage cost 0 anyway
-        return _priced(
-            names.pop(), prompt, completion, cached, written, prices=prices, batch=batch
-        )
+        return _priced(names.pop(), prompt, completion, cached, written, prices=prices, batch=batch)
     cost = np.zeros(len(models))
     for model in names:
         mask = billed & (models == model)

@@ -28,7 +28,7 @@ import pandas as pd
 
 from portfolio_batch.errors import InputError
 from portfolio_batch.home import writable_dir
-from portfolio_batch.requests import _json_default
+from portfolio_batch.requests import _json_default, retry_of_batches
 
 __all__ = ["MANIFEST_COLUMNS", "iter_jsonl", "to_jsonl"]
 
@@ -44,6 +44,7 @@ MANIFEST_COLUMNS = [
     "last_custom_id",
     "model",
     "endpoint",
+    "retry_of",  # retry_failed()'s batches the requests replace, for submit(); None otherwise
 ]
 _CHUNK = 2048  # rows serialised per write: bounds memory to a few MB whatever the frame's size
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
@@ -334,11 +335,11 @@ def to_jsonl(
     shards = _Shards(out, prefix, limits, (writer, hasher))
     seen: set[str] = set()  # custom_ids of earlier frames (iterable input only)
     first_id = endpoint = model = ""
-    retry_of: set[str] = set()  # retry_failed()'s mark, carried into the manifest for submit()
+    retry_of: set[str] = set()  # retry_failed()'s column, carried into the manifest for submit()
     try:
         for frame in frames:
             if isinstance(frame, pd.DataFrame):
-                retry_of.update(frame.attrs.get("retry_of_batches") or ())
+                retry_of.update(retry_of_batches(frame))
             if not single and isinstance(frame, pd.DataFrame) and frame.empty:
                 continue
             ids, frame_endpoint = _check_frame(frame)
@@ -395,6 +396,9 @@ def to_jsonl(
         hasher.shutdown(wait=True)
     _remove_stale(out, prefix, len(rows))
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    manifest["retry_of"] = pd.Series(
+        ",".join(sorted(retry_of)) or None, index=manifest.index, dtype=object
+    )
     manifest.attrs = {
         "token_count": "exact" if exact else "approx",
         "out_dir": str(out),
@@ -402,8 +406,6 @@ def to_jsonl(
         "max_bytes": int(max_bytes),
         "max_input_tokens": max_input_tokens,
     }
-    if retry_of:
-        manifest.attrs["retry_of_batches"] = sorted(retry_of)
     return manifest
 
 

@@ -45,7 +45,7 @@ from portfolio_batch.submit import (
     submit_ready,
 )
 
-__all__ = ["poll", "progress_state"]
+__all__ = ["poll", "progress_state", "refresh"]
 
 log = logging.getLogger("portfolio_batch")
 
@@ -54,6 +54,13 @@ TRANSIENT = (openai.APIConnectionError, openai.RateLimitError, openai.InternalSe
 # Rounds in a row in which creating a queued shard may fail (after the SDK's own retries)
 # before poll gives up.
 MAX_SUBMIT_FAILURES = 5
+# OpenAI can report a batch "completed" with requests done and output_file_id still null for a
+# poll or two (LiteLLM PR #37715): it is polled again this many times before poll concludes that
+# it has no output file (and says so).
+OUTPUT_LAG_POLLS = 10
+# batch id -> polls that saw it completed without an output file id, across poll() and
+# refresh() calls of this process (an entry goes once the file id appears or poll concludes)
+_LAG: dict[str, int] = {}
 
 
 def progress_state(jobs: pd.DataFrame) -> tuple[int, int, str]:
@@ -141,24 +148,105 @@ def _token_limit(batch: dict[str, Any]) -> bool:
     return any(e.get("code") == "token_limit_exceeded" for e in errors)
 
 
-def _actual_cost(batch: dict[str, Any], model: str) -> float | None:
+def batch_usage(batch: dict[str, Any]) -> dict[str, Any] | None:
+    """The Batch object's own ``usage`` in one naming scheme (Responses-style), or None when it
+    has none or all zero.
+
+    Batches created since 2025-09-07 carry it with ``input_tokens``, ``output_tokens`` and their
+    details filled in, next to zeroed chat-style ``prompt_tokens``/``completion_tokens`` (LiteLLM
+    #14884); a server filling only the chat-style names is read too. Cached and cache-written
+    tokens are parts of the input, reasoning tokens part of the output.
+
+        >>> batch_usage({"usage": {"input_tokens": 0, "output_tokens": 0, "prompt_tokens": 120,
+        ...              "completion_tokens": 30, "completion_tokens_details": {"reasoning_tokens": 20}}})
+        {'input_tokens': 120, 'output_tokens': 30, 'input_tokens_details': {'cached_tokens': 0, 'cache_write_tokens': 0}, 'output_tokens_details': {'reasoning_tokens': 20}, 'total_tokens': 150}
+    """
     usage = batch.get("usage") or {}
-    if not usage:
+    if not isinstance(usage, dict):
+        return None
+
+    def scheme(tokens_in: str, tokens_out: str) -> dict[str, Any] | None:
+        inp, out = int(usage.get(tokens_in) or 0), int(usage.get(tokens_out) or 0)
+        if not (inp or out):
+            return None
+        ind = usage.get(f"{tokens_in}_details") or {}
+        outd = usage.get(f"{tokens_out}_details") or {}
+        return {
+            "input_tokens": inp,
+            "output_tokens": out,
+            "input_tokens_details": {
+                "cached_tokens": int(ind.get("cached_tokens") or 0),
+                "cache_write_tokens": int(ind.get("cache_write_tokens") or 0),
+            },
+            "output_tokens_details": {"reasoning_tokens": int(outd.get("reasoning_tokens") or 0)},
+            "total_tokens": inp + out,
+        }
+
+    return scheme("input_tokens", "output_tokens") or scheme("prompt_tokens", "completion_tokens")
+
+
+def _actual_cost(usage: dict[str, Any] | None, model: str, *, prices: Any = None) -> float | None:
+    """The batch price of a Batch's usage (``batch_usage``); reasoning tokens are inside the
+    output tokens, priced once."""
+    if not usage or not model:
         return None
     from portfolio_batch.cost import cost_usd
 
+    details = usage["input_tokens_details"]
     try:
         return float(
             cost_usd(
-                batch.get("model") or model,
-                int(usage.get("input_tokens") or 0),
-                int(usage.get("output_tokens") or 0),
-                int((usage.get("input_tokens_details") or {}).get("cached_tokens") or 0),
+                model,
+                usage["input_tokens"],
+                usage["output_tokens"],
+                details["cached_tokens"],
+                cache_write_tokens=details["cache_write_tokens"],
                 batch=True,
+                prices=prices,
             )
         )
     except PricingError:
         return None
+
+
+def _normalise(batch: dict[str, Any], lag: dict[str, int] | None = None) -> dict[str, Any]:
+    """The batch as recorded: ``""`` file ids as None (a clean batch may say ``error_file_id:
+    ""``), its usage in one scheme, and a ``completed`` batch whose output file id has not
+    appeared yet (requests completed, ``output_file_id`` null) kept ``finalizing`` for up to
+    ``OUTPUT_LAG_POLLS`` polls, so that nobody concludes it has no output."""
+    lag = _LAG if lag is None else lag
+    batch = {
+        **batch,
+        "output_file_id": batch.get("output_file_id") or None,
+        "error_file_id": batch.get("error_file_id") or None,
+    }
+    usage = batch_usage(batch)
+    batch["usage"] = usage
+    done = int((batch.get("request_counts") or {}).get("completed") or 0)
+    if batch["status"] != "completed" or batch["output_file_id"] is not None or not done:
+        lag.pop(batch["id"], None)
+    else:
+        seen = lag[batch["id"]] = lag.get(batch["id"], 0) + 1
+        if seen <= OUTPUT_LAG_POLLS:
+            log.info(
+                "batch %s is completed with %d request(s) done but no output file id yet "
+                "(poll %d of %d): polling it again",
+                batch["id"],
+                done,
+                seen,
+                OUTPUT_LAG_POLLS,
+            )
+            return {**batch, "status": "finalizing"}
+        del lag[batch["id"]]
+        log.warning(
+            "batch %s is completed with %d request(s) done, but still has no output file after "
+            "%d polls: concluding it has none (aggregate_df looks once more, and its requests "
+            "are missing if it is still absent)",
+            batch["id"],
+            done,
+            OUTPUT_LAG_POLLS,
+        )
+    return batch
 
 
 def _refresh(
@@ -173,14 +261,13 @@ def _refresh(
         if not row["batch_id"] or row["status"] in TERMINAL:
             continue
         try:
-            batch = _dump(c.batches.retrieve(row["batch_id"]))
+            batch = _normalise(_dump(c.batches.retrieve(row["batch_id"])))
         except TRANSIENT as exc:
             log.warning("checking batch %s failed (%s); trying again", row["batch_id"], exc)
             continue
         terminal = batch["status"] in TERMINAL
-        reg.update_batch(
-            batch, actual_cost_usd=_actual_cost(batch, row["model"]) if terminal else None
-        )
+        cost = _actual_cost(batch["usage"], batch.get("model") or row["model"])
+        reg.update_batch(batch, actual_cost_usd=cost if terminal else None)
         run = reg.run(row["run_id"]) or {}
         if (
             batch["status"] == "failed"
@@ -205,6 +292,21 @@ def _refresh(
     for run_id in runs:
         reg.set_run_actual_cost(run_id)
     return reg.jobs_frame(keys=keys)
+
+
+def refresh(jobs: pd.DataFrame, *, client: openai.OpenAI | None = None) -> pd.DataFrame:
+    """One round of ``poll`` without waiting: check every unfinished batch of ``jobs`` once,
+    create queued shards that now fit, record it all in the registry and return the refreshed
+    jobs frame. For callers that schedule their own rounds (``pb.start``'s background watcher).
+
+    >>> jobs = refresh(jobs)                             # doctest: +SKIP
+    """
+    keys = job_keys(jobs)
+    if not keys:
+        raise InputError("refresh() got an empty jobs frame: submit() or resume() first.")
+    c = client if client is not None else default_client()
+    with open_registry() as reg:
+        return _refresh(reg, c, keys, requeue_after=poll_interval_bounds(c)[1])
 
 
 def _resume_hint(run_ids: list[str]) -> str:

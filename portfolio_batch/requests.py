@@ -43,6 +43,7 @@ __all__ = [
     "build_requests",
     "custom_id_for",
     "is_reasoning_model",
+    "retry_of_batches",
 ]
 
 # Kept short: it is repeated in every line of every batch file, and billed on every request.
@@ -121,6 +122,7 @@ def is_reasoning_model(model: str) -> bool:
             best = prefix
     return bool(MODEL_FAMILIES.get(best, False))
 
+
 # The columns aggregate_df / run_sync add beside the input's (docs/design.md, Results) and
 # merge_results' attempt count: an input column with one of these names, or a schema field's name,
 # would collide with them only after the batch is paid for, so build_requests refuses it up front.
@@ -196,6 +198,20 @@ def custom_id_for(key_value: Any, prompt_version: str, *, prefix: str = "risk") 
         digest = hashlib.sha256(str(key_value).encode()).hexdigest()[:8]
         text = f"{text[:40]}~{digest}"
     return f"{prefix}-{text}-{prompt_version}"
+
+
+def retry_of_batches(frame: pd.DataFrame) -> list[str]:
+    """The batch ids in a requests frame's or manifest's ``retry_of`` column (none without one).
+
+    >>> retry_of_batches(pd.DataFrame({"retry_of": ["batch_a,batch_b", None, "batch_a"]}))
+    ['batch_a', 'batch_b']
+    """
+    if RETRY_OF not in frame.columns:
+        return []
+    ids: set[str] = set()
+    for value in frame[RETRY_OF].dropna().unique().tolist():
+        ids.update(b for b in str(value).split(",") if b)
+    return sorted(ids)
 
 
 def _schema_from(schema: Any) -> tuple[str, dict[str, Any]]:

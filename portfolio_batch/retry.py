@@ -16,7 +16,7 @@ import pandas as pd
 
 from portfolio_batch.aggregate import custom_ids, need_columns
 from portfolio_batch.errors import InputError
-from portfolio_batch.requests import RETRY_OF
+from portfolio_batch.requests import RETRY_OF, retry_of_batches
 
 __all__ = ["RETRY_OF", "merge_results", "retry_failed", "retry_of_batches"]
 
@@ -96,20 +96,6 @@ def retry_failed(
         ]
     log.info("retry_failed: %d of %d request(s) to send again", len(out), len(results))
     return out
-
-
-def retry_of_batches(frame: pd.DataFrame) -> list[str]:
-    """The batch ids in a requests frame's or manifest's ``retry_of`` column (none without one).
-
-        >>> retry_of_batches(pd.DataFrame({"retry_of": ["batch_a,batch_b", None, "batch_a"]}))
-        ['batch_a', 'batch_b']
-    """
-    if RETRY_OF not in frame.columns:
-        return []
-    ids: set[str] = set()
-    for value in frame[RETRY_OF].dropna().unique().tolist():
-        ids.update(b for b in str(value).split(",") if b)
-    return sorted(ids)
 
 
 def _source_batches(results: pd.DataFrame) -> list[str]:

@@ -38,7 +38,7 @@ from portfolio_batch.errors import (
     SubmitError,
 )
 from portfolio_batch.registry import TERMINAL, Registry, open_registry
-from portfolio_batch.retry import RETRY_OF
+from portfolio_batch.requests import retry_of_batches
 
 __all__ = ["cancel", "idempotency_key", "resume", "submit"]
 
@@ -91,6 +91,26 @@ def _as_manifest(data: pd.DataFrame, out_dir: str | Path | None) -> pd.DataFrame
     if data.empty:
         raise InputError("submit() got an empty manifest: there is nothing to send.")
     return data
+
+
+def _excluded(data: Any, exclude: Sequence[str] | pd.Series | None) -> set[str]:
+    """The batch ids ``exclude_batches`` names (blanks and NaN dropped), and a requests frame's
+    ``retry_of`` ones (a manifest's are read from it later)."""
+    out = set(retry_of_batches(data)) if isinstance(data, pd.DataFrame) else set()
+    if exclude is None:
+        return out
+    if isinstance(exclude, str):
+        raise InputError(
+            f"exclude_batches={exclude!r} is one string; pass a list of batch ids, e.g. "
+            'exclude_batches=["batch_abc"] or exclude_batches=results["batch_id"]'
+        )
+    values = exclude.dropna().tolist() if isinstance(exclude, pd.Series) else list(exclude)
+    bad = [v for v in values if not isinstance(v, str)]
+    if bad:
+        raise InputError(
+            f"exclude_batches holds {bad[0]!r} ({type(bad[0]).__name__}); pass batch id strings"
+        )
+    return out | {v for v in values if v}
 
 
 def _default_out_dir() -> Path:
@@ -166,12 +186,15 @@ def submit(
     run_id: str | None = None,
     prices: Any = None,
     out_dir: str | Path | None = None,
+    exclude_batches: Sequence[str] | pd.Series | None = None,
 ) -> pd.DataFrame:
     """Upload each shard and create its batch, once; returns the jobs frame (one row per shard).
 
     A shard already submitted (same sha256, endpoint, model and backend) and not failed,
-    cancelled or expired returns its existing batch; ``force=True`` makes a new one anyway. A
-    ``retry_failed`` frame (or its manifest) never gets back the batches its results came from. ``budget_usd``
+    cancelled or expired returns its existing batch; ``force=True`` makes a new one anyway.
+    ``exclude_batches`` (batch ids, e.g. ``results["batch_id"]``) are never handed back, nor are
+    those in the frame's ``retry_of`` column: a ``retry_failed`` frame (or its manifest, or a
+    ``pd.concat`` of several) never gets back the batches its results came from. ``budget_usd``
     refuses, before any upload, an estimate above it. ``max_enqueued_tokens`` creates only the
     shards that fit; the rest stay ``queued`` and ``poll`` creates them as capacity frees.
 
@@ -179,6 +202,7 @@ def submit(
     >>> jobs["status"].tolist()                                                  # doctest: +SKIP
     ['validating', 'validating']
     """
+    excluded = _excluded(manifest_or_requests, exclude_batches)
     manifest = _as_manifest(manifest_or_requests, out_dir)
     user_md = _user_metadata(metadata)
     costs = _shard_costs(manifest, prices, required=budget_usd is not None)
@@ -206,9 +230,9 @@ def submit(
     backend = backend_name(c)
     run_id = run_id or new_run_id()
     index = ServerIndex(c)
-    # retry_failed()'s frame names the batches whose answers it replaces: never hand those back.
-    retry_of = frozenset(manifest.attrs.get(RETRY_OF) or ())
-    skip = set(retry_of)  # and batches whose results the server no longer has
+    # Never handed back: the batches the caller excludes, those whose answers a retry_failed()
+    # frame replaces (its retry_of column), and those whose results the server no longer has.
+    skip = excluded | set(retry_of_batches(manifest))
     keys: list[tuple[str, int]] = []
     run_row: dict[str, Any] = {
         "run_id": run_id,

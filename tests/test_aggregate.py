@@ -426,7 +426,9 @@ def test_retry_failed_picks_only_what_a_resend_can_fix(
     ids = requests.index.tolist()
     # not the successes, not the 400 context_length_exceeded
     assert again.index.tolist() == [ids[2], ids[3], ids[4], ids[6], ids[7]]
-    assert again.columns.tolist() == requests.columns.tolist() and again.attrs == requests.attrs
+    # plus retry_of: the batches the results came from (none: these files were given by hand)
+    assert again.columns.tolist() == [*requests.columns, "retry_of"]
+    assert again.attrs == requests.attrs and again["retry_of"].isna().all()
     assert again.loc[ids[2], "body"]["max_tokens"] == 900  # invalid_output: raised
     assert again.loc[ids[4], "body"]["max_tokens"] == requests.loc[ids[4], "body"]["max_tokens"]
     assert [dict(b) for b in requests["body"]] == bodies  # the caller's bodies are untouched
