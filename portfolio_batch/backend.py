@@ -4,7 +4,9 @@
 - ``AZURE_OPENAI_ENDPOINT`` + ``AZURE_OPENAI_API_KEY`` + ``OPENAI_API_VERSION`` → ``openai.AzureOpenAI``
   (request urls have no ``/v1``; the model is the deployment name).
 - Neither, or ``engine=`` given → the embedded local server (engine from ``PORTFOLIO_BATCH_ENGINE``,
-  default ``rules``), started once per process and engine, data under ``home()/local/<engine>``.
+  default ``rules``), one per home and engine, data under ``home()/local/<engine>``: the first
+  process starts it and records its address and random key in ``server.json`` there; later
+  processes (a notebook and the CLI at once) use it, and a dead one is replaced by the next caller.
   Picking it issues a ``SimulatedBackendWarning`` once per process and engine: its answers are
   simulated, and a user must not mistake them for an LLM's.
 
@@ -17,19 +19,23 @@
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import re
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
+import httpx2  # openai's HTTP library (a fork of httpx): its client takes this transport
 import openai
 
 from portfolio_batch.errors import InputError, LocalServerError, SimulatedBackendWarning
-from portfolio_batch.home import home
+from portfolio_batch.home import cache_dir, home
+from portfolio_batch.locks import LockBusy, home_lock
 
 __all__ = [
     "backend_name",
@@ -52,7 +58,11 @@ _AZURE_VARS = ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY", "OPENAI_API_VERS
 _LOCAL_KEY = "local-no-key"
 
 _lock = threading.Lock()
-_servers: dict[str, Any] = {}  # engine -> running LocalServer
+_servers: dict[str, Any] = {}  # engine -> running LocalServer, or _SharedServer of another process
+# engine -> the "owner" file lock held while this process's embedded server runs: it tells the
+# other processes on the home that the server named in server.json is alive (the OS drops it when
+# this process dies, however it dies).
+_owner_locks: dict[str, Any] = {}
 _embedded_urls: dict[str, str] = {}  # base_url -> engine
 _logged: set[str] = set()
 # Engines whose SimulatedBackendWarning this process has shown; reset_client() keeps it, as the
@@ -160,46 +170,189 @@ def _user_level() -> int:
     return level
 
 
+class _SharedServer:
+    """The embedded server another process on the same home started (from its ``server.json``);
+    this process only talks to it, so ``stop`` leaves it running."""
+
+    def __init__(self, engine: str, base_url: str, api_key: str, pid: int) -> None:
+        self.engine, self.base_url, self.api_key, self.pid = engine, base_url, api_key, pid
+
+    def stop(self) -> None:
+        """Nothing: the process that started the server stops it."""
+
+    def __repr__(self) -> str:
+        return f"<shared embedded server engine={self.engine} at {self.base_url} (pid {self.pid})>"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _live_shared(data_dir: Any, engine: str) -> _SharedServer | None:
+    """The server ``data_dir/server.json`` names, if its process lives and it answers within 1 s
+    with its key."""
+    try:
+        state = json.loads((data_dir / "server.json").read_text())
+        base_url, key, pid = str(state["base_url"]), str(state["api_key"]), int(state["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not _pid_alive(pid):
+        return None
+    root = base_url.rstrip("/").removesuffix("/v1")
+    try:
+        answer = httpx2.get(
+            f"{root}/health", headers={"Authorization": f"Bearer {key}"}, timeout=1.0
+        )
+    except httpx2.HTTPError:
+        return None
+    if answer.status_code != 200:
+        return None
+    return _SharedServer(engine, base_url, key, pid)
+
+
+def _import_local_server() -> Any:
+    try:
+        from portfolio_batch.local import LocalServer
+    except ImportError as exc:
+        missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+        if missing and not missing.startswith("portfolio_batch"):
+            # an install that lacks a dependency: reinstalling fixes it, paying for OpenAI
+            # is not the fix
+            raise LocalServerError(
+                f"The embedded local server cannot be imported: its dependency {missing!r} "
+                f"is missing ({exc}); install it with pip install -e . in portfolio_batch's "
+                "directory (or make demo), or set OPENAI_API_KEY to use OpenAI"
+            ) from exc
+        raise LocalServerError(
+            f"The embedded local server cannot be imported ({exc}); set OPENAI_API_KEY to use "
+            "OpenAI instead."
+        ) from exc
+    return LocalServer
+
+
 def embedded_server(engine: str | None = None) -> Any:
-    """The embedded local server for ``engine``, started on first use and stopped at exit."""
+    """The embedded local server of this home for ``engine``: the one another process started
+    (named in ``home()/local/<engine>/server.json``) while that process lives, else one started
+    here (stopped at exit). Two servers on one data dir would both run its batches.
+
+    >>> pb.backend.embedded_server("rules").base_url          # doctest: +SKIP
+    'http://127.0.0.1:53117/v1'
+    """
     engine = engine or os.environ.get("PORTFOLIO_BATCH_ENGINE") or "rules"
     with _lock:
         server = _servers.get(engine)
         if server is not None:
             return server
-        try:
-            from portfolio_batch.local import LocalServer
-        except ImportError as exc:
-            missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
-            if missing and not missing.startswith("portfolio_batch"):
-                # an install that lacks a dependency: reinstalling fixes it, paying for OpenAI
-                # is not the fix
-                raise LocalServerError(
-                    f"The embedded local server cannot be imported: its dependency {missing!r} "
-                    f"is missing ({exc}); install it with pip install -e . in portfolio_batch's "
-                    "directory (or make demo), or set OPENAI_API_KEY to use OpenAI"
-                ) from exc
-            raise LocalServerError(
-                f"The embedded local server cannot be imported ({exc}); set OPENAI_API_KEY to use "
-                "OpenAI instead."
-            ) from exc
+        LocalServer = _import_local_server()
         data_dir = home() / "local" / engine
         data_dir.mkdir(parents=True, exist_ok=True)
-        server = LocalServer(engine=engine, data_dir=data_dir)
         try:
-            server.start()
-        except LocalServerError:
-            raise
-        except Exception as exc:
+            # one process at a time decides who serves the home (and starts it)
+            with home_lock(cache_dir("locks") / f"embedded-{engine}.lock", timeout=120):
+                server = _resolve(engine, data_dir, LocalServer)
+        except LockBusy as exc:
             raise LocalServerError(
-                f"The embedded local server (engine={engine!r}, data in {data_dir}) did not start: "
-                f"{exc}. Set OPENAI_API_KEY to use OpenAI, or try PORTFOLIO_BATCH_ENGINE=rules."
+                f"Another process has been starting the embedded local server (engine={engine!r}, "
+                f"data in {data_dir}) for 120 s; wait for it or end it, then retry."
             ) from exc
-        if not _servers:
+        if not _servers and not _owner_locks:
             atexit.register(reset_client)
         _servers[engine] = server
         _embedded_urls[str(server.base_url).rstrip("/")] = engine
         return server
+
+
+def _resolve(engine: str, data_dir: Any, LocalServer: Any) -> Any:
+    """Under the home's server lock: the live server of the home, else a new one owned here."""
+    owner = _owner_lock(cache_dir("locks") / f"embedded-{engine}-owner.lock")
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            owner.acquire(timeout=0)
+            break
+        except Exception as exc:  # filelock.Timeout: a live process owns the server
+            if not _is_timeout(exc):
+                raise
+        shared = _live_shared(data_dir, engine)
+        if shared is not None:
+            return shared
+        # The owner is alive but its server does not answer: it is stopping (its lock goes
+        # with it) or hung.
+        if time.monotonic() > deadline:
+            raise LocalServerError(
+                f"Another process owns the embedded local server of {data_dir} (see its "
+                "server.json) but it does not answer; end that process, then retry."
+            )
+        time.sleep(0.1)
+    server = LocalServer(engine=engine, data_dir=data_dir)
+    try:
+        server.start()  # writes server.json for the other processes
+    except LocalServerError:
+        owner.release()
+        raise
+    except Exception as exc:
+        owner.release()
+        raise LocalServerError(
+            f"The embedded local server (engine={engine!r}, data in {data_dir}) did not start: "
+            f"{exc}. Set OPENAI_API_KEY to use OpenAI, or try PORTFOLIO_BATCH_ENGINE=rules."
+        ) from exc
+    _owner_locks[engine] = owner
+    return server
+
+
+def _owner_lock(path: Any) -> Any:
+    """A file lock any thread may release (``reset_client`` runs in another thread, at exit)."""
+    import filelock
+
+    try:
+        return filelock.FileLock(path, timeout=0, thread_local=False, fallback_to_soft=False)  # type: ignore[call-arg]
+    except TypeError:
+        return filelock.FileLock(path, timeout=0, thread_local=False)
+
+
+def _is_timeout(exc: Exception) -> bool:
+    import filelock
+
+    return isinstance(exc, filelock.Timeout)
+
+
+def _forget_shared(engine: str) -> None:
+    """Drop this process's handle on another process's server (it stopped answering), so the
+    next ``embedded_server`` looks again and replaces a dead one."""
+    with _lock:
+        if isinstance(_servers.get(engine), _SharedServer):
+            del _servers[engine]
+
+
+class _HomeTransport(httpx2.HTTPTransport):
+    """Sends each request to the home's embedded server as it is now: when the process serving
+    it has ended, the request goes to its replacement (started here if need be), with its key."""
+
+    def __init__(self, engine: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._engine = engine
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        for attempt in (0, 1):
+            server = embedded_server(self._engine)
+            target = httpx2.URL(str(server.base_url))
+            request.url = request.url.copy_with(host=target.host, port=target.port)
+            request.headers["Host"] = f"{target.host}:{target.port}"
+            request.headers["Authorization"] = f"Bearer {server.api_key}"
+            try:
+                return super().handle_request(request)
+            except httpx2.ConnectError:
+                # refused: nothing was sent, so sending it to the replacement is safe
+                if attempt or not isinstance(server, _SharedServer):
+                    raise
+                _forget_shared(self._engine)
+        raise AssertionError("unreachable")
 
 
 def configured_backend() -> str | None:
@@ -251,19 +404,28 @@ def client(**overrides: Any) -> openai.OpenAI:
     )
     # the random key the embedded server made at start and requires (issue 15)
     overrides.setdefault("api_key", getattr(server, "api_key", None) or _LOCAL_KEY)
+    if "http_client" not in overrides:
+        # follows the home's server when the process serving it ends (a notebook closed while
+        # the CLI polls): requests go to its replacement, not to a closed port
+        overrides["http_client"] = openai.DefaultHttpxClient(transport=_HomeTransport(str(chosen)))
     return openai.OpenAI(base_url=str(server.base_url), **overrides)
 
 
 def reset_client() -> None:
     """Stop the embedded local servers this process started, so the next ``client()`` decides
-    afresh (for tests, and at interpreter exit)."""
+    afresh (for tests, and at interpreter exit); another process's server keeps running."""
     with _lock:
         servers = list(_servers.values())
+        owners = list(_owner_locks.values())
         _servers.clear()
+        _owner_locks.clear()
         _embedded_urls.clear()
         _logged.clear()
     for server in servers:
         server.stop()
+    # after the stop: the next owner must not start while this server still runs the batches
+    for owner in owners:
+        owner.release()
 
 
 def backend_name(c: Any) -> str:
