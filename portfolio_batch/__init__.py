@@ -24,6 +24,7 @@ from portfolio_batch.errors import (
     BatchFailedError,
     BudgetExceededError,
     DownloadError,
+    ExportError,
     InputError,
     LocalServerError,
     MissingDependencyError,
@@ -32,6 +33,7 @@ from portfolio_batch.errors import (
     PricingError,
     RegistryError,
     ResultFileGoneError,
+    SimulatedBackendWarning,
     SubmitError,
 )
 
@@ -40,6 +42,7 @@ _LAZY = {
     "load_portfolio": "portfolio_batch.portfolio",
     "build_requests": "portfolio_batch.requests",
     "RISK_SCHEMA": "portfolio_batch.requests",
+    "MODEL_FAMILIES": "portfolio_batch.requests",
     "to_jsonl": "portfolio_batch.jsonl",
     "estimate_cost": "portfolio_batch.cost",
     "compare_models": "portfolio_batch.cost",
@@ -52,17 +55,28 @@ _LAZY = {
     "jobs": "portfolio_batch.registry",
     "aggregate_df": "portfolio_batch.aggregate",
     "summarize": "portfolio_batch.summary",
+    "check_answers": "portfolio_batch.quality",
     "retry_failed": "portfolio_batch.retry",
     "merge_results": "portfolio_batch.retry",
     "run_sync": "portfolio_batch.sync",
+    "start": "portfolio_batch.run",
+    "attach": "portfolio_batch.run",
+    "runs": "portfolio_batch.run",
+    "Run": "portfolio_batch.run",
+    "CanaryHeldError": "portfolio_batch.run",
+    "dashboard": "portfolio_batch.dashboard",
     "report": "portfolio_batch.report",
+    "compare": "portfolio_batch.compare",
 }
 
 __all__ = [
+    "MODEL_FAMILIES",
     "RISK_SCHEMA",
     "BatchFailedError",
     "BudgetExceededError",
+    "CanaryHeldError",
     "DownloadError",
+    "ExportError",
     "InputError",
     "LocalServerError",
     "MissingDependencyError",
@@ -71,14 +85,20 @@ __all__ = [
     "PricingError",
     "RegistryError",
     "ResultFileGoneError",
+    "Run",
+    "SimulatedBackendWarning",
     "SubmitError",
     "__version__",
     "aggregate_df",
+    "attach",
     "build_requests",
     "cancel",
+    "check_answers",
     "check_budget",
     "client",
+    "compare",
     "compare_models",
+    "dashboard",
     "estimate_cost",
     "jobs",
     "load_portfolio",
@@ -88,6 +108,8 @@ __all__ = [
     "resume",
     "retry_failed",
     "run_sync",
+    "runs",
+    "start",
     "submit",
     "summarize",
     "to_jsonl",
@@ -96,14 +118,18 @@ __all__ = [
 if TYPE_CHECKING:
     from portfolio_batch.aggregate import aggregate_df
     from portfolio_batch.backend import client
+    from portfolio_batch.compare import compare
     from portfolio_batch.cost import check_budget, compare_models, estimate_cost
+    from portfolio_batch.dashboard import dashboard
     from portfolio_batch.jsonl import to_jsonl
     from portfolio_batch.poll import poll
     from portfolio_batch.portfolio import load_portfolio
+    from portfolio_batch.quality import check_answers
     from portfolio_batch.registry import jobs
     from portfolio_batch.report import report
-    from portfolio_batch.requests import RISK_SCHEMA, build_requests
+    from portfolio_batch.requests import MODEL_FAMILIES, RISK_SCHEMA, build_requests
     from portfolio_batch.retry import merge_results, retry_failed
+    from portfolio_batch.run import CanaryHeldError, Run, attach, runs, start
     from portfolio_batch.submit import cancel, resume, submit
     from portfolio_batch.summary import summarize
     from portfolio_batch.sync import run_sync

@@ -6,9 +6,15 @@
 Prices are USD per million tokens, from ``genai-prices`` (offline, batch rates included) unless
 you pass your own with ``prices=``: a dict ``{"model": {"input": 0.15, "output": 0.60}}`` or the
 path of a CSV with a ``model`` column and the same price columns. Optional price fields:
-``cached_input`` (default: ``input``), ``batch_input`` / ``batch_output`` (default: half the
-standard price, the Batch API's discount) and ``batch_cached_input`` (default: half
-``cached_input``). A model not in your prices is looked up in genai-prices.
+``cached_input`` (default: ``input``), ``cache_write_input`` (prompt tokens written to the cache,
+billed from GPT-5.6 on at 1.25x input; default: ``input``, no extra fee), ``batch_input`` /
+``batch_output`` (default: half the standard price, the Batch API's discount),
+``batch_cached_input`` and ``batch_cache_write_input`` (default: half their standard price). A
+model not in your prices is looked up in genai-prices.
+
+Usage follows OpenAI's: cached and cache-written tokens are parts of the prompt tokens, each
+billed at its own rate instead of the input rate; reasoning tokens are part of the completion
+tokens and billed as output, never on top of them.
 """
 
 from __future__ import annotations
@@ -49,9 +55,11 @@ PRICE_FIELDS = (
     "input",
     "output",
     "cached_input",
+    "cache_write_input",
     "batch_input",
     "batch_output",
     "batch_cached_input",
+    "batch_cache_write_input",
 )
 _PER = 1_000_000
 PricesArg = Mapping[str, Mapping[str, Any]] | str | os.PathLike[str] | None
@@ -68,6 +76,8 @@ class Price:
     batch_input: float
     batch_output: float
     batch_cached_input: float
+    cache_write_input: float
+    batch_cache_write_input: float
     source: str  # "genai-prices" or "override"
     version: str  # e.g. "genai-prices 0.2.3", "dict", "prices.csv sha256:ab12…"
 
@@ -106,9 +116,11 @@ def _price_from_fields(model: str, fields: Mapping[str, Any], version: str, wher
                 f'e.g. prices={{"{model}": {{"input": 0.15, "output": 0.60}}}} (USD per million tokens)'
             )
     values.setdefault("cached_input", values["input"])
+    values.setdefault("cache_write_input", values["input"])
     values.setdefault("batch_input", values["input"] / 2)
     values.setdefault("batch_output", values["output"] / 2)
     values.setdefault("batch_cached_input", values["cached_input"] / 2)
+    values.setdefault("batch_cache_write_input", values["cache_write_input"] / 2)
     return Price(model=model, source="override", version=version, **values)
 
 
@@ -122,7 +134,7 @@ def _csv_prices(path: str, mtime_ns: int) -> tuple[dict[str, Price], str]:
         if not reader.fieldnames or "model" not in reader.fieldnames:
             raise PricingError(
                 f"{path}: a prices CSV needs a header with 'model', 'input' and 'output' columns "
-                "(USD per million tokens); optional: cached_input, batch_input, batch_output, batch_cached_input"
+                f"(USD per million tokens); optional: {', '.join(PRICE_FIELDS[2:])}"
             )
         for line, row in enumerate(reader, start=2):
             model = (row.get("model") or "").strip()
@@ -177,6 +189,11 @@ def _genai_price(model: str) -> Price:
             "batch_input": rate(Usage(input_tokens=_PER), True),
             "batch_output": rate(Usage(output_tokens=_PER), True),
             "batch_cached_input": rate(Usage(input_tokens=_PER, cache_read_tokens=_PER), True),
+            # the input rate where the table has no cache-write price (no extra fee)
+            "cache_write_input": rate(Usage(input_tokens=_PER, cache_write_tokens=_PER), False),
+            "batch_cache_write_input": rate(
+                Usage(input_tokens=_PER, cache_write_tokens=_PER), True
+            ),
         }
     except LookupError:
         raise PricingError(
@@ -213,6 +230,7 @@ def cost_usd(
     output_tokens: int,
     cached_tokens: int = 0,
     *,
+    cache_write_tokens: int = 0,
     batch: bool = True,
     prices: PricesArg = None,
 ) -> float: ...
@@ -225,6 +243,7 @@ def cost_usd(
     output_tokens: Any,
     cached_tokens: Any = 0,
     *,
+    cache_write_tokens: Any = 0,
     batch: bool = True,
     prices: PricesArg = None,
 ) -> Any: ...
@@ -236,31 +255,55 @@ def cost_usd(
     output_tokens: Any,
     cached_tokens: Any = 0,
     *,
+    cache_write_tokens: Any = 0,
     batch: bool = True,
     prices: PricesArg = None,
 ) -> Any:
-    """USD for actual usage: ``input_tokens`` (the API's prompt_tokens, cached ones included),
-    ``output_tokens`` and ``cached_tokens``. Scalars give a float; arrays/Series give an array.
+    """USD for actual usage: ``input_tokens`` (the API's prompt_tokens, cached and cache-written
+    ones included), ``output_tokens`` (completion_tokens, reasoning included), ``cached_tokens``
+    and ``cache_write_tokens``. Scalars give a float; arrays/Series give an array.
 
         >>> round(cost_usd("gpt-4o-mini", 1_000_000, 1_000_000), 6)
         0.375
     """
     return _cost(
-        price_for(model, prices=prices), input_tokens, output_tokens, cached_tokens, batch=batch
+        price_for(model, prices=prices),
+        input_tokens,
+        output_tokens,
+        cached_tokens,
+        cache_write_tokens,
+        batch=batch,
     )
 
 
 def _cost(
-    price: Price, input_tokens: Any, output_tokens: Any, cached_tokens: Any = 0, *, batch: bool
+    price: Price,
+    input_tokens: Any,
+    output_tokens: Any,
+    cached_tokens: Any = 0,
+    cache_write_tokens: Any = 0,
+    *,
+    batch: bool,
 ) -> Any:
     if batch:
-        rates = (price.batch_input, price.batch_cached_input, price.batch_output)
+        rates = (
+            price.batch_input,
+            price.batch_cached_input,
+            price.batch_cache_write_input,
+            price.batch_output,
+        )
     else:
-        rates = (price.input, price.cached_input, price.output)
+        rates = (price.input, price.cached_input, price.cache_write_input, price.output)
     inp = np.asarray(input_tokens, dtype=np.float64)
     cached = np.asarray(cached_tokens, dtype=np.float64)
+    written = np.asarray(cache_write_tokens, dtype=np.float64)
     out = np.asarray(output_tokens, dtype=np.float64)
-    total = ((inp - cached) * rates[0] + cached * rates[1] + out * rates[2]) / _PER
+    total = (
+        (inp - cached - written) * rates[0]
+        + cached * rates[1]
+        + written * rates[2]
+        + out * rates[3]
+    ) / _PER
     return float(total) if np.ndim(total) == 0 else total
 
 
@@ -333,19 +376,31 @@ def estimate_cost(
     *,
     prices: PricesArg = None,
     output_tokens: Any = "max",
+    currency: str = "USD",
+    fx_rate: float | None = None,
+    fx_date: Any = None,
 ) -> pd.DataFrame:
     """Per-request token counts and cost, batch and synchronous, indexed by ``custom_id``.
 
     ``input_tokens``: exact tiktoken counts of the messages with the chat-format overhead, plus an
     estimate for the ``response_format`` schema (see :func:`portfolio_batch.tokens.response_format_tokens`).
     ``output_tokens``: ``"max"`` (each request's ``max_tokens``: an upper bound), an int (tokens
-    per answer) or a float ratio of ``max_tokens`` (0.5 = half).
+    per answer) or a float ratio of ``max_tokens`` (0.5 = half). For reasoning models (o-series,
+    gpt-5) output includes the reasoning tokens, billed as output: ``max_completion_tokens``
+    bounds both, and ``attrs["output_includes_reasoning"]`` is True (``attrs["notes"]`` says so).
+
+    ``currency="EUR", fx_rate=0.92, fx_date="2026-11-13"`` (1 USD = 0.92 EUR; the rate is
+    never fetched) adds ``batch_cost_eur``/``sync_cost_eur`` beside the USD columns and records
+    ``attrs`` ``currency``/``fx_rate``/``fx_date``, which the report and the CLI print.
 
         >>> costs = estimate_cost(requests, output_tokens=0.5)        # doctest: +SKIP
         >>> costs.attrs["price_source"]                               # doctest: +SKIP
         'genai-prices'
     """
+    from portfolio_batch.currency import fx
     from portfolio_batch.tokens import count_body_tokens
+
+    money = fx(currency, fx_rate=fx_rate, fx_date=fx_date)  # a bad rate fails before counting
 
     ids, bodies = _requests_parts(requests)
     models = _models(bodies, ids)
@@ -355,10 +410,12 @@ def estimate_cost(
     batch = np.zeros(len(bodies), dtype=np.float64)
     sync = np.zeros(len(bodies), dtype=np.float64)
     used: list[Price] = []
+    thinks = False
     unique = list(dict.fromkeys(models))
     for model in unique:
         sel: Any = slice(None) if len(unique) == 1 else np.flatnonzero(model_arr == model)
         part = bodies if len(unique) == 1 else [bodies[i] for i in sel]
+        thinks = thinks or _reasoning(model, part[0])  # build_requests writes bodies alike
         in_tokens[sel] = count_body_tokens(part, model=model)
         price = price_for(model, prices=prices)
         used.append(price)
@@ -385,8 +442,31 @@ def estimate_cost(
         if isinstance(output_tokens, (float, np.floating))
         else int(output_tokens),
         "token_count": "exact",
+        "output_includes_reasoning": thinks,
+        "notes": [REASONING_NOTE] if thinks else [],
     }
+    if money.converted:
+        for col in ("batch_cost_usd", "sync_cost_usd"):
+            costs[col.replace("_usd", f"_{money.suffix}")] = costs[col] * money.rate
+        costs.attrs.update(money.attrs())
     return costs
+
+
+REASONING_NOTE = (
+    "output tokens include the reasoning tokens of reasoning models, billed as output: "
+    "max_completion_tokens bounds reasoning and answer together"
+)
+
+
+def _reasoning(model: str, body: Any) -> bool:
+    """Whether requests to ``model`` like ``body`` reason: the model's family says so, or the
+    body was written for a reasoning model (``build_requests(..., reasoning=True)``)."""
+    from portfolio_batch.requests import is_reasoning_model
+
+    return is_reasoning_model(model) or (
+        isinstance(body, Mapping)
+        and ("max_completion_tokens" in body or "reasoning_effort" in body)
+    )
 
 
 def compare_models(
@@ -430,6 +510,10 @@ def compare_models(
                 "sync_cost_usd": sync,
                 "savings_usd": sync - batch,
                 "price_source": price.version,
+                # the bodies say so only for the model they were written for
+                "output_includes_reasoning": _reasoning(
+                    model, bodies[0] if bodies and bodies[0].get("model") == model else None
+                ),
             }
         )
     return pd.DataFrame(rows).set_index("model", drop=False).rename_axis(None)

@@ -13,6 +13,7 @@ Every error a user can act on is a ``PortfolioBatchError``; its message names th
     ├── PollTimeoutError        ``poll(timeout=)`` ran out; the batches keep running, resumable
     ├── RegistryError           the local job registry cannot be read or written
     ├── LocalServerError        the embedded OpenAI-compatible server could not start
+    ├── ExportError             a report could not be exported (the PDF printer failed)
     └── MissingDependencyError  an optional extra is not installed; says which ``pip install``
 
 Warnings (not errors: the run goes on):
@@ -28,6 +29,7 @@ __all__ = [
     "BatchFailedError",
     "BudgetExceededError",
     "DownloadError",
+    "ExportError",
     "InputError",
     "LocalServerError",
     "MissingDependencyError",
@@ -102,6 +104,10 @@ class RegistryError(PortfolioBatchError):
 
 class LocalServerError(PortfolioBatchError):
     """The embedded local server could not be started or reached."""
+
+
+class ExportError(PortfolioBatchError):
+    """A report could not be written as PDF or Excel; the message says what the tool reported."""
 
 
 class MissingDependencyError(PortfolioBatchError, ImportError):

@@ -11,6 +11,7 @@ be written is one ``InputError`` naming it, never a traceback from deep inside a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -82,17 +83,26 @@ def home() -> Path:
     PosixPath('.portfolio_batch')
     """
     env = os.environ.get("PORTFOLIO_BATCH_HOME")
+    # Portfolios and results live here: a home made here, and the default one, are owner-only
+    # (0700); a directory you named that already existed keeps its mode.
+    private = not env or not Path(env).expanduser().exists()
     if env:
-        return writable_dir(
+        path = writable_dir(
             env,
             what="PORTFOLIO_BATCH_HOME",
             fix="set PORTFOLIO_BATCH_HOME to a directory you can write to (it is created if missing)",
         )
-    return writable_dir(
-        Path.cwd() / ".portfolio_batch",
-        what="the home directory",
-        fix="run from a directory you can write to, or set PORTFOLIO_BATCH_HOME to one",
-    )
+    else:
+        path = writable_dir(
+            Path.cwd() / ".portfolio_batch",
+            what="the home directory",
+            fix="run from a directory you can write to, or set PORTFOLIO_BATCH_HOME to one",
+        )
+    if private:
+        # a home writable but someone else's is not ours to change
+        with contextlib.suppress(PermissionError):
+            os.chmod(path, 0o700)
+    return path
 
 
 def cache_dir(name: str) -> Path:

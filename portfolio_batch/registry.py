@@ -157,6 +157,45 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         "m002_creation_owner",
         ["ALTER TABLE shards ADD COLUMN creating_owner TEXT"],
     ),
+    (
+        # What pb.start() knows about a run beyond its shards (run.py): the (run_id, shard) pairs
+        # it watches, where its requests frame is saved, a canary's state and the shards it
+        # holds back, so that pb.attach(run_id) carries on after a kernel restart. One JSON
+        # document per run: only run.py reads it.
+        "m003_run_plans",
+        [
+            """CREATE TABLE run_plans (
+                run_id TEXT PRIMARY KEY,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL,
+                plan TEXT NOT NULL
+            )"""
+        ],
+    ),
+    (
+        # One row per reviewed run (report.py): which portfolio it was (its name, and the hash
+        # of its sorted position keys for an unnamed one), the input file's sha256, the as-of
+        # date, and where a snapshot of its results is kept, so that the next report of the
+        # same portfolio finds "the previous run" and compares with it, offline.
+        "m004_reviews",
+        [
+            """CREATE TABLE reviews (
+                run_id TEXT PRIMARY KEY,
+                portfolio TEXT,
+                keys_sha256 TEXT NOT NULL,
+                input_sha256 TEXT,
+                source TEXT,
+                as_of TEXT,
+                run_at REAL NOT NULL,
+                results_path TEXT NOT NULL,
+                n_positions INTEGER,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL
+            )""",
+            "CREATE INDEX reviews_by_portfolio ON reviews (portfolio, run_at)",
+            "CREATE INDEX reviews_by_keys ON reviews (keys_sha256, run_at)",
+        ],
+    ),
 ]
 
 
@@ -512,6 +551,49 @@ class Registry:
         row = rows[0]
         row["errors"] = orjson.loads(row["errors"] or "[]")
         return row
+
+    # -- reviews (report.py) ------------------------------------------------------------------
+    def record_review(self, run_id: str, **fields: Any) -> None:
+        """Insert or update the review of ``run_id`` (columns of ``reviews``); the first
+        ``created_at`` is kept."""
+        now = _now()
+        row = {"run_id": run_id, **fields, "created_at": now, "updated_at": now}
+        cols = list(row)
+        self._write(
+            f"""INSERT INTO reviews ({",".join(cols)}) VALUES ({",".join("?" * len(cols))})
+                ON CONFLICT (run_id) DO UPDATE SET
+                {",".join(f"{c} = excluded.{c}" for c in cols if c not in ("run_id", "created_at"))}""",
+            [row[c] for c in cols],
+        )
+
+    def review(self, run_id: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT * FROM reviews WHERE run_id = ?", (run_id,))
+        return rows[0] if rows else None
+
+    def runs_for_portfolio(
+        self,
+        *,
+        portfolio: str | None,
+        keys_sha256: str | None = None,
+        before: float | None = None,
+        exclude: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The reviewed runs of one portfolio, newest run first: by its name, or for an unnamed
+        portfolio (``portfolio=None``) by the hash of its sorted position keys; only runs made
+        before ``before`` (a UNIX time) and other than ``exclude`` when given."""
+        where = (
+            "portfolio = ?" if portfolio is not None else "portfolio IS NULL AND keys_sha256 = ?"
+        )
+        params: list[Any] = [portfolio if portfolio is not None else keys_sha256]
+        if before is not None:
+            where += " AND run_at < ?"
+            params.append(before)
+        if exclude is not None:
+            where += " AND run_id != ?"
+            params.append(exclude)
+        return self._rows(
+            f"SELECT * FROM reviews WHERE {where} ORDER BY run_at DESC, created_at DESC", params
+        )
 
     # -- frames -----------------------------------------------------------------------------------
     def jobs_frame(

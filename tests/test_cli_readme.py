@@ -14,6 +14,7 @@ from tests import readme
 COMMANDS = [
     ["analyze-risk"],
     ["estimate"],
+    ["report"],
     ["jobs", "list"],
     ["jobs", "show"],
     ["jobs", "resume"],

@@ -18,6 +18,7 @@ COMMANDS = [
     [],
     ["analyze-risk"],
     ["estimate"],
+    ["report"],
     ["serve"],
     ["jobs"],
     ["jobs", "list"],

@@ -244,7 +244,7 @@ def test_the_cli_highlights_the_offline_run_and_labels_every_output(tmp_path: Pa
     assert "Actual cost" not in proc.stdout
 
     csv_path = out / "results.csv"
-    first = csv_path.read_text(encoding="utf-8").splitlines()[0]
+    first = csv_path.read_text(encoding="utf-8-sig").splitlines()[0]
     assert first.startswith("# Simulated: answers from the offline local rules engine")
     assert "," not in first and "skiprows=1" in first
     csv = pd.read_csv(csv_path, skiprows=1)
@@ -308,10 +308,11 @@ def test_the_report_of_a_local_run_starts_with_the_banner(local_run, tmp_path: P
     body = doc.split("<body>", 1)[1]
     assert body.index('class="simulated"') < body.index("<table")
     assert body.index(BANNER) < body.index("<h2>")
-    meta = dict(re.findall(r"<tr><th>([^<]*)</th><td>([^<]*)</td></tr>", doc))
-    assert meta["cost at OpenAI batch prices (simulated run)"].startswith("$0.0")
-    assert "actual cost" not in meta
-    assert meta["model"] == "local:rules" and meta["requested model"] == "gpt-4o-mini"
+    meta = dict(re.findall(r'<tr><td class="item">([^<]*)</td><td>([^<]*)</td></tr>', doc))
+    assert meta["Cost at OpenAI batch prices"].startswith("no estimate · from usage $0.0")
+    assert not any("actual" in k.lower() for k in meta)
+    assert meta["model (what answered)"] == "local:rules"
+    assert meta["requested model"] == "gpt-4o-mini"
     assert meta["backend"] == "local:embedded:rules"
 
 
@@ -321,7 +322,8 @@ def test_the_report_and_summary_of_real_answers_have_no_banner(
     _, results = golden(testdata)
     doc = pb.report(results, path=tmp_path / "r.html", charts=False).read_text(encoding="utf-8")
     assert "Simulated" not in doc and 'class="simulated"' not in doc
-    assert "<th>actual cost</th>" in doc
+    meta = dict(re.findall(r'<tr><td class="item">([^<]*)</td><td>([^<]*)</td></tr>', doc))
+    assert "actual $" in meta["Cost, estimated vs actual"]
     summary = pb.summarize(results)
     assert summary.banner is None and str(summary).startswith("36/40 succeeded; actual cost $")
 

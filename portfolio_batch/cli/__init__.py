@@ -1,4 +1,5 @@
-"""The ``portfolio-batch`` command line: ``analyze-risk``, ``estimate``, ``jobs`` and ``serve``.
+"""The ``portfolio-batch`` command line: ``analyze-risk``, ``estimate``, ``report``, ``jobs`` and
+``serve``.
 
 Commands import pandas, openai and the pipeline only when they run, so ``--help`` stays fast.
 
@@ -13,7 +14,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from portfolio_batch._version import __version__
-from portfolio_batch.cli import analyze, estimate, jobs, serve
+from portfolio_batch.cli import analyze, estimate, jobs, report, serve
 from portfolio_batch.cli._console import run_app, setup_logging
 
 __all__ = ["app", "main"]
@@ -54,6 +55,7 @@ def _main_options(
 
 app.command("analyze-risk")(analyze.analyze_risk)
 app.command("estimate")(estimate.estimate)
+app.command("report")(report.report)
 app.add_typer(jobs.app, name="jobs")
 app.command("serve")(serve.serve)
 

@@ -11,46 +11,31 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from rich.text import Text
 
 from portfolio_batch.cli._console import EXIT_OK, EXIT_PARTIAL, err, out
-from portfolio_batch.cli._render import errors_table, flags_text, positions_table, summary_table
+from portfolio_batch.cli._render import (
+    changes_table,
+    errors_table,
+    flags_text,
+    positions_table,
+    summary_table,
+)
+from portfolio_batch.export import csv_notice
 from portfolio_batch.home import writable_dir
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["csv_notice", "finish", "write_results"]
-
-
-def _json_cell(value: Any) -> Any:
-    # Lists (drivers) and dicts would be written as Python reprs; JSON reads back anywhere.
-    if isinstance(value, list | tuple | dict):
-        return orjson.dumps(value, default=str).decode()
-    return value
-
-
-def csv_notice(results: pd.DataFrame) -> str | None:
-    """The line a simulated run's ``results.csv`` starts with, None for a real API's results.
-
-    It has no comma, so a spreadsheet shows it whole in its first cell, and it says how to skip
-    it: ``pd.read_csv`` alone would take it for the header.
-    """
-    if not results.attrs.get("simulated"):
-        return None
-    from portfolio_batch.backend import simulated_banner
-
-    banner = simulated_banner(results.attrs.get("engine"), mode=results.attrs.get("mode", "batch"))
-    return (
-        f"# {banner.replace(', ', ' - ').replace(',', ' ')} "
-        "Skip this line to read the table (pandas: skiprows=1)."
-    )
+__all__ = ["csv_notice", "finish", "review_options", "write_results"]
 
 
 def write_results(results: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """``results.csv`` (lists as JSON text; ``csv_notice`` first for a simulated run) and
-    ``results.parquet`` (lists as lists; its attrs say where the answers came from)."""
+    """``results.csv`` (for Excel: no raw JSON, lists as "a; b", rounded; ``csv_notice`` first
+    for a simulated run) and ``results.parquet`` (every column as it is; its attrs say where the
+    answers came from)."""
+    from portfolio_batch.export import to_csv
+
     frame = results.copy()
     # attrs travel into parquet metadata as JSON: only where the answers came from, the other
     # run details are kept in run.json.
@@ -60,15 +45,21 @@ def write_results(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     writable_dir(out_dir, what="--out")
     csv_path, parquet_path = out_dir / "results.csv", out_dir / "results.parquet"
     frame.to_parquet(parquet_path, index=False)
-    for name in frame.columns:
-        if frame[name].dtype == object:
-            frame[name] = frame[name].map(_json_cell)
-    notice = csv_notice(results)
-    with csv_path.open("w", encoding="utf-8", newline="") as fh:
-        if notice is not None:
-            fh.write(notice + "\n")
-        frame.to_csv(fh, index=False, lineterminator="\n")
+    to_csv(results, csv_path)
     return [csv_path, parquet_path]
+
+
+def review_options(info: dict[str, Any], *, portfolio: Path | None = None) -> dict[str, Any]:
+    """``report`` keywords from a run's ``run.json`` (or the options of this command): the
+    portfolio's name (default: the file name), its file, as-of date and the currency."""
+    source = info.get("portfolio") or (str(portfolio) if portfolio is not None else None)
+    name = info.get("name") or (Path(source).stem if source else None)
+    options: dict[str, Any] = {"portfolio": name, "source": source, "as_of": info.get("as_of")}
+    if info.get("currency"):
+        options.update(
+            currency=info["currency"], fx_rate=info.get("fx_rate"), fx_date=info.get("fx_date")
+        )
+    return options
 
 
 def finish(
@@ -78,20 +69,63 @@ def finish(
     jobs: pd.DataFrame | None,
     out_dir: Path,
     key: str | None,
+    run_id: str | None = None,
+    requests: pd.DataFrame | None = None,
+    info: dict[str, Any] | None = None,
 ) -> int:
-    """Write the outputs, print the report, return the exit code."""
+    """Write the outputs (results.csv, results.parquet, report.html, results.xlsx when openpyxl
+    is installed), print the summary, the headline, the changes since the portfolio's previous
+    run, the positions and the errors, and return the exit code. ``info`` is the run's
+    ``run.json`` (name, as-of date, input hash, currency)."""
     import portfolio_batch as pb
+    from portfolio_batch import review as rv
+    from portfolio_batch.errors import MissingDependencyError
+    from portfolio_batch.export import to_excel
+    from portfolio_batch.report import gather
 
+    info = info or {}
+    if info.get("portfolio_sha256"):
+        # the file as it was when the run was made; it may have been edited since
+        results.attrs["input_sha256"] = info["portfolio_sha256"]
+    summary = pb.summarize(results, costs=costs)  # once: its answer checks go to both
+    options = {
+        **review_options(info),
+        "jobs": jobs,
+        "requests": requests,
+        "run_id": run_id,
+        "summary": summary,
+    }
+    found = gather(results, costs, **options)
+    options["previous"] = found.previous if found.previous is not None else False
     written = write_results(results, out_dir)
     report_path = out_dir / "report.html"
-    summary = pb.summarize(results, costs=costs)  # once: its answer checks go to both
-    pb.report(results, costs, path=report_path, jobs=jobs, summary=summary)
+    pb.report(results, costs, path=report_path, **options)
     written.append(report_path)
+    try:
+        options.pop("summary")
+        written.append(to_excel(results, costs, path=out_dir / "results.xlsx", **options))
+    except MissingDependencyError as exc:
+        err.print(Text(f"No results.xlsx: {exc}", style="yellow"))
 
     if summary.banner:  # said at the start too; the summary is what gets read and pasted
         out.print(Text(summary.banner, style="bold yellow"))
     out.print(summary_table(results, costs, summary))
     out.print(flags_text(summary.flags))
+    if {"risk_score", "weight"} <= set(results.columns):
+        out.print(
+            Text(
+                rv.summary_line(
+                    results, changes=found.changes, flags=found.flags, since=found.previous_label
+                )
+            )
+        )
+    if found.changes is not None:
+        since = found.previous_label or "the previous run"
+        out.print(changes_table(found.changes, title=f"Changes since {since}"))
+    else:
+        out.print(
+            Text("No earlier run of this portfolio: nothing to compare with yet.", style="dim")
+        )
     out.print(positions_table(results, key=key, width=out.width))
     out.print(errors_table(results))
     for path in written:

@@ -13,10 +13,13 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from portfolio_batch.currency import money_from_attrs
+
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "changes_table",
     "compare_table",
     "errors_table",
     "estimate_table",
@@ -89,11 +92,15 @@ def estimate_table(costs: pd.DataFrame, manifest: pd.DataFrame | None = None) ->
     if costs.attrs.get("output_includes_reasoning"):
         mode = f"{mode}, reasoning included"  # reasoning tokens are billed as output
     table.add_row(f"Output tokens (est., {mode})", _int(costs["output_tokens_est"].sum()))
-    table.add_row("Batch cost", usd(batch))
-    table.add_row("Sync cost", usd(sync))
+    money = money_from_attrs(costs.attrs)
+    fmt = money.format if money.converted else usd
+    table.add_row("Batch cost", fmt(batch))
+    table.add_row("Sync cost", fmt(sync))
     saved = sync - batch
     pct = f" ({saved / sync:.0%})" if sync else ""
-    table.add_row("Batch saves", f"{usd(saved)}{pct}")
+    table.add_row("Batch saves", f"{fmt(saved)}{pct}")
+    if money.converted:
+        table.add_row("Currency", money.note or "")
     source = str(costs.attrs.get("price_source") or "")
     version = str(costs.attrs.get("price_version") or "")
     if source or version:
@@ -174,6 +181,15 @@ def compare_table(comparison: pd.DataFrame) -> Table:
         ("sync_cost_usd", "Sync", usd),
         ("savings_usd", "Saved", usd),
     ]
+    money = money_from_attrs(comparison.attrs)
+    if money.converted:  # the costs in the user's currency; the caption gives the rate
+        columns = [
+            (name.replace("_usd", f"_{money.suffix}"), f"{label} ({money.currency})", money.format)
+            if name.endswith("_usd")
+            else (name, label, fmt)
+            for name, label, fmt in columns
+        ]
+        table.caption = (str(table.caption or "") + f"\nCosts in {money.note}.").strip()
     present = [c for c in columns if c[0] in comparison.columns]
     for name, label, _ in present:
         table.add_column(label, justify="left" if name == "model" else "right", no_wrap=True)
@@ -304,29 +320,113 @@ def _when(value: Any) -> str:
     return stamp("%Y-%m-%d %H:%M") if stamp is not None and value == value else _cell(value)
 
 
-def jobs_table(jobs: pd.DataFrame, *, title: str = "Jobs") -> Table:
-    """The registry's jobs, one row per shard."""
-    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
-    for name in (
-        "run_id",
-        "shard",
-        "batch_id",
-        "status",
-        "done/failed/total",
-        "est. cost",
-        "created",
-    ):
-        table.add_column(name, no_wrap=True, justify="right" if name == "shard" else "left")
-    table.add_column("backend", overflow="fold")
+def short_backend(name: Any) -> str:
+    """A backend name for a narrow column: ``local:embedded:rules`` → ``local:rules``,
+    ``local:http://127.0.0.1:8000/v1`` → ``local:127.0.0.1:8000``, ``openai:org:proj`` → ``openai``.
+    """
+    text = _cell(name)
+    if text.startswith("local:embedded:"):
+        return "local:" + text.removeprefix("local:embedded:")
+    if text.startswith("local:"):
+        rest = text.removeprefix("local:").split("://", 1)[-1]
+        return "local:" + rest.split("/", 1)[0]
+    if text.startswith("openai:"):
+        return "openai"
+    return text
+
+
+def _short_when(value: Any) -> str:
+    stamp = getattr(value, "strftime", None)
+    return stamp("%m-%d %H:%M") if stamp is not None and value == value else _cell(value)
+
+
+def jobs_table(jobs: pd.DataFrame, *, title: str = "Jobs", show_run: bool = True) -> Table:
+    """The registry's jobs, one row per batch, readable at 80 columns: short ids (the run id's
+    random suffix, the batch id's first 8 characters; any unique start of an id or of these is
+    accepted wherever an id is), the run shown on its first row only."""
+    from portfolio_batch.cli._runs import short_id
+
+    table = Table(
+        title=title,
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+        pad_edge=False,
+        show_edge=False,
+        collapse_padding=True,
+        caption="requests: done/failed/total. Short ids: any unique start of a run or batch id, "
+        "or of these, is taken wherever an id is.",
+        caption_justify="left",
+    )
+    if show_run:
+        table.add_column("run", no_wrap=True, min_width=6)
+    table.add_column("created", no_wrap=True, min_width=11)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("batch", no_wrap=True, min_width=8)
+    table.add_column("status", no_wrap=True, min_width=9)
+    table.add_column("requests", justify="right", no_wrap=True)
+    table.add_column("est.", justify="right", no_wrap=True)
+    # the one column that may wrap (folded, never cut) when counts are wide
+    table.add_column("backend", overflow="fold", min_width=6)
+    last = None
     for row in jobs.itertuples(index=False):
-        table.add_row(
-            str(row.run_id),
+        run = str(row.run_id)
+        cells: list[Any] = [short_id(run) if run != last else ""] if show_run else []
+        last = run
+        cells += [
+            _short_when(row.created_at),
             str(row.shard),
-            _cell(row.batch_id) or "-",
+            short_id(row.batch_id) if _cell(row.batch_id) else "-",
             status_text(row.status),
             f"{_int(row.completed)}/{_int(row.failed)}/{_int(row.n_requests)}",
             usd(row.est_cost_usd),
-            _when(row.created_at),
-            _cell(row.backend),
+            short_backend(row.backend),
+        ]
+        table.add_row(*cells)
+    return table
+
+
+def changes_table(changes: pd.DataFrame, *, title: str) -> Table | Text:
+    """``pb.compare``'s rows: the position, the change and what moved (the rationales are in
+    the report)."""
+    if not len(changes):
+        return Text(f"{title}: none.", style="green")
+    key = str(changes.attrs.get("key") or changes.columns[0])
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+    table.add_column(key, no_wrap=True, style="bold")
+    table.add_column("change", no_wrap=True)
+    table.add_column("what moved", overflow="fold")
+    styles = {"upgraded": "bold red", "downgraded": "green", "new": "cyan", "dropped": "magenta"}
+    for rec in changes.to_dict("records"):
+        table.add_row(
+            str(rec[key]),
+            Text(str(rec["change"]), style=styles.get(str(rec["change"]), "")),
+            _cell(rec["detail"]),
         )
     return table
+
+
+def run_details(jobs: pd.DataFrame) -> Text:
+    """``jobs show``'s lines under the table: the full run id, and per batch its full batch and
+    file ids and shard path, one per line so each fits a narrow terminal and can be copied."""
+    first = jobs.iloc[0]
+    created = jobs["created_at"].dropna()
+    text = Text()
+    text.append("run ", style="bold")
+    text.append(f"{first['run_id']}\n")
+    when = _when(created.min()) + " UTC" if len(created) else "-"
+    text.append(
+        f"  created {when} · {short_backend(first['backend'])} · model {_cell(first['model'])}"
+        f" · {len(jobs)} batch{'es' if len(jobs) != 1 else ''}\n"
+    )
+    for row in jobs.itertuples(index=False):
+        text.append(f"shard {row.shard}", style="bold")
+        text.append(f"  batch {_cell(row.batch_id) or '-'}\n")
+        for label, value in (
+            ("input file", row.input_file_id),
+            ("output file", row.output_file_id),
+            ("error file", row.error_file_id),
+            ("requests", row.path),
+        ):
+            text.append(f"  {label:<12}{_cell(value) or '-'}\n")
+    text.rstrip()
+    return text

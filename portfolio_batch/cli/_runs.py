@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,8 +31,10 @@ __all__ = [
     "load_portfolio_file",
     "load_run_info",
     "requests_from_shards",
+    "resolve_id",
     "run_out_dir",
     "shard_dir",
+    "short_id",
     "write_run_info",
 ]
 
@@ -130,14 +133,20 @@ def write_run_info(
     mode: str,
     portfolio: Path,
     out_dir: Path | None = None,
+    review: dict[str, Any] | None = None,
 ) -> Path:
-    """Record the run in ``directory/run.json``, next to its shards (never the API key: nothing secret is in here)."""
+    """Record the run in ``directory/run.json``, next to its shards (never the API key: nothing secret is in here).
+
+    ``review`` holds what its report needs later: the portfolio's ``name``, ``as_of``, the
+    input file's ``portfolio_sha256`` (the file may change before the report is rebuilt) and the
+    ``currency`` / ``fx_rate`` / ``fx_date`` to show costs in."""
     data_columns = [c for c in requests.columns if c not in _REQUEST_COLUMNS]
     attrs = requests.attrs
     info = {
         "run_id": run_id,
         "mode": mode,
         "portfolio": str(portfolio),
+        **(review or {}),
         "out": str(out_dir) if out_dir is not None else None,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "model": attrs.get("model"),
@@ -265,16 +274,67 @@ def requests_from_shards(paths: list[str], *, info: dict[str, Any] | None = None
     return frame
 
 
+_RUN_ID = re.compile(r"^(?:run|sync)-\d{8}-\d{6}-([0-9a-f]+)$")
+
+
+def short_id(ident: Any) -> str:
+    """The part of an id a person reads and types: a run id's random suffix
+    (``run-20261115-103000-ab12cd`` → ``ab12cd``), a batch id's first 8 characters after
+    ``batch_``; other ids as they are.
+
+    >>> short_id("run-20261115-103000-ab12cd"), short_id("batch_3f9a1c2e77d0b4a1")
+    ('ab12cd', '3f9a1c2e')
+    """
+    text = "" if ident is None else str(ident)
+    if m := _RUN_ID.match(text):
+        return m.group(1)
+    if text.startswith("batch_") and len(text) > 14:
+        return text[6:14]
+    return text
+
+
+def _matches(ident: str, full: str) -> bool:
+    """An id given by its start, or by the start of its short form (``ab1`` for
+    ``run-...-ab12cd``, ``3f9a`` for ``batch_3f9a...``)."""
+    if not ident or not full:
+        return False
+    tail = _RUN_ID.match(full)
+    long_short = tail.group(1) if tail else full.removeprefix("batch_")
+    return full.startswith(ident) or long_short.startswith(ident)
+
+
+def resolve_id(ident: str, ids: list[str], *, what: str = "run") -> str | None:
+    """The one id of ``ids`` that ``ident`` names (exactly, or as a unique prefix of the id or
+    of its short form); None when none does; an ``InputError`` listing them when several do."""
+    ident = ident.strip()
+    if ident in ids:
+        return ident
+    found = list(dict.fromkeys(i for i in ids if _matches(ident, i)))
+    if len(found) > 1:
+        shown = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
+        raise InputError(
+            f"{ident!r} matches {len(found)} {what}s ({shown}); give more of the id "
+            "(`portfolio-batch jobs list` shows them)."
+        )
+    return found[0] if found else None
+
+
 def find_run(ident: str) -> pd.DataFrame:
-    """The registry's jobs of the run ``ident`` (a run id, or one of its batch ids)."""
+    """The registry's jobs of the run ``ident``: a run id or one of its batch ids, whole or a
+    unique prefix (of the id, or of the short id ``jobs list`` shows)."""
     import portfolio_batch as pb
     from portfolio_batch.home import home
 
     jobs = pb.jobs()
     if len(jobs):
-        match = jobs[(jobs["run_id"] == ident) | (jobs["batch_id"] == ident)]
-        if len(match):
-            run_id = match["run_id"].iloc[0]
+        run_ids = [str(r) for r in dict.fromkeys(jobs["run_id"])]
+        run_id = resolve_id(ident, run_ids)
+        if run_id is None:
+            batch_ids = [str(b) for b in dict.fromkeys(jobs["batch_id"].dropna())]
+            batch = resolve_id(ident, batch_ids, what="batch")
+            if batch is not None:
+                run_id = str(jobs.loc[jobs["batch_id"] == batch, "run_id"].iloc[0])
+        if run_id is not None:
             return jobs[jobs["run_id"] == run_id].sort_values("shard").reset_index(drop=True)
     raise InputError(
         f"no run or batch {ident!r} in the registry at {home()}; list them with "

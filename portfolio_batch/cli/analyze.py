@@ -10,6 +10,7 @@ import typer
 from rich.text import Text
 
 from portfolio_batch.cli._console import confirm, err
+from portfolio_batch.cli._options import AsOf, Currency, FxDate, FxRate, Name
 from portfolio_batch.errors import BudgetExceededError, InputError
 
 __all__ = ["Engine", "analyze_risk", "engine_option"]
@@ -107,11 +108,17 @@ def analyze_risk(
             "--max-tokens", help="Most output tokens per answer (longer answers are cut).", min=1
         ),
     ] = 400,
+    name: Name = None,
+    as_of: AsOf = None,
+    currency: Currency = "USD",
+    fx_rate: FxRate = None,
+    fx_date: FxDate = None,
 ) -> None:
     """Review the risk of every position of PORTFOLIO with an LLM and write a report.
 
     Prints the cost estimate, asks for confirmation, submits the batches, shows their progress,
-    then prints the summary, the positions sorted by risk and the errors. Exit codes: 0 all
+    then prints the summary, the headline, the changes since the portfolio's previous run, the
+    positions sorted by risk and the errors. Exit codes: 0 all
     succeeded, 3 partial results (still written), 2 usage or input error, 1 unexpected error,
     130 interrupted (the batches keep running; the resume command is printed).
 
@@ -120,19 +127,32 @@ def analyze_risk(
         portfolio-batch analyze-risk testdata/portfolio.csv --batch --yes --out demo-out/
     """
     import portfolio_batch as pb
+    from portfolio_batch.cli._options import money_options
     from portfolio_batch.cli._outputs import finish
     from portfolio_batch.cli._pipeline import make_client, poll_run
     from portfolio_batch.cli._render import estimate_table
     from portfolio_batch.cli._runs import load_portfolio_file, shard_dir, write_run_info
+    from portfolio_batch.history import file_sha256
     from portfolio_batch.home import writable_dir
+    from portfolio_batch.report import _as_of
     from portfolio_batch.submit import new_run_id
 
     engine_name = engine
+    money = money_options(currency, fx_rate, fx_date)  # a bad rate is exit 2 before any work
+    if as_of is not None:
+        _as_of(as_of, 0.0)  # checked now, not after the run
     frame = load_portfolio_file(portfolio)
+    # what the report needs later, the file's hash as it is now (it may be edited before then)
+    review = {
+        "name": name or portfolio.stem,
+        "as_of": as_of,
+        "portfolio_sha256": file_sha256(portfolio),
+        **money,
+    }
     # Before the work and the money: a --out that is a file or read-only is one line, exit 2.
     out_dir = writable_dir(out_dir, what="--out").resolve()
     requests = pb.build_requests(frame, model=model, max_tokens=max_tokens)
-    costs = pb.estimate_cost(requests)
+    costs = pb.estimate_cost(requests, **money)
     # The run id is chosen here so the shards go to their own directory: a later run into the
     # same --out must not rewrite the files this run's results are matched against.
     run_id = new_run_id() if batch else "sync-" + new_run_id().removeprefix("run-")
@@ -151,17 +171,41 @@ def analyze_risk(
 
     client = make_client(engine_name)
     key = requests.attrs.get("key")
+    info = {"portfolio": str(portfolio), **review}
     if not batch:
         write_run_info(
-            shards, run_id=None, requests=requests, mode=mode, portfolio=portfolio, out_dir=out_dir
+            shards,
+            run_id=None,
+            requests=requests,
+            mode=mode,
+            portfolio=portfolio,
+            out_dir=out_dir,
+            review=review,
         )
         err.print(f"Sending {len(requests)} requests synchronously...")
         results = pb.run_sync(requests, client=client, progress=err.is_terminal)
-        raise typer.Exit(finish(results, costs=costs, jobs=None, out_dir=out_dir, key=key))
+        raise typer.Exit(
+            finish(
+                results,
+                costs=costs,
+                jobs=None,
+                out_dir=out_dir,
+                key=key,
+                run_id=run_id,
+                requests=requests,
+                info=info,
+            )
+        )
 
     # Written before submitting, so a run killed while polling can still be resumed into --out.
     write_run_info(
-        shards, run_id=run_id, requests=requests, mode=mode, portfolio=portfolio, out_dir=out_dir
+        shards,
+        run_id=run_id,
+        requests=requests,
+        mode=mode,
+        portfolio=portfolio,
+        out_dir=out_dir,
+        review=review,
     )
     jobs = pb.submit(manifest, client=client, budget_usd=budget, run_id=run_id)
     if str(jobs["run_id"].iloc[0]) != run_id:
@@ -174,8 +218,20 @@ def analyze_risk(
             mode=mode,
             portfolio=portfolio,
             out_dir=out_dir,
+            review=review,
         )
     err.print(Text.assemble("Run ", (run_id, "bold"), f": {len(jobs)} batch(es) submitted."))
     jobs = poll_run(jobs, client=client, out_dir=out_dir)
     results = pb.aggregate_df(jobs, requests, client=client)
-    raise typer.Exit(finish(results, costs=costs, jobs=jobs, out_dir=out_dir, key=key))
+    raise typer.Exit(
+        finish(
+            results,
+            costs=costs,
+            jobs=jobs,
+            out_dir=out_dir,
+            key=key,
+            run_id=run_id,
+            requests=requests,
+            info=info,
+        )
+    )

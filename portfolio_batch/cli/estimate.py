@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from portfolio_batch.cli._console import out
+from portfolio_batch.cli._options import Currency, FxDate, FxRate
 from portfolio_batch.errors import InputError
 
 __all__ = ["estimate"]
@@ -46,6 +47,9 @@ def estimate(
     fmt: Annotated[
         Format, typer.Option("--format", help="table (for people), csv or json (for pipes).")
     ] = Format.table,
+    currency: Currency = "USD",
+    fx_rate: FxRate = None,
+    fx_date: FxDate = None,
 ) -> None:
     """Compare what reviewing PORTFOLIO would cost on each model, batch vs sync; nothing is sent.
 
@@ -54,9 +58,12 @@ def estimate(
         portfolio-batch estimate testdata/portfolio.csv --model gpt-4o-mini,gpt-4.1-mini,gpt-4.1
     """
     import portfolio_batch as pb
+    from portfolio_batch.cli._options import money_options
     from portfolio_batch.cli._render import compare_table
     from portfolio_batch.cli._runs import load_portfolio_file
+    from portfolio_batch.currency import fx
 
+    money = fx(**{"currency": currency, **money_options(currency, fx_rate, fx_date)})
     names = [m.strip() for m in models.split(",") if m.strip()]
     if not names:
         raise InputError(
@@ -65,6 +72,13 @@ def estimate(
     frame = load_portfolio_file(portfolio)
     requests = pb.build_requests(frame, model=names[0], max_tokens=max_tokens)
     comparison = pb.compare_models(requests, models=names)
+    if money.converted:  # beside the USD columns, with the rate and its date
+        for col in ("batch_cost_usd", "sync_cost_usd", "savings_usd"):
+            if col in comparison.columns:
+                comparison[col.replace("_usd", f"_{money.suffix}")] = comparison[col] * money.rate
+        comparison["fx_rate"] = money.rate
+        comparison["fx_date"] = money.date
+        comparison.attrs.update(money.attrs())
     if fmt is Format.csv:
         out.file.write(comparison.to_csv(index=False))
     elif fmt is Format.json:

@@ -23,7 +23,12 @@ app = typer.Typer(
 
 _FINISHED = ["completed", "failed", "expired", "cancelled"]
 _Ident = Annotated[
-    str, typer.Argument(metavar="ID", help="A run id (from `jobs list`) or one of its batch ids.")
+    str,
+    typer.Argument(
+        metavar="ID",
+        help="A run id (from `jobs list`) or one of its batch ids; any unique start of either, "
+        "or of the short id `jobs list` shows.",
+    ),
 ]
 _Engine = Annotated[
     Engine | None,
@@ -71,36 +76,27 @@ def list_jobs(
         return
     if running:
         jobs = jobs[~jobs["status"].isin(_FINISHED)]
+    # newest run first (as the registry lists them), each run's batches in shard order
+    first = {run: i for i, run in enumerate(dict.fromkeys(jobs["run_id"]))}
+    jobs = jobs.assign(_run=jobs["run_id"].map(first)).sort_values(["_run", "shard"], kind="stable")
     out.print(jobs_table(jobs, title=f"Jobs ({jobs['run_id'].nunique()} runs)"))
 
 
 @app.command("show")
 def show(ident: _Ident) -> None:
-    """Show one run: its batches, statuses, counts, files and where its shards are.
+    """Show one run: its batches, statuses, counts, file ids and where its shards are.
 
     Example:
 
-        portfolio-batch jobs show run_2f1c0a
+        portfolio-batch jobs show ab12cd
     """
-    from portfolio_batch.cli._render import frame_table, jobs_table
-    from portfolio_batch.cli._runs import find_run
+    from portfolio_batch.cli._render import jobs_table, run_details
+    from portfolio_batch.cli._runs import find_run, short_id
 
     jobs = find_run(ident)
-    out.print(jobs_table(jobs, title=f"Run {jobs['run_id'].iloc[0]}"))
-    details = [
-        c
-        for c in (
-            "shard",
-            "batch_id",
-            "input_file_id",
-            "output_file_id",
-            "error_file_id",
-            "model",
-            "path",
-        )
-        if c in jobs
-    ]
-    out.print(frame_table(jobs[details], title="Files"))
+    run_id = str(jobs["run_id"].iloc[0])
+    out.print(jobs_table(jobs, title=f"Run {short_id(run_id)}", show_run=False))
+    out.print(run_details(jobs))
 
 
 @app.command("resume")
@@ -136,9 +132,18 @@ def resume(
     target = _out_dir(jobs["path"].tolist(), out_dir)
     err.print(Text.assemble("Resuming run ", (run_id, "bold"), f": {len(jobs)} batch(es)."))
     jobs = poll_run(jobs, client=client, out_dir=target)
-    results, requests, costs, _ = aggregate_run(jobs, client=client)
+    results, requests, costs, info = aggregate_run(jobs, client=client)
     raise typer.Exit(
-        finish(results, costs=costs, jobs=jobs, out_dir=target, key=requests.attrs.get("key"))
+        finish(
+            results,
+            costs=costs,
+            jobs=jobs,
+            out_dir=target,
+            key=requests.attrs.get("key"),
+            run_id=run_id,
+            requests=requests,
+            info=info,
+        )
     )
 
 
@@ -177,9 +182,18 @@ def results(
             f"`{resume_command(run_id, out_dir)}`."
         )
     target = _out_dir(jobs["path"].tolist(), out_dir)
-    results_frame, requests, costs, _ = aggregate_run(jobs, client=client)
+    results_frame, requests, costs, info = aggregate_run(jobs, client=client)
     raise typer.Exit(
-        finish(results_frame, costs=costs, jobs=jobs, out_dir=target, key=requests.attrs.get("key"))
+        finish(
+            results_frame,
+            costs=costs,
+            jobs=jobs,
+            out_dir=target,
+            key=requests.attrs.get("key"),
+            run_id=run_id,
+            requests=requests,
+            info=info,
+        )
     )
 
 

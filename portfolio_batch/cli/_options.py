@@ -1,0 +1,78 @@
+"""Options several commands share: the currency of the costs, the portfolio's name and as-of
+date (shown in the report, and how its previous run is found)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+__all__ = ["AsOf", "Currency", "FxDate", "FxRate", "Name", "money_options"]
+
+Currency = Annotated[
+    str,
+    typer.Option(
+        "--currency",
+        help="Show costs in this currency (e.g. EUR) at --fx-rate; prices are in USD.",
+    ),
+]
+FxRate = Annotated[
+    float | None,
+    typer.Option(
+        "--fx-rate",
+        help="Units of --currency per USD (e.g. 0.92 for EUR); never fetched, printed with the "
+        "costs.",
+        min=0,
+    ),
+]
+FxDate = Annotated[
+    str | None,
+    typer.Option(
+        "--fx-date", help="The day of --fx-rate, YYYY-MM-DD [default: today].", show_default=False
+    ),
+]
+Name = Annotated[
+    str | None,
+    typer.Option(
+        "--name",
+        help="The portfolio's name in the report; runs of the same name are compared [default: "
+        "the file name without its extension].",
+        show_default=False,
+    ),
+]
+AsOf = Annotated[
+    str | None,
+    typer.Option(
+        "--as-of",
+        help="The holdings date shown in the report, YYYY-MM-DD [default: the run's date].",
+        show_default=False,
+    ),
+]
+
+
+def money_options(currency: str, fx_rate: float | None, fx_date: str | None) -> dict[str, Any]:
+    """The three options checked together (a currency without a rate is one clear error, exit
+    2, before anything runs) and returned as ``estimate_cost``/``report`` keywords."""
+    from portfolio_batch.currency import fx
+    from portfolio_batch.errors import InputError
+
+    code = (currency or "USD").strip().upper()
+    if code != "USD" and fx_rate is None:
+        raise InputError(
+            f"--currency {code} needs --fx-rate: how many {code} one USD buys (e.g. --fx-rate "
+            "0.92), and --fx-date the day of that rate; prices are in USD and no rate is fetched."
+        )
+    try:
+        money = fx(currency, fx_rate=fx_rate, fx_date=fx_date)
+    except InputError as exc:  # the same message in the command line's terms
+        text = str(exc)
+        for word, flag in (
+            ("currency=", "--currency="),
+            ("fx_rate=", "--fx-rate="),
+            ("fx_date=", "--fx-date="),
+        ):
+            text = text.replace(word, flag)
+        raise InputError(text) from None
+    if not money.converted:
+        return {}
+    return {"currency": money.currency, "fx_rate": money.rate, "fx_date": money.date}
