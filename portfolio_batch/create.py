@@ -6,9 +6,12 @@ only after a look-up on the server (``batches.list``, by the batch metadata ``pb
 ``pb_run_id`` and ``pb_shard``) succeeded and found none. The create POST goes out with the SDK's
 retries off, because the SDK retries POSTs without an idempotency key; after any error the server
 is looked at again instead of posting again. A look-up that fails stops there: a ``SubmitError``,
-nothing created. Uploads follow the same rule by file name (``pb-<sha256>.jsonl``). Extra copies a
+nothing created. So does a look-up after a create that got no answer (a timeout): the server may
+act on it later than any wait, so it is not sent again in that call. Uploads follow the same rule by file name (``pb-<sha256>.jsonl``). Extra copies a
 look-up finds anyway (a server whose listing lagged, a batch made from another home) are
-cancelled, logged and counted (``extra_copies_cancelled()``).
+cancelled, logged and counted (``extra_copies_cancelled()``). Creation is paced under OpenAI's
+2,000 batches an hour (``MAX_BATCHES_PER_HOUR``): a shard waits, logged, while the listing shows
+that many created in the last hour, and a 429 is waited out, then the server looked at again.
 
     >>> with open_registry() as reg:                      # doctest: +SKIP
     ...     submit_ready(reg, client, ["run-20261115-103000-ab12cd"])
@@ -26,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx2
 import openai
 
 from portfolio_batch._version import __version__
@@ -67,6 +71,19 @@ CREATE_TIMEOUT_SECONDS = 60.0
 # looking, so that what it makes is found rather than made again.
 UNANSWERED_SETTLE_SECONDS = 2.0
 MAX_PAUSE_SECONDS = 60.0
+# OpenAI allows at most 2,000 batch creations per hour (per organisation). Creation is paced
+# under it rather than failed: before creating, a shard waits (and logs it) while the server's
+# listing shows this many batches created in the last hour; a 429 from the server is waited out
+# (its retry-after, up to an hour each time) and the server looked at again. Lower it for an
+# organisation or Azure resource with a tighter limit.
+MAX_BATCHES_PER_HOUR = 2000
+CREATION_WINDOW_SECONDS = 3600.0
+# Past this much waiting on 429s, or this many 429s, for one upload or creation: a SubmitError.
+MAX_RATE_LIMIT_WAIT_SECONDS = 2 * 3600.0
+MAX_RATE_LIMIT_WAITS = 50
+# The clock and sleep of the pacing (tests give it a simulated hour).
+_clock: Callable[[], float] = time.time
+_sleep: Callable[[float], None] = time.sleep
 
 _extras = [0]
 _extras_lock = threading.Lock()
@@ -108,14 +125,21 @@ def list_batches(c: openai.OpenAI, *, since: float = 0.0) -> list[dict[str, Any]
     """The server's batches, newest first, back to ``since`` (at most 30 days and 10,000)."""
     found: list[dict[str, Any]] = []
     cutoff = max(since, time.time() - MAX_AGE_SECONDS)
-    newest_first = True
+    # None until two ages were compared: an old batch listed first proves nothing about order,
+    # and stopping there would miss every newer batch of a server that lists oldest first.
+    newest_first: bool | None = None
+    previous: float | None = None
     for batch in c.batches.list(limit=100):
         b = _dump(batch)
         created = b.get("created_at") or 0
-        if found and created > (found[-1].get("created_at") or 0):
-            newest_first = False
-        # Listed newest first (OpenAI, the local server): what follows is older still.
-        if len(found) >= MAX_LISTED or (newest_first and created and created < cutoff):
+        if previous is not None and created != previous:
+            newest_first = created < previous and newest_first is not False
+        previous = created
+        if created and created < cutoff:
+            if newest_first:  # listed newest first (OpenAI, the local server): the rest is older
+                break
+            continue
+        if len(found) >= MAX_LISTED:
             break
         found.append(b)
     return found
@@ -153,16 +177,40 @@ class ServerIndex:
 
 # -- the rule --------------------------------------------------------------------------------------
 def _look_then_post(
-    c: openai.OpenAI, look: Callable[[], T | None], post: Callable[[], T], *, what: str
+    c: openai.OpenAI,
+    look: Callable[[], T | None],
+    post: Callable[[], T],
+    *,
+    what: str,
+    then: str = "run submit() again (it looks first).",
+    stop_unanswered: bool = False,
 ) -> T:
     """Look; POST only when the look-up succeeded and found nothing; after an error look again.
     As many POSTs as the client would have made with its own retries. ``look`` raises when it
-    fails, so a failed look-up never leads to a POST."""
+    fails, so a failed look-up never leads to a POST. ``then`` ends the error: what to run.
+    ``stop_unanswered``: after a POST sent without an answer, the look-up that follows is the
+    last step (the server may act on it later than any wait here: posting again could make a
+    second one)."""
     error: openai.APIError | None = None
+    unanswered = False
     rounds = max(0, int(getattr(c, "max_retries", 2))) + 1
-    for n in range(rounds + 1):
-        if error is not None:
-            time.sleep(_pause(error, n))
+    n = 0  # POSTs that failed, 429s aside
+    limited = 0  # 429s waited out
+    waited = 0.0
+    while True:
+        if error is not None and _paced(error, limited, waited):
+            pause = _pause(error, n, cap=CREATION_WINDOW_SECONDS)
+            limited, waited = limited + 1, waited + pause
+            log.warning(
+                "%s: the server is rate-limiting (429; OpenAI allows at most %d batch "
+                "creations an hour): waiting %.0f s, then looking on the server again",
+                what,
+                MAX_BATCHES_PER_HOUR,
+                pause,
+            )
+            _sleep(pause)
+        elif error is not None:
+            _sleep(_pause(error, n))
         found = look()
         if found is not None:
             return found
@@ -173,12 +221,64 @@ def _look_then_post(
         except openai.APIError as exc:
             error = exc
             log.warning("%s failed (%s); looking on the server before anything else", what, exc)
+            if _paced(exc, limited, waited):
+                continue  # refused for the rate: nothing was made, and it is not a round
+            n += 1
             if _refused(exc):
-                rounds = n + 1  # the same request would be refused again: look once, then stop
+                rounds = n  # the same request would be refused again: look once, then stop
+            if stop_unanswered and _unanswered(exc):
+                rounds, unanswered = n, True
+    if unanswered:
+        raise SubmitError(
+            f"{what} got no answer ({type(error).__name__}: {error}). The server, looked at "
+            "afterwards, shows none yet, but it may still act on that request, so it was not "
+            f"sent again. Wait a minute or two, then: {then}"
+        ) from error
     raise SubmitError(
         f"{what} failed ({type(error).__name__}: {error}). The server, looked at afterwards, has "
-        "none, so nothing was created; run submit() again (it looks first)."
+        f"none, so nothing was created; {then}"
     ) from error
+
+
+def _paced(exc: openai.APIError, limited: int, waited: float) -> bool:
+    """Whether a 429 is waited out (not counted as a failed attempt): until the bounds."""
+    return (
+        isinstance(exc, openai.RateLimitError)
+        and limited < MAX_RATE_LIMIT_WAITS
+        and waited < MAX_RATE_LIMIT_WAIT_SECONDS
+    )
+
+
+def _wait_for_creation_slot(listed: list[dict[str, Any]], where: str) -> None:
+    """Wait while ``listed`` (the server's batches, just looked up) shows ``MAX_BATCHES_PER_HOUR``
+    created in the last hour: until the oldest of them leaves the hour."""
+    now = _clock()
+    recent = sorted(
+        float(b.get("created_at") or 0)
+        for b in listed
+        if float(b.get("created_at") or 0) > now - CREATION_WINDOW_SECONDS
+    )
+    if len(recent) < MAX_BATCHES_PER_HOUR:
+        return
+    free_at = recent[len(recent) - MAX_BATCHES_PER_HOUR] + CREATION_WINDOW_SECONDS
+    pause = max(free_at - now, 0.0) + 1.0
+    log.warning(
+        "%d batches were created in the last hour, the most allowed (at most %d an hour): "
+        "waiting %.0f s before creating the batch of %s",
+        len(recent),
+        MAX_BATCHES_PER_HOUR,
+        pause,
+        where,
+    )
+    _sleep(pause)
+
+
+def _unanswered(exc: openai.APIError) -> bool:
+    """A request that may have reached the server but got no answer (a timeout, a connection
+    lost after sending); not one whose connection could not even be made."""
+    return isinstance(exc, openai.APIConnectionError) and not isinstance(
+        exc.__cause__, (httpx2.ConnectError, httpx2.ConnectTimeout)
+    )
 
 
 def _refused(exc: openai.APIError) -> bool:
@@ -187,16 +287,16 @@ def _refused(exc: openai.APIError) -> bool:
     return status is not None and 400 <= status < 500 and status not in (408, 409, 429)
 
 
-def _pause(exc: openai.APIError, n: int) -> float:
-    backoff = min(0.5 * 2 ** (n - 1), 8.0)
+def _pause(exc: openai.APIError, n: int, *, cap: float = MAX_PAUSE_SECONDS) -> float:
+    backoff = min(0.5 * 2 ** max(n - 1, 0), 8.0)
     if not isinstance(exc, openai.APIStatusError):
         return max(UNANSWERED_SETTLE_SECONDS, backoff)
     headers = exc.response.headers
     try:
         if headers.get("retry-after-ms"):
-            return min(float(headers["retry-after-ms"]) / 1000, MAX_PAUSE_SECONDS)
+            return min(float(headers["retry-after-ms"]) / 1000, cap)
         if headers.get("retry-after"):
-            return min(float(headers["retry-after"]), MAX_PAUSE_SECONDS)
+            return min(float(headers["retry-after"]), cap)
     except ValueError:
         pass
     return backoff
@@ -222,7 +322,7 @@ def _ensure_file(reg: Registry, c: openai.OpenAI, shard: dict[str, Any]) -> str:
         except openai.APIError as exc:
             raise SubmitError(
                 f"Looking on the server for the upload of {where} failed ({exc}); nothing was "
-                "uploaded or created. Run submit() again."
+                f"uploaded or created. {_finish(shard['run_id'])}"
             ) from exc
         mine = [f for f in files if f.get("filename") == name and f.get("status") != "error"]
         return min(mine, key=lambda f: (f.get("created_at") or 0, f["id"])) if mine else None
@@ -242,7 +342,9 @@ def _ensure_file(reg: Registry, c: openai.OpenAI, shard: dict[str, Any]) -> str:
             made = c.with_options(max_retries=0).files.create(file=(name, fh), purpose="batch")
         return _dump(made)
 
-    uploaded = _look_then_post(c, look, post, what=f"Uploading {where} ({path})")
+    uploaded = _look_then_post(
+        c, look, post, what=f"Uploading {where} ({path})", then=_finish(shard["run_id"])
+    )
     reg.record_file(
         uploaded["id"], backend=backend, sha256=sha, filename=name, size=uploaded["bytes"]
     )
@@ -269,17 +371,17 @@ def create_shard_batch(
         row = reg.shard(run_id, number)
         if row is None or row["status"] != "queued" or row["batch_id"] is not None:
             return None
-        since = (row["created_at"] or 0) - CLOCK_SLACK_SECONDS
+        since = (row["created_at"] or 0) - CLOCK_SLACK_SECONDS  # covers the last hour too
+        seen: list[list[dict[str, Any]]] = [[]]  # the last listing, for the hourly count
 
         def look() -> list[dict[str, Any]] | None:
             try:
-                listed = list_batches(c, since=since)
+                listed = seen[0] = list_batches(c, since=since)
             except openai.APIError as exc:
                 raise SubmitError(
                     f"Looking on the server for the batch of {where} failed "
                     f"({type(exc).__name__}: {exc}). Nothing was created: a batch is created only "
-                    f"after the server was seen to have none. Run submit() again, or "
-                    f"poll(resume({run_id!r}))."
+                    f"after the server was seen to have none. {_finish(run_id)}"
                 ) from exc
             copies = [
                 b
@@ -293,6 +395,7 @@ def create_shard_batch(
 
         def post() -> list[dict[str, Any]]:
             file_id = _ensure_file(reg, c, row)
+            _wait_for_creation_slot(seen[0], where)
             run = reg.run(run_id) or {}
             made = c.with_options(max_retries=0, timeout=CREATE_TIMEOUT_SECONDS).batches.create(
                 input_file_id=file_id,
@@ -308,8 +411,25 @@ def create_shard_batch(
             )
             return [_dump(made)]
 
-        copies = _look_then_post(c, look, post, what=f"Creating the batch of {where}")
+        copies = _look_then_post(
+            c,
+            look,
+            post,
+            what=f"Creating the batch of {where}",
+            then=_finish(run_id),
+            stop_unanswered=True,
+        )
         return _record(reg, c, row, copies)
+
+
+def _finish(run_id: str) -> str:
+    # Not "submit again" alone: with force=True that starts another run, and pays again for the
+    # shards this one made before it failed.
+    return (
+        f"To finish run {run_id} (it looks on the server first): "
+        f"pb.poll(pb.resume({run_id!r})), or run submit() again on the same frame without "
+        "force=True (force starts another run, which pays again for the shards this one made)."
+    )
 
 
 def _keep_first(b: dict[str, Any]) -> tuple[int, float, str]:

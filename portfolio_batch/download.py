@@ -155,7 +155,10 @@ def _fetch(client: Any, file_id: str, part: Path, have: int) -> None:
     """One streaming attempt; appends when the server answers a Range request with 206."""
     headers = {"Range": f"bytes={have}-"} if have else None
     with client.files.with_streaming_response.content(file_id, extra_headers=headers) as resp:
-        mode = "ab" if have and resp.status_code == 206 else "wb"
-        with open(part, mode) as fh:
+        append = bool(have) and resp.status_code == 206
+        # Results are private: 0600 whatever the umask or the mode of a home you named.
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+        with os.fdopen(os.open(part, flags, 0o600), "ab" if append else "wb") as fh:
+            os.fchmod(fh.fileno(), 0o600)  # a .part left by an earlier version
             for chunk in resp.iter_bytes(_CHUNK):
                 fh.write(chunk)

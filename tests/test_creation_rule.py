@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -230,7 +232,7 @@ def test_a_failed_look_up_creates_nothing_and_names_the_shard(local_server, mani
     local_server.configure(fault_endpoints=["batches.list"])
     with pytest.raises(pb.SubmitError, match=r"batch of shard 0 of run run-look failed") as err:
         pb.submit(manifest.iloc[:1], client=client)
-    assert "poll(resume('run-look'))" in str(err.value)
+    assert "pb.poll(pb.resume('run-look'))" in str(err.value)
     local_server.configure(fault_rate_500=0.0)
     assert list(client.batches.list()) == []
 
@@ -380,3 +382,152 @@ def test_many_threads_taking_shard_locks_on_a_fresh_home_all_get_them(
         for t in threads:
             t.join(timeout=30)
         assert not errors, (round_, errors)
+
+
+class OldestFirst(httpx2.BaseTransport):
+    """A server that lists batches oldest first (an OpenAI-compatible proxy or server may)."""
+
+    def __init__(self) -> None:
+        self.inner = httpx2.HTTPTransport()
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = self.inner.handle_request(request)
+        if request.method == "GET" and request.url.path == "/v1/batches":
+            body = json.loads(response.read())
+            body["data"].reverse()
+            return httpx2.Response(200, json=body)
+        return response
+
+
+def test_a_server_listing_oldest_first_still_finds_the_shards_batch(local_server, manifest):
+    # The look-up may stop at the first batch older than the shard only once the listing is
+    # seen to be newest first: an old batch listed first must not end it with "none found".
+    shard = _queued(local_server, manifest, "run-oldest-first")
+    observer = local_server.client()
+    local_server.configure(clock_offset=-3 * 86400)  # a batch of three days ago, unrelated
+    file_id = next(f.id for f in observer.files.list() if f.filename.startswith("pb-"))
+    observer.batches.create(
+        input_file_id=file_id, endpoint=shard["endpoint"], completion_window="24h"
+    )
+    local_server.configure(clock_offset=0.0)
+    copy = _copy_on_server(observer, shard)  # the shard's batch, whose reply was lost
+    client = openai.OpenAI(
+        base_url=local_server.base_url,
+        api_key="test",
+        http_client=httpx2.Client(transport=OldestFirst()),
+    )
+    jobs = pb.submit(manifest.iloc[:1], client=client)
+    assert jobs["batch_id"].tolist() == [copy]  # adopted, not made again
+    assert len(list(observer.batches.list())) == 2
+
+
+def test_the_look_up_stops_at_the_first_older_batch_of_a_newest_first_listing() -> None:
+    # Newest first (OpenAI): what follows an older batch is older still, so the reading stops
+    # there rather than paging through months of batches; oldest first: it reads on.
+    now = time.time()
+    ages = [0, 10, 20, 5000, 6000, 7000]  # seconds ago; the cutoff is 1000 s ago
+    read: list[str] = []
+
+    class Listing:
+        def __init__(self, order: list[int]) -> None:
+            self.order = order
+
+        def list(self, limit: int) -> Any:
+            for age in self.order:
+                read.append(f"b{age}")
+                yield {"id": f"b{age}", "created_at": int(now - age), "status": "completed"}
+
+    class Client:
+        def __init__(self, order: list[int]) -> None:
+            self.batches = Listing(order)
+
+    newest = create.list_batches(Client(ages), since=now - 1000)  # type: ignore[arg-type]
+    assert [b["id"] for b in newest] == ["b0", "b10", "b20"]
+    assert read == ["b0", "b10", "b20", "b5000"]  # one past the cutoff, then no further
+    read.clear()
+    oldest = create.list_batches(Client(ages[::-1]), since=now - 1000)  # type: ignore[arg-type]
+    assert sorted(b["id"] for b in oldest) == ["b0", "b10", "b20"] and len(read) == len(ages)
+
+
+def test_a_failed_forced_submit_points_to_its_own_run_not_to_another_force(
+    local_server, manifest
+) -> None:
+    # force=True starts a new run each time: "run submit() again" after a failed forced submit
+    # would pay again for the shards it did create. The error names the way that finishes the
+    # same run.
+    client = local_server.client(max_retries=0)
+    pb.submit(manifest, client=client)
+    local_server.configure(fault_rate_500=0.6, seed=1, fault_endpoints=["batches.create"])
+    with pytest.raises(pb.SubmitError) as err:
+        pb.submit(manifest, client=client, force=True)
+    local_server.configure(fault_rate_500=0.0)
+    message = str(err.value)
+    run_id = re.search(r"of run (run-[\w-]+)", message).group(1)  # type: ignore[union-attr]
+    assert f"pb.poll(pb.resume({run_id!r}))" in message and "force=True" in message
+    forced = pb.poll(pb.resume(run_id, client=client), client=client, progress=False)
+    assert forced["status"].eq("completed").all() and len(forced) == len(manifest)
+    live, total = _batches_per_sha(client)
+    assert live == {sha: 2 for sha in manifest["sha256"]} and total == 2 * len(manifest)
+
+
+class LateCreate(httpx2.BaseTransport):
+    """The first create POST reaches the server ``delay`` s after the client gave up on it (no
+    answer within its timeout): a server still acting on it after the client looked. With
+    ``sent=False`` it never reaches the server at all (the connection could not be made)."""
+
+    def __init__(self, delay: float, *, sent: bool = True) -> None:
+        self.inner = httpx2.HTTPTransport()
+        self.delay, self.sent, self.done = delay, sent, False
+        self.thread: threading.Thread | None = None
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        if request.method == "POST" and request.url.path == "/v1/batches" and not self.done:
+            self.done = True
+            if not self.sent:
+                raise httpx2.ConnectError("connection refused (test transport)", request=request)
+            late = httpx2.Request(
+                "POST", request.url, headers=request.headers, content=request.read()
+            )
+
+            def deliver() -> None:
+                time.sleep(self.delay)
+                self.inner.handle_request(late).read()
+
+            self.thread = threading.Thread(target=deliver)
+            self.thread.start()
+            raise httpx2.ReadTimeout("no answer (test transport)", request=request)
+        return self.inner.handle_request(request)
+
+
+def test_a_create_without_an_answer_is_not_sent_again_while_the_server_may_act(
+    local_server, manifest
+) -> None:
+    # The server acts on the unanswered POST after the look-up that followed it: posting again
+    # then would make a second batch. The look-up is the last step; the error says what next.
+    transport = LateCreate(delay=1.0)
+    client = openai.OpenAI(
+        base_url=local_server.base_url,
+        api_key="test",
+        http_client=httpx2.Client(transport=transport),
+    )
+    one = manifest.iloc[:1]
+    with pytest.raises(pb.SubmitError, match="got no answer") as err:
+        pb.submit(one, client=client, run_id="run-late")
+    assert transport.thread is not None
+    transport.thread.join()
+    observer = local_server.client()
+    assert len(list(observer.batches.list())) == 1  # the late one: nothing was sent again
+    assert "pb.poll(pb.resume('run-late'))" in str(err.value)
+    jobs = pb.poll(pb.resume("run-late", client=client), client=client, progress=False)
+    _assert_one_batch_per_shard(observer, one, jobs)
+
+
+def test_a_create_that_never_left_is_sent_again_at_once(local_server, manifest) -> None:
+    # A connection that could not be made carried no request: the next round posts it.
+    client = openai.OpenAI(
+        base_url=local_server.base_url,
+        api_key="test",
+        http_client=httpx2.Client(transport=LateCreate(0.0, sent=False)),
+    )
+    jobs = pb.submit(manifest.iloc[:1], client=client)
+    _assert_one_batch_per_shard(local_server.client(), manifest.iloc[:1], jobs)

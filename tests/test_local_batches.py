@@ -432,3 +432,36 @@ def test_output_line_order_and_validation_of_error_shape() -> None:
             {"id": "batch_req_1", "custom_id": 5, "response": None, "error": None},
             "BatchRequestOutput",
         )
+
+
+def test_a_client_gone_mid_request_is_not_logged_as_a_server_error(
+    local_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A client that times out or is killed while sending a body is routine for a test double:
+    # no traceback in the user's CI log, and the server goes on answering.
+    import logging
+    import socket
+
+    uvicorn_errors: list[logging.LogRecord] = []
+
+    class Catcher(logging.Handler):  # uvicorn's loggers do not propagate to caplog
+        def emit(self, record: logging.LogRecord) -> None:
+            uvicorn_errors.append(record)
+
+    catcher = Catcher()
+    logging.getLogger("uvicorn.error").addHandler(catcher)
+    try:
+        with caplog.at_level(logging.ERROR, logger="portfolio_batch.local"):
+            for path in ("/v1/batches", "/v1/chat/completions"):
+                with socket.create_connection(("127.0.0.1", local_server.port)) as conn:
+                    conn.sendall(
+                        f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n"
+                        'Content-Length: 1000\r\n\r\n{"input_file_id":'.encode()
+                    )
+                    time.sleep(0.2)
+            time.sleep(0.3)
+        assert local_server.client().batches.list().data == []
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(catcher)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert [r.getMessage() for r in uvicorn_errors if r.levelno >= logging.ERROR] == []

@@ -146,3 +146,25 @@ def test_faults_do_not_touch_uploaded_content(local_server: Any) -> None:
     lines = read_lines(client, None)
     assert lines == []
     assert client.files.content(file.id).content == jsonl([risk_line(i) for i in range(5)])
+
+
+def test_a_lost_reply_is_answered_500_after_the_request_was_carried_out(
+    local_server: Any,
+) -> None:
+    # 429s and 500s come before the server acts, so a retry can never duplicate anything; a
+    # lost reply comes after: the batch exists, the client saw a 500, and the SDK's retries of
+    # the POST make more. What a client that must not pay twice has to survive.
+    file = upload(local_server.client(), [risk_line(0)])
+    local_server.configure(fault_rate_lost_reply=1.0, fault_endpoints=["batches.create"])
+    with pytest.raises(openai.InternalServerError) as info:
+        local_server.client(max_retries=2).batches.create(
+            input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+    assert "after carrying the request out" in info.value.message
+    assert info.value.response.headers["x-request-id"].startswith("req_")
+    local_server.configure(fault_rate_lost_reply=0.0)
+    made = local_server.client().batches.list().data
+    assert len(made) == 3  # the POST and the SDK's two retries: three batches
+    assert {b.input_file_id for b in made} == {file.id}
+    with pytest.raises(InputError, match="fault_rate_lost_reply"):
+        local_server.configure(fault_rate_lost_reply=1.5)

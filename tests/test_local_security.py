@@ -197,3 +197,21 @@ def test_loopback_without_a_key_says_any_key_is_accepted(tmp_path: Path) -> None
     finally:
         err = _stop(proc)
     assert "WARNING" not in err
+
+
+def test_downloaded_results_are_0600_in_a_home_that_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A PORTFOLIO_BATCH_HOME that already existed keeps its mode (say 0755): the results cached
+    # in it must still be readable by their owner only.
+    from portfolio_batch.download import download_file
+
+    home = tmp_path / "shared-home"
+    home.mkdir(mode=0o755)
+    monkeypatch.setenv("PORTFOLIO_BATCH_HOME", str(home))
+    with serve(data_dir=tmp_path / "data") as server:
+        client = server.client()
+        batch, _ = wait(client, create_batch(client, [risk_line(0)]).id)
+        path = download_file(batch["output_file_id"], client=client)
+    assert path.parent.parent == home and path.read_bytes()
+    assert oct(stat.S_IMODE(path.stat().st_mode)) == oct(0o600)

@@ -43,7 +43,7 @@ def test_the_documented_example_runs_as_a_users_test_suite(tmp_path: Path) -> No
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 passed" in result.stdout
+    assert "5 passed" in result.stdout
 
 
 def test_the_context_manager_yields_a_keyed_client_and_its_knobs(tmp_path: Path) -> None:

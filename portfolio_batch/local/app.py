@@ -25,6 +25,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -99,7 +100,7 @@ def route_name(method: str, path: str) -> str | None:
 
 class GatewayMiddleware:
     """An ``x-request-id`` on every answer, then the bearer token check, then added latency,
-    then injected 429/500 faults."""
+    then injected 429/500 faults (before the request is carried out) and lost replies (after)."""
 
     def __init__(self, app: ASGIApp, state: ServerState) -> None:
         self.app = app
@@ -174,7 +175,23 @@ class GatewayMiddleware:
                     )
                 )(scope, receive, send)
                 return
+            if config.chance(config.fault_rate_lost_reply):
+                # Carried out, then the answer replaced: the client sees a 500 for a request
+                # the server did act on (a gateway error after the fact).
+                await self.app(scope, receive, _discard)
+                await _error(
+                    ApiError(
+                        500,
+                        "The server had an error while processing your request (injected by the local server after carrying the request out: its reply was lost). Retry your request.",
+                        type="server_error",
+                    )
+                )(scope, receive, send)
+                return
         await self.app(scope, receive, send)
+
+
+async def _discard(message: Message) -> None:
+    """An ASGI ``send`` that drops the answer (a lost reply)."""
 
 
 class _DropDownloadCut(logging.Filter):
@@ -327,6 +344,13 @@ def create_app(state: ServerState) -> FastAPI:
             else str(exc.detail)
         )
         return _error(ApiError(exc.status_code, message))
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The client left while sending its body (a timeout, a killed process): routine, not a
+        # server error, and nobody is left to answer.
+        log.debug("client left during %s %s", request.method, request.url.path)
+        return Response(status_code=499)
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception) -> Response:

@@ -58,7 +58,10 @@ class ServerConfig:
 
     Simulation and faults: ``request_delay`` (seconds per batch request), ``latency`` (seconds added
     to every API call), ``fault_rate_429`` / ``fault_rate_500`` (per API call, on the routes in
-    ``fault_endpoints``, default all), ``retry_after`` (seconds in the 429's ``retry-after``),
+    ``fault_endpoints``, default all; answered before the server acts), ``fault_rate_lost_reply``
+    (per API call there: the server carries the request out, then answers a 500, as a reply lost
+    on the way back: a retried POST makes a second object), ``retry_after`` (seconds in the
+    429's ``retry-after``),
     ``cut_download_after_bytes`` (file downloads stop after that many bytes: the first download of
     each file, or at ``cut_download_rate`` if set), ``malformed_output_rate`` (output lines written
     truncated), ``seed`` (fault randomness is deterministic for a seed).
@@ -85,6 +88,7 @@ class ServerConfig:
     latency: float = 0.0
     fault_rate_429: float = 0.0
     fault_rate_500: float = 0.0
+    fault_rate_lost_reply: float = 0.0
     fault_endpoints: frozenset[str] | None = None
     retry_after: float = 0.05
     cut_download_after_bytes: int | None = None
@@ -130,7 +134,12 @@ class ServerConfig:
                 self._rng.seed(self.seed)
 
     def _validate(self) -> None:
-        for key in ("fault_rate_429", "fault_rate_500", "malformed_output_rate"):
+        for key in (
+            "fault_rate_429",
+            "fault_rate_500",
+            "fault_rate_lost_reply",
+            "malformed_output_rate",
+        ):
             rate = getattr(self, key)
             if not 0.0 <= float(rate) <= 1.0:
                 raise InputError(f"Local server setting {key}={rate!r} must be between 0 and 1.")

@@ -54,8 +54,9 @@ class BatchAPI:
 
     def configure(self, **settings: Any) -> None:
         """Change settings while it runs: faults (``fault_rate_429``, ``fault_rate_500``,
-        ``fault_endpoints``, ``cut_download_after_bytes``, ``malformed_output_rate``, ``seed``),
-        ``latency``, ``request_delay``, ``completion_window_seconds``, the live API's quirks
+        ``fault_rate_lost_reply`` (carried out, then a 500), ``fault_endpoints``,
+        ``cut_download_after_bytes``, ``malformed_output_rate``, ``seed``), ``latency``,
+        ``request_delay``, ``completion_window_seconds``, the live API's quirks
         (``output_file_lag_polls``, ``empty_error_file_id``, ``max_batches_per_hour``,
         ``batch_usage_chat_fields``) and the rest of ``portfolio_batch.local.ServerConfig``."""
         self.server.configure(**settings)
