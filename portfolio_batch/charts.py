@@ -774,7 +774,8 @@ def risk_contributions(
     )
     ax.set_xlabel("risk contribution = |weight| × risk score")
     if n:
-        ax.set_xlim(0, float(table["contribution"].max()) * 1.45)
+        # every contribution 0 (all scores 0): a zero-width range warns, so keep a unit width
+        ax.set_xlim(0, (float(table["contribution"].max()) or 1.0) * 1.45)
     cum = float(table["cum_share"].iloc[-1]) if n else 0.0
     title = f"Risk contributions: top {n} = {cum:.0%} of the total"
     unscored = int((~ok).sum())

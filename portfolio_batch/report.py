@@ -42,6 +42,7 @@ from portfolio_batch import review as rv
 from portfolio_batch._version import __version__
 from portfolio_batch.currency import USD, Money, fx, money_from_attrs
 from portfolio_batch.errors import InputError
+from portfolio_batch.home import writable_dir
 from portfolio_batch.quality import check_answers, headline
 
 __all__ = ["SECTIONS", "report"]
@@ -235,12 +236,18 @@ def _cost_figures(
     if costs is not None and col in costs.columns:
         est = float(pd.to_numeric(costs[col], errors="coerce").sum())
     label = "Cost, estimated vs actual"
-    actual_word = "actual"
-    if simulated:
-        label = f"Cost at OpenAI {'synchronous' if sync else 'batch'} prices"
-        actual_word = "from usage"  # nothing was paid: the tokens used, at OpenAI's prices
     parts = [f"estimated {money.format(est)}" if est is not None else "no estimate"]
-    parts.append(f"{actual_word} {money.format(actual)}" if actual is not None else "no usage")
+    if simulated:
+        # nothing was paid: the tokens used, priced as OpenAI would have
+        prices = f"OpenAI {'synchronous' if sync else 'batch'} prices"
+        label = f"Cost at {prices}"
+        parts.append(
+            f"this run would cost {money.format(actual)} at {prices}"
+            if actual is not None
+            else "no usage"
+        )
+        return label, " · ".join(parts)
+    parts.append(f"actual {money.format(actual)}" if actual is not None else "no usage")
     return label, " · ".join(parts)
 
 
@@ -328,7 +335,8 @@ def _contrib_table(results: pd.DataFrame) -> Table:
         "contributions",
         heads,
         rows,
-        f"{cum:.0%} of the total contribution ({total:.2f}) in these {len(frame)}",
+        # one decimal, as the headline's weighted score (the total is that score x gross weight)
+        f"{cum:.0%} of the total contribution ({total:.1f}) in these {len(frame)}",
     )
 
 
@@ -379,10 +387,20 @@ def _summary(
         )
     else:
         line = rv.changes_line(changes, since=previous_label)
+    # Severe flags: the answers as a whole are not a risk assessment, so a green "0.0 (low)"
+    # would read as a safe portfolio; the figures are greyed and said to be untrusted.
+    untrusted = "not trusted: see Answer checks" if headline(flags) else ""
+    if untrusted or score is None:
+        lead = rv.coverage_line(results, flags) + "."
+        if untrusted:
+            lead += " The score and level shares below are not trusted: see Answer checks."
+        if changes is not None:
+            lead += " " + rv.changes_line(changes, since=previous_label)
+    else:
+        lead = rv.summary_line(results, changes=changes, flags=flags, since=previous_label)
     return {
-        "headline": rv.summary_line(results, changes=changes, flags=flags, since=previous_label)
-        if score is not None
-        else rv.coverage_line(results, flags) + ".",
+        "headline": lead,
+        "untrusted": untrusted,
         "score": "-" if score is None else f"{score:.1f}",
         "level": level or "no score",
         "level_css": _level_css(level),
@@ -924,7 +942,10 @@ def report(
         fx_date=fx_date,
         summary=summary,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
+    # a parent that is a file, or one we may not write to, is an InputError naming path=
+    writable_dir(
+        out.parent, what="path", fix="give report(path=...) a file in a folder you can write to"
+    )
     money = g.money
     positions, positions_note = _positions(results, g.previous, threshold)
     provenance, details = _provenance(

@@ -142,3 +142,47 @@ def test_jobs_list_fits_80_columns_with_every_column_readable(tmp_path: Path) ->
             assert f"output file {job.output_file_id}" in show.stdout
     unknown = run_cli("jobs", "show", "zzzz", cwd=tmp_path, env=env)
     assert unknown.returncode == 2 and "no run or batch 'zzzz'" in unknown.stderr
+
+
+@pytest.mark.slow
+def test_a_rerun_without_changes_says_so_once(tmp_path: Path) -> None:
+    portfolio = tmp_path / "sample.csv"
+    shutil.copy(PORTFOLIO, portfolio)
+    first, _ = _analyze(tmp_path, portfolio, "--as-of", "2026-11-13")
+    # a new run (its requests differ) whose answers move less than the change thresholds
+    frame = pd.read_csv(portfolio)
+    frame.loc[frame["ticker"] == "AAPL", "weight"] += 0.0001
+    frame.to_csv(portfolio, index=False)
+    second, stdout = _analyze(tmp_path, portfolio, "--as-of", "2026-11-14")
+    proc = run_cli("report", second, "--compare-to", first, "--out", tmp_path / "rep", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for printed in (stdout, proc.stdout):
+        flat = " ".join(printed.split())
+        assert f"No change since run {first} (2026-11-13)." in flat, flat[:1500]
+        # not also an empty "Changes since ...: none." right under it
+        assert "Changes since" not in flat
+
+
+def test_a_failed_batch_tells_the_cli_command_to_retry(monkeypatch, capsys) -> None:
+    """The Python advice (submit() the manifest again) is the CLI command in a terminal."""
+    import contextlib
+
+    from portfolio_batch.cli import _pipeline
+    from portfolio_batch.errors import BatchFailedError
+    from portfolio_batch.poll import RETRY_ADVICE
+
+    jobs = pd.DataFrame({"run_id": ["run-1"], "status": ["failed"]})
+
+    def failed(*args: object, **kwargs: object) -> None:
+        raise BatchFailedError("1 batch(es) failed:\nbatch b1: boom\n" + RETRY_ADVICE, jobs=jobs)
+
+    class Quiet(contextlib.nullcontext):  # no live table: only the error line is looked at
+        def update(self, jobs: pd.DataFrame) -> None:
+            pass
+
+    monkeypatch.setattr(pb, "poll", failed)
+    monkeypatch.setattr(_pipeline, "BatchProgress", lambda console: Quiet(Quiet()))
+    assert _pipeline.poll_run(jobs, client=None, out_dir=None) is jobs
+    stderr = " ".join(capsys.readouterr().err.split())
+    assert "submit()" not in stderr and "batch b1: boom" in stderr
+    assert "Run the same `portfolio-batch analyze-risk` command again to retry" in stderr

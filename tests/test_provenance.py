@@ -309,7 +309,8 @@ def test_the_report_of_a_local_run_starts_with_the_banner(local_run, tmp_path: P
     assert body.index('class="simulated"') < body.index("<table")
     assert body.index(BANNER) < body.index("<h2>")
     meta = dict(re.findall(r'<tr><td class="item">([^<]*)</td><td>([^<]*)</td></tr>', doc))
-    assert meta["Cost at OpenAI batch prices"].startswith("no estimate · from usage $0.0")
+    assert meta["Cost at OpenAI batch prices"].startswith("no estimate · this run would cost $0.0")
+    assert meta["Cost at OpenAI batch prices"].endswith(" at OpenAI batch prices")
     assert not any("actual" in k.lower() for k in meta)
     assert meta["model (what answered)"] == "local:rules"
     assert meta["requested model"] == "gpt-4o-mini"

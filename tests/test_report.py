@@ -26,7 +26,27 @@ SIMULATED = "Simulated: answers from the offline local rules engine, not an LLM.
 
 @pytest.fixture
 def frames(testdata):
-    return make_frames(testdata)
+    """make_frames' results with varied drivers and rationales: answers the checks trust (the
+    degenerate case has its own tests)."""
+    results, costs = make_frames(testdata)
+    ok = results["status"] == "succeeded"
+    kinds = [["beta", "valuation"], ["rates"], ["FX", "liquidity"]]
+    results["drivers"] = [kinds[i % 3] if o else None for i, o in enumerate(ok)]
+    results["rationale"] = [
+        f"Rated on its beta and sector ({t})." if o else None
+        for t, o in zip(results["ticker"], ok, strict=True)
+    ]
+    return results, costs
+
+
+def degenerate(results: pd.DataFrame) -> pd.DataFrame:
+    """Every answer the same zero score and rationale: what a broken engine returns."""
+    bad = results.copy()
+    ok = bad["status"] == "succeeded"
+    bad.loc[ok, "risk_score"] = 0
+    bad.loc[ok, "risk_level"] = "low"
+    bad.loc[ok, "rationale"] = "n/a"
+    return bad
 
 
 @pytest.fixture
@@ -477,3 +497,61 @@ def test_readme_report_example_runs(frames, jobs, tmp_path, monkeypatch):
     doc = (tmp_path / "out" / "review.html").read_text(encoding="utf-8")
     assert doc.count("data:image/svg+xml;base64") == 7
     assert "<strong>Core equity</strong> · as of 2026-11-13" in doc
+
+
+# -- review fixes: simulated wording, degenerate answers, precision, paths ----------------------
+
+
+def test_a_simulated_report_says_no_llm_and_what_the_run_would_cost(frames, tmp_path):
+    results, costs = frames
+    results.attrs.update(simulated=True, engine="rules", mode="batch")
+    head = section(report(results, costs, path=tmp_path / "r.html").read_text(), "header")
+    # no "LLM opinion" badge right above the "not an LLM" banner
+    assert "LLM opinion, not investment advice." not in head
+    assert "Simulated answers, not an LLM's opinion; not investment advice." in head
+    facts = dict(re.findall(r"<dt>(.*?)</dt><dd>(.*?)</dd>", head))
+    assert facts["Cost at OpenAI batch prices"] == (
+        "estimated $0.0048 · this run would cost $0.0037 at OpenAI batch prices"
+    )
+
+
+def test_degenerate_answers_grey_the_score_and_level_shares(frames, tmp_path):
+    results, costs = frames
+    bad = degenerate(results)
+    doc = report(bad, costs, path=tmp_path / "r.html").read_text()
+    assert "The answers look degenerate" in section(doc, "header")
+    summary = section(doc, "summary")
+    # no green "0.0 (low)" or 100 % green bar that reads as a safe portfolio
+    assert '<span class="big">0.0</span>' in summary
+    assert "not trusted: see Answer checks" in summary
+    assert "level-bg-low" not in summary and "level-bg-untrusted" in summary
+    assert "weighted risk score / 100 (low)" not in summary  # no level word for untrusted
+    assert '<div id="contributions" class="untrusted">' in summary  # greyed levels (CSS)
+    headline = re.search(r'id="headline">(.*?)</p>', summary).group(1)
+    assert "Top contributor" not in headline and "not trusted" in headline
+    # trusted answers keep their colours
+    good = section(report(results, costs, path=tmp_path / "g.html").read_text(), "summary")
+    assert "not trusted: see Answer checks" not in good and "level-bg-low" in good
+
+
+def test_contribution_total_has_the_headline_precision(frames, tmp_path):
+    results, costs = frames
+    doc = report(results, costs, path=tmp_path / "r.html", charts=False).read_text()
+    total = review.contributions(results, top=10).attrs["total"]
+    caption = re.search(r"<caption>(.*?)</caption>", section(doc, "summary")).group(1)
+    assert f"of the total contribution ({total:.1f}) in these 10" in caption
+
+
+def test_zero_contributions_draw_without_a_warning(frames):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a leaked UserWarning ends up in the CLI's output
+        fig = charts.risk_contributions(degenerate(frames[0]))
+    assert isinstance(fig, Figure)
+
+
+def test_a_report_path_under_a_file_is_an_input_error(frames, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(InputError, match=r"path .*afile.*report\(path=\.\.\.\)"):
+        report(frames[0], path=tmp_path / "afile" / "report.html")

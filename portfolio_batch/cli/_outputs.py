@@ -111,7 +111,8 @@ def finish(
         out.print(Text(summary.banner, style="bold yellow"))
     out.print(summary_table(results, costs, summary))
     out.print(flags_text(summary.flags))
-    if {"risk_score", "weight"} <= set(results.columns):
+    said = {"risk_score", "weight"} <= set(results.columns)  # the summary line says changes
+    if said:
         out.print(
             Text(
                 rv.summary_line(
@@ -120,8 +121,10 @@ def finish(
             )
         )
     if found.changes is not None:
-        since = found.previous_label or "the previous run"
-        out.print(changes_table(found.changes, title=f"Changes since {since}"))
+        # an empty comparison is already "No change since ..." in the summary line
+        if len(found.changes) or not said:
+            since = found.previous_label or "the previous run"
+            out.print(changes_table(found.changes, title=f"Changes since {since}"))
     else:
         out.print(
             Text("No earlier run of this portfolio: nothing to compare with yet.", style="dim")

@@ -118,7 +118,15 @@ def poll_run(jobs: pd.DataFrame, *, client: Any, out_dir: Path | None) -> pd.Dat
         if exc.jobs is None:
             raise
         # A failed batch is reported with its errors.data; the other batches' results are kept.
-        error_line(str(exc), label="Batch failed:")
+        # The Python advice (submit() again) means, in a terminal, running the command again.
+        from portfolio_batch.poll import RETRY_ADVICE
+
+        message = str(exc).replace(
+            RETRY_ADVICE,
+            "Run the same `portfolio-batch analyze-risk` command again to retry: the failed "
+            "batch(es) are sent again, the finished ones reused.",
+        )
+        error_line(message, label="Batch failed:")
         return exc.jobs
     except KeyboardInterrupt:
         # poll() has already said the batches keep running; this adds where the report goes.

@@ -188,7 +188,8 @@ def report(
     out.print(
         Text(f"Run {run_id} · {found.portfolio or 'unnamed portfolio'} · as of {found.as_of}")
     )
-    if {"risk_score", "weight"} <= set(results.columns):
+    said = {"risk_score", "weight"} <= set(results.columns)  # the summary line says changes
+    if said:
         out.print(
             Text(
                 rv.summary_line(
@@ -199,8 +200,10 @@ def report(
     else:
         out.print(Text(rv.coverage_line(results, found.flags) + "."))
     if found.changes is not None:
-        since = found.previous_label or "the previous run"
-        out.print(changes_table(found.changes, title=f"Changes since {since}"))
+        # an empty comparison is already "No change since ..." in the summary line
+        if len(found.changes) or not said:
+            since = found.previous_label or "the previous run"
+            out.print(changes_table(found.changes, title=f"Changes since {since}"))
     else:
         out.print(Text("No earlier run of this portfolio: nothing to compare with.", style="dim"))
     for path in written:
