@@ -58,6 +58,8 @@ MAX_SUBMIT_FAILURES = 5
 # poll or two (LiteLLM PR #37715): it is polled again this many times before poll concludes that
 # it has no output file (and says so).
 OUTPUT_LAG_POLLS = 10
+# The last advice of a failed batch's error, for Python callers; the CLI swaps it for its command.
+RETRY_ADVICE = "submit() the same manifest again to retry: a failed batch is not reused."
 # batch id -> polls that saw it completed without an output file id, across poll() and
 # refresh() calls of this process (an entry goes once the file id appears or poll concludes)
 _LAG: dict[str, int] = {}
@@ -349,7 +351,7 @@ def _failure_error(frame: pd.DataFrame, reg: Registry) -> BatchFailedError:
     if any(e.get("line") is not None for e in errors):
         advice.append("Fix those lines of the shard files (to_jsonl() again) and submit again.")
     if not advice:
-        advice.append("submit() the same manifest again to retry: a failed batch is not reused.")
+        advice.append(RETRY_ADVICE)
     return BatchFailedError(
         f"{len(failed)} batch(es) failed:\n" + "\n".join(lines) + "\n" + " ".join(advice),
         jobs=frame,
