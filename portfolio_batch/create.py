@@ -2,8 +2,9 @@
 
 The rule: a shard's batch is created only while its lock is held (``locks.py``: a file lock in
 the home, ``locks/<sha256>-<backend hash>.lock``, released by the OS if the process dies), and
-only after a look-up on the server (``batches.list``, by the batch metadata ``pb_sha256``,
-``pb_run_id`` and ``pb_shard``) succeeded and found none. The create POST goes out with the SDK's
+only after a look-up on the server (``batches.list``, by content: the batch metadata
+``pb_sha256``, endpoint and model, whatever run made it) succeeded and found none; a batch found
+is adopted (recorded for the shard), e.g. one another home made meanwhile. The create POST goes out with the SDK's
 retries off, because the SDK retries POSTs without an idempotency key; after any error the server
 is looked at again instead of posting again. A look-up that fails stops there: a ``SubmitError``,
 nothing created. So does a look-up after a create that got no answer (a timeout): the server may
@@ -24,7 +25,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -360,11 +361,22 @@ def _sha256_of(path: Path) -> str:
 
 
 def create_shard_batch(
-    reg: Registry, c: openai.OpenAI, shard: dict[str, Any]
+    reg: Registry,
+    c: openai.OpenAI,
+    shard: dict[str, Any],
+    *,
+    skip: Collection[str] = (),
+    force: bool = False,
 ) -> dict[str, Any] | None:
-    """Create the batch of a registered, queued shard (or adopt the one the server has for it)
-    and record it; the batch as a dict, or None when the shard no longer needs one (another
-    caller made it meanwhile, or it was cancelled)."""
+    """Create the batch of a registered, queued shard (or adopt the one the server has for its
+    content) and record it; the batch as a dict, or None when the shard no longer needs one
+    (another caller made it meanwhile, or it was cancelled).
+
+    The look-up matches by content (``pb_sha256``, endpoint, model; the backend is the client's)
+    whatever run made the batch, so a batch another home made meanwhile is adopted, not paid
+    again. Not adopted: failed/cancelled/expired batches, ``skip`` (excluded batch ids), batches
+    this registry holds for another shard (this home chose not to hand them back), and with
+    ``force`` any batch but this shard's own."""
     run_id, number = shard["run_id"], shard["shard"]
     where = f"shard {number} of run {run_id}"
     with shard_lock(shard["sha256"], shard["backend"], what=f"Shard {number} of run {run_id}"):
@@ -383,14 +395,7 @@ def create_shard_batch(
                     f"({type(exc).__name__}: {exc}). Nothing was created: a batch is created only "
                     f"after the server was seen to have none. {_finish(run_id)}"
                 ) from exc
-            copies = [
-                b
-                for b in listed
-                if b["status"] not in DEAD
-                and (b.get("metadata") or {}).get("pb_sha256") == row["sha256"]
-                and (b.get("metadata") or {}).get("pb_run_id") == run_id
-                and (b.get("metadata") or {}).get("pb_shard") == str(number)
-            ]
+            copies = [b for b in listed if _adoptable(reg, b, row, skip=skip, force=force)]
             return sorted(copies, key=_keep_first) or None
 
         def post() -> list[dict[str, Any]]:
@@ -420,6 +425,28 @@ def create_shard_batch(
             stop_unanswered=True,
         )
         return _record(reg, c, row, copies)
+
+
+def _adoptable(
+    reg: Registry, b: dict[str, Any], row: dict[str, Any], *, skip: Collection[str], force: bool
+) -> bool:
+    """Whether a listed batch may be recorded as the shard ``row``'s batch instead of creating."""
+    md = b.get("metadata") or {}
+    if (
+        b["status"] in DEAD
+        or b["id"] in skip
+        or md.get("pb_sha256") != row["sha256"]
+        or b.get("endpoint", row["endpoint"]) != row["endpoint"]
+        or (b.get("model") or row["model"]) != row["model"]
+    ):
+        return False
+    if md.get("pb_run_id") == row["run_id"] and md.get("pb_shard") == str(row["shard"]):
+        return True  # this shard's own (a create whose answer was lost)
+    if force:
+        return False  # force=True: a new batch even though one with this content exists
+    # One this home holds for another shard was not handed back on purpose (its results are
+    # gone, or it was forced past); any other (another home's, a lost registry's) is adopted.
+    return reg.batch(b["id"]) is None
 
 
 def _finish(run_id: str) -> str:
@@ -521,9 +548,17 @@ def _json_dict(text: str | None) -> dict[str, str]:
     return value if isinstance(value, dict) else {}
 
 
-def submit_ready(reg: Registry, c: openai.OpenAI, run_ids: Iterable[str]) -> int:
+def submit_ready(
+    reg: Registry,
+    c: openai.OpenAI,
+    run_ids: Iterable[str],
+    *,
+    skip: Collection[str] = (),
+    force: bool = False,
+) -> int:
     """Create the batches of queued shards that fit under their run's ``max_enqueued_tokens``,
-    in shard order. Returns how many were created."""
+    in shard order (``skip``, ``force``: see ``create_shard_batch``). Returns how many were
+    created or adopted."""
     created = 0
     now = time.time()
     for run_id in dict.fromkeys(run_ids):
@@ -536,6 +571,6 @@ def submit_ready(reg: Registry, c: openai.OpenAI, run_ids: Iterable[str]) -> int
                 busy = reg.active_tokens(backend=shard["backend"], model=shard["model"])
                 if busy and busy + (shard["est_input_tokens"] or 0) > limit:
                     break  # keep shard order: later shards wait for this one
-            if create_shard_batch(reg, c, shard) is not None:
+            if create_shard_batch(reg, c, shard, skip=skip, force=force) is not None:
                 created += 1
     return created

@@ -276,8 +276,10 @@ def submit(
             keys.append((run_id, shard_no))
         if run_made:
             pending.insert(0, run_id)
-        # Creates this run's shards and the queued ones reused from earlier runs.
-        submit_ready(reg, c, pending)
+        # Creates this run's shards and the queued ones reused from earlier runs; each looks on
+        # the server first and adopts a live batch of the same content (another home's, say)
+        # rather than paying for it again, excluded batches and force=True aside.
+        submit_ready(reg, c, pending, skip=skip, force=force)
         return reg.jobs_frame(keys=keys)
 
 
@@ -294,7 +296,9 @@ def _existing(
 ) -> tuple[str, int] | None:
     """The (run_id, shard) that already holds this content and may be handed back: the
     registry's live shard, else (a registry new or lost) a batch the server has for it. None:
-    register the shard anew. A batch whose results are gone joins ``skip``."""
+    register the shard anew. A batch whose results are gone joins ``skip``. A shard still
+    queued (its creation failed) is handed back as it is: its creation looks on the server by
+    content first, so a batch another home made for it meanwhile is adopted, not made again."""
     live = reg.live_shard(key)
     if live is not None and live["batch_id"] in skip:
         return None

@@ -531,3 +531,53 @@ def test_a_create_that_never_left_is_sent_again_at_once(local_server, manifest) 
     )
     jobs = pb.submit(manifest.iloc[:1], client=client)
     _assert_one_batch_per_shard(local_server.client(), manifest.iloc[:1], jobs)
+
+
+def _home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str) -> None:
+    # The default home is ./.portfolio_batch: running from two directories is two homes.
+    monkeypatch.setenv("PORTFOLIO_BATCH_HOME", str(tmp_path / name))
+
+
+def test_two_homes_on_one_key_make_one_batch_per_shard_even_after_a_failed_create(
+    local_server, manifest, monkeypatch, tmp_path
+) -> None:
+    # Issue 11, "two homes": a shard left queued in home H2 by a failed create is created only
+    # after a look-up by content, so the batch home H1 made meanwhile is adopted, not paid again.
+    client = local_server.client(max_retries=0)
+    _home(monkeypatch, tmp_path, "H2")
+    local_server.configure(fault_rate_500=1.0, fault_endpoints=["batches.create"])
+    with pytest.raises(pb.SubmitError):
+        pb.submit(manifest, client=client)
+    local_server.configure(fault_rate_500=0.0)
+    _home(monkeypatch, tmp_path, "H1")
+    first = pb.submit(manifest, client=client)
+    _home(monkeypatch, tmp_path, "H2")
+    second = pb.submit(manifest, client=client)  # its shards are still queued from the failure
+    assert list(second["batch_id"]) == list(first["batch_id"])
+    assert second["run_id"].ne(first["run_id"]).all()  # recorded for H2's own shards
+    _assert_one_batch_per_shard(client, manifest, second)
+    _home(monkeypatch, tmp_path, "H3")  # a third home, registry empty: finds them too
+    assert list(pb.submit(manifest, client=client)["batch_id"]) == list(first["batch_id"])
+    _assert_one_batch_per_shard(client, manifest, second)
+
+
+def test_another_homes_batch_is_not_adopted_when_excluded_or_forced(
+    local_server, manifest, monkeypatch, tmp_path
+) -> None:
+    # exclude_batches and force=True keep their meaning across homes: new batches, paid again.
+    client = local_server.client(max_retries=0)
+    one = manifest.iloc[:1]
+    _home(monkeypatch, tmp_path, "H2")
+    local_server.configure(fault_rate_500=1.0, fault_endpoints=["batches.create"])
+    with pytest.raises(pb.SubmitError):
+        pb.submit(one, client=client)
+    local_server.configure(fault_rate_500=0.0)
+    _home(monkeypatch, tmp_path, "H1")
+    theirs = pb.submit(one, client=client)["batch_id"].iloc[0]
+    _home(monkeypatch, tmp_path, "H2")
+    again = pb.submit(one, client=client, exclude_batches=[theirs])
+    assert again["batch_id"].iloc[0] != theirs
+    forced = pb.submit(one, client=client, force=True)
+    assert forced["batch_id"].iloc[0] not in (theirs, again["batch_id"].iloc[0])
+    live, total = _batches_per_sha(client)
+    assert live == {one["sha256"].iloc[0]: 3} and total == 3
