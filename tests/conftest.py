@@ -3,6 +3,7 @@ uvicorn servers on 127.0.0.1, spoken to by the real ``openai`` SDK."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -35,7 +36,12 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
     monkeypatch.setenv("MPLBACKEND", "Agg")
     for var in _CREDENTIAL_VARS:
         monkeypatch.delenv(var, raising=False)
+    # The CLI, run in-process by some tests, points the library's logger at its own stderr
+    # console and stops propagation; later tests must start from the library's defaults.
+    logger = logging.getLogger("portfolio_batch")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
     yield
+    logger.handlers[:], logger.level, logger.propagate = saved
     if "matplotlib.pyplot" in sys.modules:
         sys.modules["matplotlib.pyplot"].close("all")
 

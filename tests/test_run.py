@@ -252,12 +252,15 @@ def test_watcher_sets_widget_values_only_and_keeps_its_logs_off_the_notebook(
     old_level = logger.level
     logger.setLevel(logging.INFO)
     try:
-        # no SDK retries, and a quarter of the status checks fail: poll logs a warning for each
+        client = local_server.client(max_retries=0)
+        run = pb.start(requests, client=client, canary=0.05)  # the canary is sent here
+        # From here on only the watcher thread talks to the server. No SDK retries, and a quarter
+        # of the status checks fail: poll logs a warning for each. (Faults before start would
+        # also hit start's own look at the canary, in the main thread, where a warning on stderr
+        # is right.)
         local_server.configure(
             request_delay=0.03, fault_rate_500=0.25, fault_endpoints={"batches.retrieve"}, seed=3
         )
-        client = local_server.client(max_retries=0)
-        run = pb.start(requests, client=client, canary=0.05)  # the canary is sent here
         run._card = widgets.RunCard(
             on_cancel=run.cancel, on_retry=lambda: None, on_report=lambda: None
         )
