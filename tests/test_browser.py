@@ -166,6 +166,9 @@ def _lab(tmp_path: Path, extra_env: dict[str, str] | None = None) -> Iterator[di
 
 
 # Every code cell has run: its prompt shows a number, none is queued ("*") or never run (" ").
+# a cell has started when its prompt shows [*] or an execution count
+_ANY_STARTED = """() => [...document.querySelectorAll('.jp-NotebookPanel .jp-CodeCell .jp-InputPrompt')]
+  .some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))"""
 _ALL_RAN = """() => {
   const prompts = [...document.querySelectorAll('.jp-NotebookPanel .jp-CodeCell .jp-InputPrompt')];
   return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
@@ -188,8 +191,20 @@ def test_quickstart_runs_in_jupyterlab_with_widget_and_charts(jupyterlab: dict[s
             page.locator(".jp-NotebookPanel .jp-Toolbar-kernelName", has_text="Python 3").wait_for(
                 timeout=60_000
             )
-            page.get_by_role("menuitem", name="Run", exact=True).click()
-            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            # The toolbar names the kernel before its session is connected; a Run All sent then is
+            # dropped (seen on a loaded machine: every prompt still empty, kernel idle). Wait for
+            # the idle indicator, and send Run All again if no cell has started after a while.
+            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(
+                timeout=60_000
+            )
+            for _attempt in range(3):
+                page.get_by_role("menuitem", name="Run", exact=True).click()
+                page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+                started = time.monotonic() + 20
+                while time.monotonic() < started and not page.evaluate(_ANY_STARTED):
+                    page.wait_for_timeout(250)
+                if page.evaluate(_ANY_STARTED):
+                    break
             deadline = time.monotonic() + RUN_TIMEOUT_S
             while not page.evaluate(_ALL_RAN):
                 if page.evaluate(_FAILED) or time.monotonic() > deadline:
