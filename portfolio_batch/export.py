@@ -71,9 +71,10 @@ def csv_frame(results: pd.DataFrame) -> pd.DataFrame:
     """``results`` as ``to_csv`` writes it: no ``content`` column, lists as "a; b", floats
     rounded (costs to 8 decimals, the rest to 6).
 
-    >>> csv_frame(pd.DataFrame({"drivers": [["beta", "size"]], "weight": [0.1 + 0.2]}))
-              drivers  weight
-    0  beta; size     0.3
+    >>> frame = csv_frame(pd.DataFrame({"drivers": [["beta", "size"]], "weight": [0.1 + 0.2]}))
+    >>> print(frame.to_csv(index=False), end="")
+    drivers,weight
+    beta; size,0.3
     """
     frame = results.drop(columns=[c for c in DROPPED_COLUMNS if c in results.columns])
     frame = frame.copy()
