@@ -128,9 +128,9 @@ def fx(
     return Money(code, rate, _date(fx_date))
 
 
-def _date(value: str | dt.date | None) -> str:
-    if value is None:
-        return dt.date.today().isoformat()
+def iso_day(value: Any, *, name: str, meaning: str) -> str:
+    """``value`` (a date, datetime or ISO string) as ``YYYY-MM-DD``; anything else is an
+    ``InputError`` naming the argument ``name`` and what its day means."""
     if isinstance(value, dt.datetime):
         return value.date().isoformat()
     if isinstance(value, dt.date):
@@ -138,9 +138,13 @@ def _date(value: str | dt.date | None) -> str:
     try:
         return dt.date.fromisoformat(str(value).strip()).isoformat()
     except ValueError:
-        raise InputError(
-            f"fx_date={value!r} is not a date; pass the day of the rate as YYYY-MM-DD"
-        ) from None
+        raise InputError(f"{name}={value!r} is not a date; pass {meaning} as YYYY-MM-DD") from None
+
+
+def _date(value: str | dt.date | None) -> str:
+    if value is None:
+        return dt.date.today().isoformat()
+    return iso_day(value, name="fx_date", meaning="the day of the rate")
 
 
 def money_from_attrs(attrs: Mapping[Any, Any]) -> Money:

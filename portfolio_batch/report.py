@@ -720,16 +720,9 @@ def _as_of(value: Any, run_at: float) -> str:
     if value is None:
         day = dt.datetime.fromtimestamp(run_at, dt.UTC).date().isoformat()
         return f"{day} (date of the run)"
-    if isinstance(value, dt.datetime):
-        return value.date().isoformat()
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    try:
-        return dt.date.fromisoformat(str(value).strip()).isoformat()
-    except ValueError:
-        raise InputError(
-            f"as_of={value!r} is not a date; pass the holdings date as YYYY-MM-DD"
-        ) from None
+    from portfolio_batch.currency import iso_day
+
+    return iso_day(value, name="as_of", meaning="the holdings date")
 
 
 def _check_frames(results: Any, costs: Any, jobs: Any, requests: Any) -> None:
