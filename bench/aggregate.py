@@ -69,7 +69,7 @@ def _peak() -> int:
 def _requests(ids_path: Path) -> Any:
     import pandas as pd
 
-    from portfolio_batch.requests import RISK_SCHEMA
+    from portfolio_batch._requests import RISK_SCHEMA
 
     ids = ids_path.read_text().split()
     body = {
@@ -91,7 +91,7 @@ def _requests(ids_path: Path) -> Any:
 
 
 def _ours(paths: dict[str, Path], req: Any) -> Any:
-    from portfolio_batch.aggregate import aggregate_df
+    from portfolio_batch._aggregate import aggregate_df
 
     return aggregate_df(None, req, output_files=[paths["output"]], error_files=[paths["errors"]])
 
@@ -137,7 +137,7 @@ def child(kind: str, lines: int, data: Path, repeat: int) -> dict[str, Any]:
     import orjson  # noqa: F401  (imports are not what is measured)
     import pandas  # noqa: F401
 
-    import portfolio_batch.aggregate  # noqa: F401
+    import portfolio_batch._aggregate  # noqa: F401
 
     fn = {"ours": _ours, "pandas": _pandas, "raw": _raw}[kind]
     before = _rss()

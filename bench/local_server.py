@@ -24,7 +24,7 @@ import openai
 import orjson
 import psutil
 
-from portfolio_batch.requests import RISK_SCHEMA
+from portfolio_batch._requests import RISK_SCHEMA
 
 SYSTEM = (
     "You are a portfolio risk analyst. For the position below, return a JSON object with "

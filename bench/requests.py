@@ -91,7 +91,7 @@ def _reset_peak() -> bool:
 
 
 def _naive(df: pd.DataFrame, out: Path) -> None:
-    from portfolio_batch.requests import DEFAULT_SYSTEM_PROMPT, DEFAULT_USER_PROMPT, RISK_SCHEMA
+    from portfolio_batch._requests import DEFAULT_SYSTEM_PROMPT, DEFAULT_USER_PROMPT, RISK_SCHEMA
 
     rf = {
         "type": "json_schema",
@@ -139,7 +139,7 @@ def _prebuilt(data: bytes, lines: int, n: int, out: Path) -> None:
 
 def child(stage: str, n: int, out: Path) -> dict[str, Any]:
     import portfolio_batch as pb
-    from portfolio_batch.tokens import encoding_for_model
+    from portfolio_batch._tokens import encoding_for_model
 
     df = portfolio(n)
     requests = pb.build_requests(df) if stage in ("write", "estimate") else None

@@ -8,17 +8,35 @@
     >>> jobs = pb.poll(pb.submit(manifest, budget_usd=1.0))         # doctest: +SKIP
     >>> results = pb.aggregate_df(jobs, requests)                   # doctest: +SKIP
 
-The public names are imported lazily (PEP 562) so ``import portfolio_batch`` stays fast for the CLI
-and the local server, which need only a few of them.
+The implementation lives in private modules, one per stage (``_requests``, ``_jsonl``, ``_cost``,
+``_submit``, ``_poll``, ``_aggregate``; docs/design.md draws them); this namespace is the API.
+``charts``, ``review`` (the same figures as tables), ``errors``, ``local`` and ``testing`` are
+public modules, reachable as ``pb.charts`` or ``pb.local``; they load on first use, since some
+need extras (matplotlib; FastAPI and uvicorn).
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
-from typing import TYPE_CHECKING, Any
+from types import ModuleType
 
+from portfolio_batch._aggregate import aggregate_df
+from portfolio_batch._backend import client
+from portfolio_batch._compare import compare
+from portfolio_batch._cost import check_budget, compare_models, estimate_cost
+from portfolio_batch._dashboard import dashboard
+from portfolio_batch._jsonl import iter_jsonl, to_jsonl
+from portfolio_batch._poll import poll
+from portfolio_batch._portfolio import load_portfolio
+from portfolio_batch._quality import check_answers
+from portfolio_batch._registry import jobs
+from portfolio_batch._report import report
+from portfolio_batch._requests import MODEL_FAMILIES, RISK_SCHEMA, build_requests
+from portfolio_batch._retry import merge_results, retry_failed
+from portfolio_batch._run import CanaryHeldError, Run, attach, runs, start
+from portfolio_batch._submit import cancel, resume, submit
+from portfolio_batch._summary import summarize
+from portfolio_batch._sync import run_sync
 from portfolio_batch._version import __version__
 from portfolio_batch.errors import (
     BatchFailedError,
@@ -36,38 +54,6 @@ from portfolio_batch.errors import (
     SimulatedBackendWarning,
     SubmitError,
 )
-
-# public name -> module that defines it
-_LAZY = {
-    "load_portfolio": "portfolio_batch.portfolio",
-    "build_requests": "portfolio_batch.requests",
-    "RISK_SCHEMA": "portfolio_batch.requests",
-    "MODEL_FAMILIES": "portfolio_batch.requests",
-    "to_jsonl": "portfolio_batch.jsonl",
-    "estimate_cost": "portfolio_batch.cost",
-    "compare_models": "portfolio_batch.cost",
-    "check_budget": "portfolio_batch.cost",
-    "client": "portfolio_batch.backend",
-    "submit": "portfolio_batch.submit",
-    "resume": "portfolio_batch.submit",
-    "cancel": "portfolio_batch.submit",
-    "poll": "portfolio_batch.poll",
-    "jobs": "portfolio_batch.registry",
-    "aggregate_df": "portfolio_batch.aggregate",
-    "summarize": "portfolio_batch.summary",
-    "check_answers": "portfolio_batch.quality",
-    "retry_failed": "portfolio_batch.retry",
-    "merge_results": "portfolio_batch.retry",
-    "run_sync": "portfolio_batch.sync",
-    "start": "portfolio_batch.run",
-    "attach": "portfolio_batch.run",
-    "runs": "portfolio_batch.run",
-    "Run": "portfolio_batch.run",
-    "CanaryHeldError": "portfolio_batch.run",
-    "dashboard": "portfolio_batch.dashboard",
-    "report": "portfolio_batch.report",
-    "compare": "portfolio_batch.compare",
-}
 
 __all__ = [
     "MODEL_FAMILIES",
@@ -100,6 +86,7 @@ __all__ = [
     "compare_models",
     "dashboard",
     "estimate_cost",
+    "iter_jsonl",
     "jobs",
     "load_portfolio",
     "merge_results",
@@ -115,52 +102,16 @@ __all__ = [
     "to_jsonl",
 ]
 
-if TYPE_CHECKING:
-    from portfolio_batch.aggregate import aggregate_df
-    from portfolio_batch.backend import client
-    from portfolio_batch.compare import compare
-    from portfolio_batch.cost import check_budget, compare_models, estimate_cost
-    from portfolio_batch.dashboard import dashboard
-    from portfolio_batch.jsonl import to_jsonl
-    from portfolio_batch.poll import poll
-    from portfolio_batch.portfolio import load_portfolio
-    from portfolio_batch.quality import check_answers
-    from portfolio_batch.registry import jobs
-    from portfolio_batch.report import report
-    from portfolio_batch.requests import MODEL_FAMILIES, RISK_SCHEMA, build_requests
-    from portfolio_batch.retry import merge_results, retry_failed
-    from portfolio_batch.run import CanaryHeldError, Run, attach, runs, start
-    from portfolio_batch.submit import cancel, resume, submit
-    from portfolio_batch.summary import summarize
-    from portfolio_batch.sync import run_sync
+# Public subpackages. Not in __all__: a star import would load matplotlib and FastAPI.
+_SUBPACKAGES = frozenset({"charts", "errors", "local", "review", "testing"})
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'portfolio_batch' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+def __getattr__(name: str) -> ModuleType:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
-
-
-class _Package(types.ModuleType):
-    """Keeps ``pb.submit``, ``pb.poll`` and ``pb.report`` the functions: the import system binds a
-    submodule to its package's attribute of the same name (``portfolio_batch.submit`` the module)
-    once it is imported from anywhere, which would hide the function of that name."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if (
-            isinstance(value, types.ModuleType)
-            and _LAZY.get(name) == value.__name__
-            and hasattr(value, name)
-        ):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+    # The API and nothing else: not the private modules, not what this file imports.
+    return sorted(__all__)

@@ -37,6 +37,7 @@ __all__ = [
     "PortfolioBatchError",
     "PricingError",
     "RegistryError",
+    "ResultFileGoneError",
     "SimulatedBackendWarning",
     "SubmitError",
 ]

@@ -117,8 +117,8 @@ def _sorted_levels(levels: Iterable[str]) -> list[str]:
 def level_bands(results: pd.DataFrame) -> list[tuple[str, float, float]]:
     """(level, from, to) of each risk level: read from the run's system prompt ("low below 34,
     medium 34-66, high above 66"), else the default prompt's bands."""
-    from portfolio_batch.quality import _bands
-    from portfolio_batch.requests import DEFAULT_SYSTEM_PROMPT
+    from portfolio_batch._quality import _bands
+    from portfolio_batch._requests import DEFAULT_SYSTEM_PROMPT
 
     texts = [str(results.attrs.get("system_prompt") or DEFAULT_SYSTEM_PROMPT)]
     bands = _bands(["low", "medium", "high"], texts, 0.0, 100.0) or _bands(
@@ -396,7 +396,7 @@ def coverage(results: pd.DataFrame, flags: pd.DataFrame | None = None) -> pd.Dat
         >>> coverage(results)[["outcome", "positions"]].values.tolist()   # doctest: +SKIP
         [['reviewed', 37], ['not trusted', 0], ['failed', 1], ['missing', 1]]
     """
-    from portfolio_batch.quality import check_answers
+    from portfolio_batch._quality import check_answers
 
     _need(results, ["status"], "coverage")
     if flags is None:
@@ -484,7 +484,7 @@ def positions(
         frame["risk_score"] = _float(results["risk_score"]).where(ok)
         frame["contribution"] = (gross(results) * frame["risk_score"]).where(ok)
     if previous is not None and key is not None:
-        from portfolio_batch.compare import compare
+        from portfolio_batch._compare import compare
 
         changes = compare(previous, results, threshold=threshold, key=key)
         prev = previous.set_index(previous[key].astype(str))

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 
 import portfolio_batch as pb
-from portfolio_batch.cost import cost_usd
-from portfolio_batch.download import download_file
+from portfolio_batch._cost import cost_usd
+from portfolio_batch._download import download_file
+from portfolio_batch._requests import RISK_SCHEMA
+from portfolio_batch._validate import validator_for
 from portfolio_batch.errors import DownloadError, InputError
-from portfolio_batch.requests import RISK_SCHEMA
-from portfolio_batch.validate import validator_for
 from tests import readme
 
 ANSWER = {
@@ -294,7 +294,7 @@ def test_malformed_lines_are_counted_logged_and_never_stop_the_rest(
 def test_lines_spanning_chunks_and_many_lines(
     tmp_path: Path, requests: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import portfolio_batch.aggregate as agg
+    import portfolio_batch._aggregate as agg
 
     monkeypatch.setattr(agg, "_CHUNK", 700)  # smaller than one line: every read ends mid-line
     ids = requests.index.tolist()
@@ -563,7 +563,7 @@ def test_readme_results_examples_run_and_print_what_they_say(
 ) -> None:
     import shutil
 
-    from portfolio_batch.backend import reset_client
+    from portfolio_batch._backend import reset_client
 
     mine = readme.section("pipeline").split("<!-- aggregate docs below -->")[1]
     blocks = readme.python_blocks(mine)
@@ -613,7 +613,7 @@ def test_requests_with_different_schemas_get_the_union_of_fields(
 
 def test_results_columns_are_the_ones_build_requests_reserves(testdata: Path) -> None:
     # build_requests refuses input columns named like these; the list must stay the real one.
-    from portfolio_batch.requests import RESULT_COLUMNS
+    from portfolio_batch._requests import RESULT_COLUMNS
 
     requests = pb.build_requests(pb.load_portfolio(testdata / "portfolio.csv"))
     results = pb.aggregate_df(

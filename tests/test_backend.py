@@ -10,8 +10,8 @@ import pytest
 
 import portfolio_batch as pb
 from portfolio_batch import InputError
-from portfolio_batch.backend import backend_name, poll_interval_bounds, reset_client
-from portfolio_batch.home import home
+from portfolio_batch._backend import backend_name, poll_interval_bounds, reset_client
+from portfolio_batch._home import home
 
 
 @pytest.fixture(autouse=True)

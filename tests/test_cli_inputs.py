@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from portfolio_batch import InputError
-from portfolio_batch.home import home, writable_dir
+from portfolio_batch._home import home, writable_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 PORTFOLIO = ROOT / "testdata" / "portfolio.csv"
@@ -215,7 +215,7 @@ def test_out_not_writable_is_one_line(read_only_dir: Path) -> None:
 
 def test_writable_dir_as_nobody_raises_input_error(read_only_dir: Path) -> None:
     script = (
-        "from portfolio_batch.home import writable_dir\n"
+        "from portfolio_batch._home import writable_dir\n"
         "from portfolio_batch.errors import InputError\n"
         "try:\n"
         f"    writable_dir({str(read_only_dir)!r}, what='out_dir')\n"

@@ -167,9 +167,9 @@ def test_a_failed_batch_tells_the_cli_command_to_retry(monkeypatch, capsys) -> N
     """The Python advice (submit() the manifest again) is the CLI command in a terminal."""
     import contextlib
 
+    from portfolio_batch._poll import RETRY_ADVICE
     from portfolio_batch.cli import _pipeline
     from portfolio_batch.errors import BatchFailedError
-    from portfolio_batch.poll import RETRY_ADVICE
 
     jobs = pd.DataFrame({"run_id": ["run-1"], "status": ["failed"]})
 

@@ -11,7 +11,7 @@ import pytest
 from test_charts import make_frames
 
 import portfolio_batch as pb
-from portfolio_batch.compare import CHANGES
+from portfolio_batch._compare import CHANGES
 from portfolio_batch.errors import InputError
 
 

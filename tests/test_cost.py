@@ -19,8 +19,8 @@ from portfolio_batch import (
     estimate_cost,
     load_portfolio,
 )
-from portfolio_batch.cost import COST_COLUMNS, cost_usd, price_for
-from portfolio_batch.tokens import count_chat_tokens, response_format_tokens
+from portfolio_batch._cost import COST_COLUMNS, cost_usd, price_for
+from portfolio_batch._tokens import count_chat_tokens, response_format_tokens
 
 
 @pytest.fixture

@@ -29,8 +29,8 @@ import pandas as pd
 import pytest
 
 import portfolio_batch as pb
-from portfolio_batch import create
-from portfolio_batch.registry import open_registry
+from portfolio_batch import _create as create
+from portfolio_batch._registry import open_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 

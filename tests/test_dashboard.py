@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import portfolio_batch as pb
-from portfolio_batch.dashboard import ALL, NO_SCORE, Dashboard
+from portfolio_batch._dashboard import ALL, NO_SCORE, Dashboard
 from portfolio_batch.errors import InputError
 
 

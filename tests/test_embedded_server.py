@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 import portfolio_batch as pb
-from portfolio_batch.backend import embedded_server, reset_client
-from portfolio_batch.home import home
+from portfolio_batch._backend import embedded_server, reset_client
+from portfolio_batch._home import home
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,7 +26,7 @@ _RUN = """
 import json, os, sys, time
 from pathlib import Path
 import portfolio_batch as pb
-from portfolio_batch.backend import reset_client
+from portfolio_batch._backend import reset_client
 me, other, root, csv = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
 for round_ in range(int(sys.argv[5])):
     os.environ["PORTFOLIO_BATCH_HOME"] = str(root / f"home{round_}")
@@ -111,7 +111,7 @@ def test_a_dead_servers_record_is_replaced_and_a_live_one_is_shared() -> None:
     # another process on the same home uses this server (and its key) rather than its own
     probe = (
         "import json, sys, portfolio_batch as pb\n"
-        "from portfolio_batch.backend import embedded_server\n"
+        "from portfolio_batch._backend import embedded_server\n"
         "s = embedded_server('rules')\n"
         "print(json.dumps([s.base_url, pb.client().files.retrieve(sys.argv[1]).id]))"
     )
@@ -129,7 +129,7 @@ def test_a_dead_servers_record_is_replaced_and_a_live_one_is_shared() -> None:
 def test_a_client_follows_the_home_server_when_its_owner_process_exits() -> None:
     owner_code = (
         "import sys\n"
-        "from portfolio_batch.backend import embedded_server\n"
+        "from portfolio_batch._backend import embedded_server\n"
         "print(embedded_server('rules').base_url, flush=True)\n"
         "sys.stdin.read()\n"
     )

@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 from test_charts import make_frames
 
-from portfolio_batch import export, review
+from portfolio_batch import _export as export
+from portfolio_batch import review
+from portfolio_batch._report import report
 from portfolio_batch.errors import ExportError, MissingDependencyError
-from portfolio_batch.report import report
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from portfolio_batch import InputError, build_requests, estimate_cost, load_portfolio, to_jsonl
-from portfolio_batch.jsonl import MANIFEST_COLUMNS, iter_jsonl
+from portfolio_batch._jsonl import MANIFEST_COLUMNS, iter_jsonl
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from test_local_support import (
     wire,
 )
 
-from portfolio_batch.tokens import count_body_tokens, count_text_tokens
+from portfolio_batch._tokens import count_body_tokens, count_text_tokens
 
 STAGES = ["validating", "in_progress", "finalizing", "completed"]
 

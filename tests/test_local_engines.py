@@ -11,16 +11,16 @@ import orjson
 import pytest
 from test_local_support import RISK_SCHEMA, risk_body
 
-from portfolio_batch.errors import InputError
-from portfolio_batch.local.engines import load_engine
-from portfolio_batch.local.engines.rules import position_from_messages, risk_answer
-from portfolio_batch.local.engines.schema_fill import conform
-from portfolio_batch.tokens import (
+from portfolio_batch._tokens import (
     count_body_tokens,
     count_chat_tokens,
     count_text_tokens,
     response_format_tokens,
 )
+from portfolio_batch.errors import InputError
+from portfolio_batch.local.engines import load_engine
+from portfolio_batch.local.engines.rules import position_from_messages, risk_answer
+from portfolio_batch.local.engines.schema_fill import conform
 
 BASE = {"ticker": "X", "sector": "Industrials", "weight": 0.05, "beta": 1.0, "volatility": 0.25}
 

@@ -21,7 +21,7 @@ import pytest
 from test_local_support import create_batch, default_sigint, risk_line, upload, wait
 
 import portfolio_batch as pb
-from portfolio_batch.backend import reset_client
+from portfolio_batch._backend import reset_client
 from portfolio_batch.local import serve
 
 
@@ -204,7 +204,7 @@ def test_downloaded_results_are_0600_in_a_home_that_is_not(
 ) -> None:
     # A PORTFOLIO_BATCH_HOME that already existed keeps its mode (say 0755): the results cached
     # in it must still be readable by their owner only.
-    from portfolio_batch.download import download_file
+    from portfolio_batch._download import download_file
 
     home = tmp_path / "shared-home"
     home.mkdir(mode=0o755)

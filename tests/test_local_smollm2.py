@@ -14,8 +14,8 @@ import orjson
 import pytest
 from test_local_support import create_batch, read_lines, risk_body, risk_line, wait
 
+from portfolio_batch._tokens import count_body_tokens, count_text_tokens
 from portfolio_batch.local import serve
-from portfolio_batch.tokens import count_body_tokens, count_text_tokens
 
 pytestmark = [
     pytest.mark.slow,

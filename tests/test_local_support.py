@@ -16,7 +16,7 @@ import orjson
 import pytest
 import yaml
 
-from portfolio_batch.requests import RISK_SCHEMA
+from portfolio_batch._requests import RISK_SCHEMA
 
 # A vendored copy of the API contract's OpenAPI subset: the tests need nothing beside the repo.
 SPEC_PATH = Path(__file__).resolve().parent / "data" / "openapi" / "batch-subset.yaml"

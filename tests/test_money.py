@@ -26,14 +26,15 @@ import pandas as pd
 import pytest
 
 import portfolio_batch as pb
-from portfolio_batch import create, tokens
+from portfolio_batch import _create as create
+from portfolio_batch import _tokens as tokens
+from portfolio_batch._registry import open_registry
+from portfolio_batch._submit import idempotency_key
 from portfolio_batch.errors import BudgetExceededError, InputError
 from portfolio_batch.local import serve
-from portfolio_batch.registry import open_registry
-from portfolio_batch.submit import idempotency_key
 
 # the module (pb.poll is the function)
-poll = importlib.import_module("portfolio_batch.poll")
+poll = importlib.import_module("portfolio_batch._poll")
 
 BATCH_IN, BATCH_OUT, SYNC_IN, SYNC_OUT = 0.075, 0.30, 0.15, 0.60
 # cached input distinct from input, for the figures that need it (batch: half of each)

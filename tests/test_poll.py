@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 import portfolio_batch as pb
+from portfolio_batch._poll import progress_state
+from portfolio_batch._registry import TERMINAL, open_registry
 from portfolio_batch.errors import BatchFailedError, PollTimeoutError
-from portfolio_batch.poll import progress_state
-from portfolio_batch.registry import TERMINAL, open_registry
 
 
 @pytest.fixture

@@ -19,9 +19,9 @@ import pandas as pd
 import pytest
 
 import portfolio_batch as pb
-from portfolio_batch import backend
-from portfolio_batch.cost import cost_usd
-from portfolio_batch.widgets import ProgressPanel, backend_banner
+from portfolio_batch import _backend as backend
+from portfolio_batch._cost import cost_usd
+from portfolio_batch._widgets import ProgressPanel, backend_banner
 from tests.test_cli import PORTFOLIO, cli_env, run_cli
 
 NOTICE = (

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 import portfolio_batch as pb
+from portfolio_batch._quality import FLAG_COLUMNS, headline
+from portfolio_batch._requests import DEFAULT_SYSTEM_PROMPT
 from portfolio_batch.cli._render import flags_text
-from portfolio_batch.quality import FLAG_COLUMNS, headline
-from portfolio_batch.requests import DEFAULT_SYSTEM_PROMPT
 
 
 @pytest.fixture

@@ -14,9 +14,10 @@ import pytest
 from rich.console import Console
 
 import portfolio_batch as pb
+from portfolio_batch._cost import price_for
+from portfolio_batch._tokens import count_body_tokens
 from portfolio_batch.cli._render import compare_table, estimate_table
 from portfolio_batch.errors import InputError
-from portfolio_batch.tokens import count_body_tokens
 
 # Batch prices by hand: half of these (the Batch API's discount), USD per million tokens.
 PRICES = {
@@ -216,11 +217,11 @@ def test_cache_write_tokens_are_priced_at_their_own_rate(
     by_hand = ((18014 - 18011) * 0.5 + 18011 * 0.625 + 100 * 2.0) / 1e6
     assert res["cost_usd"].iloc[0] == pytest.approx(by_hand, rel=1e-12)
     # genai-prices has the write rate for GPT-5.6: 1.25x the input rate, batch and sync
-    price = pb.cost.price_for("gpt-5.6-luna")
+    price = price_for("gpt-5.6-luna")
     assert price.cache_write_input == pytest.approx(1.25 * price.input)
     assert price.batch_cache_write_input == pytest.approx(1.25 * price.batch_input)
     # and none (the input rate, no extra fee) for an older model
-    old = pb.cost.price_for("gpt-4o-mini")
+    old = price_for("gpt-4o-mini")
     assert old.cache_write_input == old.input
 
 

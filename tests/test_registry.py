@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 
 import portfolio_batch as pb
-from portfolio_batch.errors import RegistryError
-from portfolio_batch.registry import (
+from portfolio_batch._registry import (
     JOBS_COLUMNS,
     MIGRATIONS,
     open_registry,
     registry_path,
 )
+from portfolio_batch.errors import RegistryError
 
 
 def _shard(run_id: str, shard: int, **extra: object) -> dict[str, object]:

@@ -27,7 +27,7 @@ import pandas as pd
 import pytest
 
 import portfolio_batch as pb
-from portfolio_batch.registry import registry_path
+from portfolio_batch._registry import registry_path
 
 
 @pytest.fixture

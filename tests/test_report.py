@@ -17,8 +17,8 @@ from test_charts import BAD, make_frames, texts
 
 import portfolio_batch as pb
 from portfolio_batch import charts, review
+from portfolio_batch._report import SECTIONS, report
 from portfolio_batch.errors import InputError
-from portfolio_batch.report import SECTIONS, report
 from tests import readme
 
 SIMULATED = "Simulated: answers from the offline local rules engine, not an LLM."

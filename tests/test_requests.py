@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from portfolio_batch import RISK_SCHEMA, InputError, build_requests, load_portfolio
-from portfolio_batch.requests import DEFAULT_SYSTEM_PROMPT, custom_id_for
+from portfolio_batch._requests import DEFAULT_SYSTEM_PROMPT, custom_id_for
 from tests import readme
 
 

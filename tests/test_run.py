@@ -19,9 +19,9 @@ import pandas as pd
 import pytest
 
 import portfolio_batch as pb
-from portfolio_batch import widgets
+from portfolio_batch import _widgets as widgets
+from portfolio_batch._run import CanaryHeldError, Run
 from portfolio_batch.errors import BudgetExceededError, InputError
-from portfolio_batch.run import CanaryHeldError, Run
 
 ROOT = Path(__file__).resolve().parent.parent
 

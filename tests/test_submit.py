@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 import portfolio_batch as pb
+from portfolio_batch._download import download_file
+from portfolio_batch._home import home
+from portfolio_batch._registry import JOBS_COLUMNS, open_registry, registry_path
 from portfolio_batch.errors import BudgetExceededError, InputError, RegistryError, SubmitError
-from portfolio_batch.home import home
-from portfolio_batch.registry import JOBS_COLUMNS, open_registry, registry_path
 from tests import readme
 
 
@@ -205,7 +206,7 @@ def test_readme_sending_example_runs_and_prints_what_it_says(
 ) -> None:
     import shutil
 
-    from portfolio_batch.backend import reset_client
+    from portfolio_batch._backend import reset_client
 
     blocks = readme.python_blocks(
         readme.section("pipeline").split("<!-- aggregate docs below -->")[0]
@@ -235,7 +236,7 @@ def test_after_a_failed_batch_creation_submit_again_creates_it(local_server, man
 def test_a_batch_made_but_never_recorded_is_found_not_made_again(local_server, manifest) -> None:
     # A process killed between the create POST and the record: the next creation of the shard
     # looks on the server first and records the batch it finds.
-    from portfolio_batch.create import submit_ready
+    from portfolio_batch._create import submit_ready
 
     client = local_server.client(max_retries=0)
     local_server.configure(fault_rate_500=1.0, fault_endpoints=frozenset({"batches.create"}))
@@ -379,7 +380,7 @@ def test_only_a_lost_output_file_makes_submit_send_the_shard_again(
     # The error file holds failures, which retry_failed resends: losing it alone must not pay
     # again for the five answers already had.
     requests, manifest, done = _half_failing(local_server, openai_client, testdata, tmp_path)
-    pb.download.download_file(done["output_file_id"].iloc[0], client=openai_client)
+    download_file(done["output_file_id"].iloc[0], client=openai_client)
     openai_client.files.delete(done["error_file_id"].iloc[0])
     again = pb.submit(manifest, client=openai_client)
     assert again["batch_id"].tolist() == done["batch_id"].tolist()

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import portfolio_batch as pb
-from portfolio_batch.cost import cost_usd
+from portfolio_batch._cost import cost_usd
 from portfolio_batch.errors import InputError
 
 

@@ -8,7 +8,7 @@ import sys
 import orjson
 import pytest
 
-from portfolio_batch.tokens import (
+from portfolio_batch._tokens import (
     RESPONSE_FORMAT_FRAME_TOKENS,
     count_body_tokens,
     count_chat_tokens,
@@ -80,7 +80,7 @@ def test_works_with_the_network_blocked() -> None:
         "socket.socket.connect = refuse\nsocket.create_connection = refuse\n"
         "socket.getaddrinfo = refuse\n"
         "import os, tempfile; os.environ['TIKTOKEN_CACHE_DIR'] = tempfile.mkdtemp()\n"
-        "from portfolio_batch.tokens import count_text_tokens\n"
+        "from portfolio_batch._tokens import count_text_tokens\n"
         "print(count_text_tokens('hello world', model='gpt-4o'), count_text_tokens('hello world', model='gpt-4'))\n"
     )
     result = subprocess.run(

@@ -10,7 +10,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from portfolio_batch import widgets
+from portfolio_batch import _widgets as widgets
 from portfolio_batch.errors import InputError, MissingDependencyError
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -170,7 +170,7 @@ def test_panel_in_a_real_kernel_saves_widget_state_and_the_final_fallback(tmp_pa
 
     setup = (
         "import pandas as pd\n"
-        "from portfolio_batch.widgets import ProgressPanel, in_notebook\n"
+        "from portfolio_batch._widgets import ProgressPanel, in_notebook\n"
         "assert in_notebook()\n"
         "def frame(status, done):\n"
         "    return pd.DataFrame({'run_id': ['r'], 'shard': [0], 'batch_id': ['batch_x'],\n"

@@ -53,7 +53,7 @@ AsOf = Annotated[
 def money_options(currency: str, fx_rate: float | None, fx_date: str | None) -> dict[str, Any]:
     """The three options checked together (a currency without a rate is one clear error, exit
     2, before anything runs) and returned as ``estimate_cost``/``report`` keywords."""
-    from portfolio_batch.currency import fx
+    from portfolio_batch._currency import fx
     from portfolio_batch.errors import InputError
 
     code = (currency or "USD").strip().upper()

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 
+from portfolio_batch._export import csv_notice
+from portfolio_batch._home import writable_dir
 from portfolio_batch.cli._console import EXIT_OK, EXIT_PARTIAL, err, out
 from portfolio_batch.cli._render import (
     changes_table,
@@ -21,8 +23,6 @@ from portfolio_batch.cli._render import (
     positions_table,
     summary_table,
 )
-from portfolio_batch.export import csv_notice
-from portfolio_batch.home import writable_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,7 +34,7 @@ def write_results(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     """``results.csv`` (for Excel: no raw JSON, lists as "a; b", rounded; ``csv_notice`` first
     for a simulated run) and ``results.parquet`` (every column as it is; its attrs say where the
     answers came from)."""
-    from portfolio_batch.export import to_csv
+    from portfolio_batch._export import to_csv
 
     frame = results.copy()
     # attrs travel into parquet metadata as JSON: only where the answers came from, the other
@@ -79,9 +79,9 @@ def finish(
     ``run.json`` (name, as-of date, input hash, currency)."""
     import portfolio_batch as pb
     from portfolio_batch import review as rv
+    from portfolio_batch._export import to_excel
+    from portfolio_batch._report import gather
     from portfolio_batch.errors import MissingDependencyError
-    from portfolio_batch.export import to_excel
-    from portfolio_batch.report import gather
 
     info = info or {}
     if info.get("portfolio_sha256"):

@@ -34,7 +34,7 @@ def has_api_key() -> bool:
     """A real backend is configured: requests leave this machine (and cost money). The same
     decision as ``pb.client()``'s, so the CLI never says "the API" while answers come from the
     local server (a half-configured Azure raises ``InputError`` naming the missing variable)."""
-    from portfolio_batch.backend import configured_backend
+    from portfolio_batch._backend import configured_backend
 
     return configured_backend() is not None
 
@@ -71,7 +71,7 @@ def make_client(engine: str | None, *, default_engine: str | None = None) -> Any
                 style="yellow",
             )
         )
-    from portfolio_batch.backend import simulated_notice
+    from portfolio_batch._backend import simulated_notice
 
     engine = engine or default_engine
     name = engine or os.environ.get("PORTFOLIO_BATCH_ENGINE") or "rules"
@@ -84,7 +84,7 @@ def make_client(engine: str | None, *, default_engine: str | None = None) -> Any
 
 def client_for_run(jobs: pd.DataFrame, engine: str | None) -> Any:
     """A client for resuming ``jobs``; refuses one that talks to another backend than the run's."""
-    from portfolio_batch.backend import backend_name
+    from portfolio_batch._backend import backend_name
 
     client = make_client(engine, default_engine=engine_of(jobs))
     used = sorted(set(jobs["backend"].dropna().astype(str)))
@@ -119,7 +119,7 @@ def poll_run(jobs: pd.DataFrame, *, client: Any, out_dir: Path | None) -> pd.Dat
             raise
         # A failed batch is reported with its errors.data; the other batches' results are kept.
         # The Python advice (submit() again) means, in a terminal, running the command again.
-        from portfolio_batch.poll import RETRY_ADVICE
+        from portfolio_batch._poll import RETRY_ADVICE
 
         message = str(exc).replace(
             RETRY_ADVICE,

@@ -13,7 +13,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from portfolio_batch.currency import money_from_attrs
+from portfolio_batch._currency import money_from_attrs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -229,7 +229,7 @@ def summary_table(results: pd.DataFrame, costs: pd.DataFrame | None, summary: An
 def flags_text(flags: pd.DataFrame | None) -> Text:
     """``check_answers``' flags, a line each, after "The answers look degenerate: ..." when one
     is severe; a green line when there is none."""
-    from portfolio_batch.quality import headline
+    from portfolio_batch._quality import headline
 
     if flags is None or not len(flags):
         checked = flags.attrs.get("checked", 0) if flags is not None else 0

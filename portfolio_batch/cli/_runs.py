@@ -112,7 +112,7 @@ def shard_dir(out_dir: Path, run_id: str) -> Path:
     >>> shard_dir(Path("demo-out"), "run-20261115-103000-ab12cd")  # doctest: +SKIP
     PosixPath('demo-out/requests/run-20261115-103000-ab12cd')
     """
-    from portfolio_batch.home import writable_dir
+    from portfolio_batch._home import writable_dir
 
     return writable_dir(out_dir / "requests" / run_id, what="--out")
 
@@ -323,7 +323,7 @@ def find_run(ident: str) -> pd.DataFrame:
     """The registry's jobs of the run ``ident``: a run id or one of its batch ids, whole or a
     unique prefix (of the id, or of the short id ``jobs list`` shows)."""
     import portfolio_batch as pb
-    from portfolio_batch.home import home
+    from portfolio_batch._home import home
 
     jobs = pb.jobs()
     if len(jobs):

@@ -127,15 +127,15 @@ def analyze_risk(
         portfolio-batch analyze-risk testdata/portfolio.csv --batch --yes --out demo-out/
     """
     import portfolio_batch as pb
+    from portfolio_batch._history import file_sha256
+    from portfolio_batch._home import writable_dir
+    from portfolio_batch._report import _as_of
+    from portfolio_batch._submit import new_run_id
     from portfolio_batch.cli._options import money_options
     from portfolio_batch.cli._outputs import finish
     from portfolio_batch.cli._pipeline import make_client, poll_run
     from portfolio_batch.cli._render import estimate_table
     from portfolio_batch.cli._runs import load_portfolio_file, shard_dir, write_run_info
-    from portfolio_batch.history import file_sha256
-    from portfolio_batch.home import writable_dir
-    from portfolio_batch.report import _as_of
-    from portfolio_batch.submit import new_run_id
 
     engine_name = engine
     money = money_options(currency, fx_rate, fx_date)  # a bad rate is exit 2 before any work

@@ -58,10 +58,10 @@ def estimate(
         portfolio-batch estimate testdata/portfolio.csv --model gpt-4o-mini,gpt-4.1-mini,gpt-4.1
     """
     import portfolio_batch as pb
+    from portfolio_batch._currency import fx
     from portfolio_batch.cli._options import money_options
     from portfolio_batch.cli._render import compare_table
     from portfolio_batch.cli._runs import load_portfolio_file
-    from portfolio_batch.currency import fx
 
     money = fx(**{"currency": currency, **money_options(currency, fx_rate, fx_date)})
     names = [m.strip() for m in models.split(",") if m.strip()]

@@ -41,8 +41,8 @@ _Engine = Annotated[
 
 
 def _out_dir(jobs_paths: list[str], out_dir: Path | None) -> Path:
+    from portfolio_batch._home import writable_dir
     from portfolio_batch.cli._runs import run_out_dir
-    from portfolio_batch.home import writable_dir
 
     if out_dir is not None:
         return writable_dir(out_dir, what="--out").resolve()

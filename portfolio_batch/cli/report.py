@@ -20,7 +20,7 @@ __all__ = ["report"]
 
 
 def _reviewed_ids() -> list[str]:
-    from portfolio_batch.history import reviewed_runs
+    from portfolio_batch._history import reviewed_runs
 
     return [str(r["run_id"]) for r in reviewed_runs()]
 
@@ -51,7 +51,7 @@ def _load(
     """(results, costs, jobs, requests, run.json info) of a run: its kept snapshot when it has
     one (offline, fast), else aggregated again from its batches' result files."""
     import portfolio_batch as pb
-    from portfolio_batch import history
+    from portfolio_batch import _history as history
     from portfolio_batch.cli._runs import load_run_info
 
     jobs = pb.jobs(run_id)
@@ -135,14 +135,14 @@ def report(
     """
     import portfolio_batch as pb
     from portfolio_batch import review as rv
+    from portfolio_batch._export import to_excel, to_pdf
+    from portfolio_batch._home import writable_dir
+    from portfolio_batch._report import gather
     from portfolio_batch.cli._options import money_options
     from portfolio_batch.cli._outputs import review_options
     from portfolio_batch.cli._render import changes_table
     from portfolio_batch.cli._runs import run_out_dir
     from portfolio_batch.errors import MissingDependencyError
-    from portfolio_batch.export import to_excel, to_pdf
-    from portfolio_batch.home import writable_dir
-    from portfolio_batch.report import gather
 
     money = money_options(currency, fx_rate, fx_date)
     run_id = resolve_run(run)
@@ -182,7 +182,7 @@ def report(
         err.print(Text(f"No results.xlsx: {exc}", style="yellow"))
 
     if results.attrs.get("simulated"):
-        from portfolio_batch.backend import simulated_banner
+        from portfolio_batch._backend import simulated_banner
 
         out.print(Text(simulated_banner(results.attrs.get("engine")), style="bold yellow"))
     out.print(

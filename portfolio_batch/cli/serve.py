@@ -61,7 +61,7 @@ def serve(
         PORTFOLIO_BATCH_SERVER_KEY=sk-team portfolio-batch serve --port 8000 --engine rules
     """
     from portfolio_batch import local
-    from portfolio_batch.home import writable_dir
+    from portfolio_batch._home import writable_dir
     from portfolio_batch.local.server import read_api_key
 
     if data_dir is not None:

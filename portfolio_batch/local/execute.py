@@ -30,16 +30,16 @@ from typing import Any
 
 import orjson
 
+from portfolio_batch._tokens import (
+    encoding_for_model,
+    encoding_name_for_model,
+    response_format_tokens,
+)
 from portfolio_batch.local.config import ServerConfig
 from portfolio_batch.local.engines import Engine
 from portfolio_batch.local.engines.process import EngineError
 from portfolio_batch.local.store import ApiError
 from portfolio_batch.local.validate import check_body
-from portfolio_batch.tokens import (
-    encoding_for_model,
-    encoding_name_for_model,
-    response_format_tokens,
-)
 
 __all__ = ["SUPPORTED_ENDPOINTS", "Executor", "Usage"]
 
@@ -119,7 +119,7 @@ def _format_tokens(response_format: str, model: str) -> int:
 def count_prompt_tokens(
     messages: list[dict[str, Any]], model: str, response_format: Any = None
 ) -> int:
-    """Same count as ``portfolio_batch.tokens.count_chat_tokens``, with a cache per text, plus
+    """Same count as ``portfolio_batch._tokens.count_chat_tokens``, with a cache per text, plus
     the tokens of ``response_format``: the API bills a JSON schema as prompt tokens, and we count
     it as ``tokens.response_format_tokens`` does so estimates and actual usage agree."""
     encoding = encoding_name_for_model(model)

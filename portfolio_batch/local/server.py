@@ -35,8 +35,9 @@ from typing import Any
 
 import uvicorn
 
+from portfolio_batch._home import cache_dir
+from portfolio_batch._tokens import encoding_for_model
 from portfolio_batch.errors import InputError, LocalServerError
-from portfolio_batch.home import cache_dir
 from portfolio_batch.local.app import ServerState, create_app
 from portfolio_batch.local.config import ServerConfig
 from portfolio_batch.local.engines import load_engine
@@ -44,7 +45,6 @@ from portfolio_batch.local.engines.process import EngineError
 from portfolio_batch.local.execute import Executor
 from portfolio_batch.local.store import Store, private_file
 from portfolio_batch.local.worker import BatchWorker
-from portfolio_batch.tokens import encoding_for_model
 
 __all__ = ["KEY_ENV", "LocalServer", "new_api_key", "read_api_key", "run", "serve"]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 
 import portfolio_batch as pb
-from portfolio_batch.tokens import count_text_tokens
+from portfolio_batch._tokens import count_text_tokens
 
 HERE = Path(__file__).resolve().parent
 MODEL_SNAPSHOT = "gpt-4o-mini-2024-07-18"

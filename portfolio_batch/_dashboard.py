@@ -341,7 +341,7 @@ class Dashboard:
             if abs(s["net_weight"] - s["gross_weight"]) > 1e-9:
                 parts.append(f"net {s['net_weight']:.1%}")
         if s["weighted_risk"] is not None:
-            from portfolio_batch.widgets import score_style
+            from portfolio_batch._widgets import score_style
 
             parts.append(
                 f'weight-weighted risk <span style="{score_style(s["weighted_risk"])};'
@@ -359,7 +359,7 @@ class Dashboard:
         return '<div class="pb-dash-summary">' + " · ".join(parts) + "</div>"
 
     def table_html(self, limit: int | None = None) -> str:
-        from portfolio_batch.widgets import results_table_html
+        from portfolio_batch._widgets import results_table_html
 
         sel = self.selection
         rows = sel if limit is None else sel.head(limit)
@@ -420,7 +420,7 @@ class Dashboard:
     def _ipython_display_(self) -> None:
         from IPython.display import display
 
-        from portfolio_batch.widgets import in_notebook
+        from portfolio_batch._widgets import in_notebook
 
         if not in_notebook():
             display({"text/html": self.to_html(), "text/plain": repr(self)}, raw=True)

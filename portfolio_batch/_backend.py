@@ -33,9 +33,9 @@ from typing import Any
 import httpx2  # openai's HTTP library (a fork of httpx): its client takes this transport
 import openai
 
+from portfolio_batch._home import cache_dir, home
+from portfolio_batch._locks import LockBusy, home_lock
 from portfolio_batch.errors import InputError, LocalServerError, SimulatedBackendWarning
-from portfolio_batch.home import cache_dir, home
-from portfolio_batch.locks import LockBusy, home_lock
 
 __all__ = [
     "backend_name",
@@ -241,7 +241,8 @@ def embedded_server(engine: str | None = None) -> Any:
     (named in ``home()/local/<engine>/server.json``) while that process lives, else one started
     here (stopped at exit). Two servers on one data dir would both run its batches.
 
-    >>> pb.backend.embedded_server("rules").base_url          # doctest: +SKIP
+    >>> from portfolio_batch._backend import embedded_server
+    >>> embedded_server("rules").base_url          # doctest: +SKIP
     'http://127.0.0.1:53117/v1'
     """
     engine = engine or os.environ.get("PORTFOLIO_BATCH_ENGINE") or "rules"

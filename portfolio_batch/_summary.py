@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from portfolio_batch.aggregate import need_columns
-from portfolio_batch.quality import check_answers
+from portfolio_batch._aggregate import need_columns
+from portfolio_batch._quality import check_answers
 
 __all__ = ["Summary", "summarize"]
 
@@ -53,7 +53,7 @@ class Summary:
     def banner(self) -> str | None:
         """The line a simulated run's summary starts with ("Simulated: answers from the offline
         local rules engine, ..."); None for answers from a real API."""
-        from portfolio_batch.backend import simulated_banner
+        from portfolio_batch._backend import simulated_banner
 
         return simulated_banner(self.engine, mode=self.mode) if self.simulated else None
 
@@ -66,7 +66,7 @@ class Summary:
     @property
     def headline(self) -> str | None:
         """The line "The answers look degenerate: ..." when a flag is severe, else None."""
-        from portfolio_batch.quality import headline
+        from portfolio_batch._quality import headline
 
         return headline(self.flags)
 

@@ -28,8 +28,8 @@ from typing import Any
 import orjson
 import pandas as pd
 
+from portfolio_batch._home import home
 from portfolio_batch.errors import RegistryError
-from portfolio_batch.home import home
 
 log = logging.getLogger(__name__)
 
@@ -649,7 +649,7 @@ def jobs(run_id: str | None = None) -> pd.DataFrame:
     >>> pb.jobs().columns[:4].tolist()
     ['run_id', 'shard', 'batch_id', 'status']
     """
-    from portfolio_batch.widgets import JobsFrame  # pandas only; ipywidgets is not imported
+    from portfolio_batch._widgets import JobsFrame  # pandas only; ipywidgets is not imported
 
     with open_registry() as reg:
         return JobsFrame(reg.jobs_frame(run_id=run_id))

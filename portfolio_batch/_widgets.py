@@ -1,6 +1,6 @@
 """Notebook display: the progress panel ``poll(..., progress=True)`` shows, and a rich jobs table.
 
-    >>> from portfolio_batch.widgets import ProgressPanel, in_notebook
+    >>> from portfolio_batch._widgets import ProgressPanel, in_notebook
     >>> panel = ProgressPanel(jobs, est_cost_usd=0.42)   # doctest: +SKIP
     >>> panel.update(refreshed_jobs)                     # doctest: +SKIP
     >>> panel.close()                                    # doctest: +SKIP
@@ -129,7 +129,7 @@ def backend_banner(jobs: pd.DataFrame) -> str | None:
     >>> print(backend_banner(pd.DataFrame({"backend": ["local:embedded:rules"]})))  # doctest: +ELLIPSIS
     Simulated: these batches run on the offline local server (engine rules); answers are ...
     """
-    from portfolio_batch.backend import engine_of
+    from portfolio_batch._backend import engine_of
 
     if "backend" not in jobs.columns:
         return None

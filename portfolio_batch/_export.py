@@ -1,7 +1,7 @@
 """The review in the files people pass around: ``results.csv`` for Excel, ``results.xlsx`` with a
 sheet per section of the report, and the report as PDF.
 
-    >>> from portfolio_batch import export
+    >>> from portfolio_batch import _export as export
     >>> export.to_csv(results, "out/results.csv")                       # doctest: +SKIP
     >>> export.to_excel(results, costs, path="out/results.xlsx")        # doctest: +SKIP
     >>> export.to_pdf("out/report.html")                                 # doctest: +SKIP
@@ -44,7 +44,7 @@ def csv_notice(results: pd.DataFrame) -> str | None:
     """
     if not results.attrs.get("simulated"):
         return None
-    from portfolio_batch.backend import simulated_banner
+    from portfolio_batch._backend import simulated_banner
 
     banner = simulated_banner(results.attrs.get("engine"), mode=results.attrs.get("mode", "batch"))
     return (
@@ -119,7 +119,7 @@ def _sheets(
     results: pd.DataFrame, costs: pd.DataFrame | None, **options: Any
 ) -> dict[str, pd.DataFrame]:
     from portfolio_batch import review as rv
-    from portfolio_batch.report import DEFINITIONS, _cost_figures, _prompt_version, gather
+    from portfolio_batch._report import DEFINITIONS, _cost_figures, _prompt_version, gather
 
     g = gather(results, costs, **options)
     money = g.money
@@ -151,7 +151,7 @@ def _sheets(
             summary.append((f"share of gross weight: {rec['risk_level']}", rec["share"]))
     summary += [("definitions", DEFINITIONS), ("disclaimer", "LLM opinion, not investment advice.")]
     if results.attrs.get("simulated"):
-        from portfolio_batch.backend import simulated_banner
+        from portfolio_batch._backend import simulated_banner
 
         summary.insert(0, ("simulated", simulated_banner(results.attrs.get("engine"))))
     sheets: dict[str, pd.DataFrame] = {

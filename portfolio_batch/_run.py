@@ -39,6 +39,7 @@ import openai
 import orjson
 import pandas as pd
 
+from portfolio_batch._registry import TERMINAL, Registry, open_registry
 from portfolio_batch.errors import (
     BatchFailedError,
     BudgetExceededError,
@@ -48,7 +49,6 @@ from portfolio_batch.errors import (
     RegistryError,
     SubmitError,
 )
-from portfolio_batch.registry import TERMINAL, Registry, open_registry
 
 __all__ = ["CanaryHeldError", "Run", "attach", "runs", "start"]
 
@@ -149,7 +149,7 @@ def _manifest_of(part: dict[str, Any]) -> pd.DataFrame:
 # -- inputs ---------------------------------------------------------------------------------------
 def _split_input(data: Any, shard_dir: Path) -> tuple[pd.DataFrame | None, pd.DataFrame]:
     """(requests frame or None, manifest) of what ``start`` was given."""
-    from portfolio_batch.jsonl import to_jsonl
+    from portfolio_batch._jsonl import to_jsonl
 
     if not isinstance(data, pd.DataFrame):
         raise InputError(
@@ -175,7 +175,7 @@ def requests_from_shards(paths: Iterable[str]) -> pd.DataFrame:
 
     >>> requests_from_shards(["out/requests-00000.jsonl"])   # doctest: +SKIP
     """
-    from portfolio_batch.jsonl import iter_jsonl
+    from portfolio_batch._jsonl import iter_jsonl
 
     rows: list[dict[str, Any]] = []
     for path in dict.fromkeys(str(p) for p in paths if isinstance(p, str) and p):
@@ -222,7 +222,7 @@ def _canary_rows(n: int, size: int) -> np.ndarray:
 def _with_costs(manifest: pd.DataFrame, prices: Any, *, required: bool) -> pd.DataFrame:
     """The manifest with each shard's estimated batch cost (``est_cost_usd``), which ``submit``
     then takes as is: the watcher sends without needing ``prices=`` again."""
-    from portfolio_batch.submit import _shard_costs
+    from portfolio_batch._submit import _shard_costs
 
     out = manifest.copy()
     out["est_cost_usd"] = _shard_costs(manifest, prices, required=required)
@@ -293,7 +293,7 @@ class Run:
     """
 
     def __init__(self, plan: dict[str, Any], *, client: openai.OpenAI) -> None:
-        from portfolio_batch.backend import poll_interval_bounds
+        from portfolio_batch._backend import poll_interval_bounds
 
         self._plan = plan
         self._client = client
@@ -396,7 +396,7 @@ class Run:
             self._render()
 
     def _refresh_jobs(self) -> pd.DataFrame:
-        from portfolio_batch.poll import refresh
+        from portfolio_batch._poll import refresh
 
         keys = self.keys
         if keys:
@@ -421,7 +421,7 @@ class Run:
     def _send_pending(self) -> None:
         """Submit the next part that is due: the whole run or its canary at once, the rest once
         the canary passed."""
-        from portfolio_batch.submit import job_keys, submit
+        from portfolio_batch._submit import job_keys, submit
 
         for index, part in enumerate(self._plan["parts"]):
             if part["state"] != "pending":
@@ -451,7 +451,7 @@ class Run:
                 self._plan = plan
             if plan["parts"][index]["state"] == "cancelled":
                 # cancelled while its batches were being created: cancel them too
-                from portfolio_batch.submit import cancel
+                from portfolio_batch._submit import cancel
 
                 cancel(jobs, client=self._client)
             return  # one part per round: the rest waits for the canary's verdict
@@ -467,7 +467,7 @@ class Run:
         rows = frame[[(r, s) in keys for r, s in zip(frame["run_id"], frame["shard"], strict=True)]]
         if rows.empty or not rows["status"].isin(TERMINAL).all():
             return
-        from portfolio_batch.aggregate import aggregate_df
+        from portfolio_batch._aggregate import aggregate_df
 
         requests = self.requests
         ids = set(canary["ids"])
@@ -520,7 +520,7 @@ class Run:
         batches = frozenset(ended["batch_id"].astype(str))
         if not batches or batches == self._partial_batches:
             return
-        from portfolio_batch.aggregate import aggregate_df
+        from portfolio_batch._aggregate import aggregate_df
 
         try:
             partial = aggregate_df(ended, self.requests, client=self._client)
@@ -668,7 +668,7 @@ class Run:
 
             >>> results = run.wait().results()            # doctest: +SKIP
         """
-        from portfolio_batch.aggregate import aggregate_df
+        from portfolio_batch._aggregate import aggregate_df
 
         if requests is not None:
             self._requests = requests
@@ -690,7 +690,7 @@ class Run:
         out = aggregate_df(ended, self.requests, client=self._client)
         parent_id = self._plan.get("parent_run_id")
         if parent_id:
-            from portfolio_batch.retry import merge_results
+            from portfolio_batch._retry import merge_results
 
             parent = attach(parent_id, client=self._client, display=False, watch=False)
             out = merge_results(parent.results(partial=True), out)
@@ -703,7 +703,7 @@ class Run:
     def cancel(self) -> Run:
         """Cancel every unfinished batch and drop what was not sent yet (a held rest, a pending
         canary); results already produced stay collectable."""
-        from portfolio_batch.submit import cancel
+        from portfolio_batch._submit import cancel
 
         def drop(plan: dict[str, Any]) -> None:
             for p in plan["parts"]:
@@ -751,7 +751,7 @@ class Run:
 
             >>> again = run.retry_failed(max_tokens=800)   # doctest: +SKIP
         """
-        from portfolio_batch.retry import retry_failed
+        from portfolio_batch._retry import retry_failed
 
         again = retry_failed(self.results(partial=True), self.requests, max_tokens=max_tokens)
         if again.empty:
@@ -768,7 +768,7 @@ class Run:
 
     def report(self, path: str | Path | None = None) -> Path:
         """Write the run's HTML report (``pb.report``), by default to ``reports/<run_id>.html``."""
-        from portfolio_batch.report import report
+        from portfolio_batch._report import report
 
         target = Path(path) if path is not None else Path("reports") / f"{self.run_id}.html"
         out = report(self.results(), path=target, jobs=self.jobs)
@@ -784,7 +784,7 @@ class Run:
     # -- the card -------------------------------------------------------------------------------
     def view(self) -> Any:
         """What the card shows now, as a ``widgets.RunView``."""
-        from portfolio_batch.widgets import RunView, backend_banner
+        from portfolio_batch._widgets import RunView, backend_banner
 
         with self._lock:
             frame = self._jobs if self._jobs is not None else self.jobs
@@ -874,7 +874,7 @@ class Run:
             )
 
     def _billed(self, frame: pd.DataFrame) -> tuple[float | None, bool]:
-        from portfolio_batch.backend import engine_of
+        from portfolio_batch._backend import engine_of
 
         simulated = any(
             engine_of(b) is not None or str(b).startswith("local:") for b in frame["backend"]
@@ -916,7 +916,7 @@ class Run:
                 self._error = f"The card could not be updated: {type(exc).__name__}: {exc}"
 
     def _bundle(self) -> dict[str, Any]:
-        from portfolio_batch.widgets import run_card_html, run_card_text
+        from portfolio_batch._widgets import run_card_html, run_card_text
 
         view = self.view()
         bundle: dict[str, Any] = {
@@ -930,7 +930,7 @@ class Run:
         return bundle
 
     def _make_card(self) -> None:
-        from portfolio_batch.widgets import RunCard, in_notebook
+        from portfolio_batch._widgets import RunCard, in_notebook
 
         if self._card is not None or not in_notebook():
             return
@@ -1012,12 +1012,12 @@ class Run:
             handle.update(bundle, raw=True)
 
     def _repr_html_(self) -> str:
-        from portfolio_batch.widgets import run_card_html
+        from portfolio_batch._widgets import run_card_html
 
         return run_card_html(self.view())
 
     def __repr__(self) -> str:
-        from portfolio_batch.widgets import run_card_text
+        from portfolio_batch._widgets import run_card_text
 
         return run_card_text(self.view())
 
@@ -1102,12 +1102,12 @@ def start(
         >>> run = pb.start(requests, budget_usd=1.0, canary=0.05)   # doctest: +SKIP
         >>> results = run.wait().results()                          # doctest: +SKIP
     """
-    from portfolio_batch.backend import backend_name
-    from portfolio_batch.backend import client as default_client
-    from portfolio_batch.home import cache_dir, writable_dir
-    from portfolio_batch.jsonl import to_jsonl
-    from portfolio_batch.submit import _user_metadata, new_run_id
-    from portfolio_batch.widgets import in_notebook
+    from portfolio_batch._backend import backend_name
+    from portfolio_batch._backend import client as default_client
+    from portfolio_batch._home import cache_dir, writable_dir
+    from portfolio_batch._jsonl import to_jsonl
+    from portfolio_batch._submit import _user_metadata, new_run_id
+    from portfolio_batch._widgets import in_notebook
 
     _user_metadata(metadata)  # bad keys are refused now, not by the watcher
     if not 0.0 <= float(canary_max_failed) < 1.0:
@@ -1253,10 +1253,10 @@ def attach(
 
         >>> run = pb.attach(pb.runs()["run_id"].iloc[0])   # doctest: +SKIP
     """
-    from portfolio_batch.backend import backend_name
-    from portfolio_batch.backend import client as default_client
-    from portfolio_batch.submit import check_backend, job_keys, resume
-    from portfolio_batch.widgets import in_notebook
+    from portfolio_batch._backend import backend_name
+    from portfolio_batch._backend import client as default_client
+    from portfolio_batch._submit import check_backend, job_keys, resume
+    from portfolio_batch._widgets import in_notebook
 
     if not isinstance(run_id, str) or not run_id:
         raise InputError(f"attach() takes a run id (pb.runs() lists them), not {run_id!r}.")
@@ -1321,7 +1321,7 @@ def runs(*, limit: int | None = None) -> pd.DataFrame:
     >>> list(pb.runs().columns[:4])
     ['run_id', 'created_at', 'status', 'title']
     """
-    from portfolio_batch.widgets import RunsFrame
+    from portfolio_batch._widgets import RunsFrame
 
     columns = [
         "run_id",

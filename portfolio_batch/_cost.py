@@ -383,7 +383,7 @@ def estimate_cost(
     """Per-request token counts and cost, batch and synchronous, indexed by ``custom_id``.
 
     ``input_tokens``: exact tiktoken counts of the messages with the chat-format overhead, plus an
-    estimate for the ``response_format`` schema (see :func:`portfolio_batch.tokens.response_format_tokens`).
+    estimate for the ``response_format`` schema (see :func:`portfolio_batch._tokens.response_format_tokens`).
     ``output_tokens``: ``"max"`` (each request's ``max_tokens``: an upper bound), an int (tokens
     per answer) or a float ratio of ``max_tokens`` (0.5 = half). For reasoning models (o-series,
     gpt-5) output includes the reasoning tokens, billed as output: ``max_completion_tokens``
@@ -397,8 +397,8 @@ def estimate_cost(
         >>> costs.attrs["price_source"]                               # doctest: +SKIP
         'genai-prices'
     """
-    from portfolio_batch.currency import fx
-    from portfolio_batch.tokens import count_body_tokens
+    from portfolio_batch._currency import fx
+    from portfolio_batch._tokens import count_body_tokens
 
     money = fx(currency, fx_rate=fx_rate, fx_date=fx_date)  # a bad rate fails before counting
 
@@ -461,7 +461,7 @@ REASONING_NOTE = (
 def _reasoning(model: str, body: Any) -> bool:
     """Whether requests to ``model`` like ``body`` reason: the model's family says so, or the
     body was written for a reasoning model (``build_requests(..., reasoning=True)``)."""
-    from portfolio_batch.requests import is_reasoning_model
+    from portfolio_batch._requests import is_reasoning_model
 
     return is_reasoning_model(model) or (
         isinstance(body, Mapping)
@@ -482,7 +482,7 @@ def compare_models(
 
         >>> compare_models(requests, models=["gpt-4o-mini", "gpt-4.1-mini"])  # doctest: +SKIP
     """
-    from portfolio_batch.tokens import count_body_tokens, encoding_name_for_model
+    from portfolio_batch._tokens import count_body_tokens, encoding_name_for_model
 
     if isinstance(models, str) or not models:
         raise InputError(

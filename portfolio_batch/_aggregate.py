@@ -27,16 +27,16 @@ import openai
 import orjson
 import pandas as pd
 
-from portfolio_batch.decode import LINE_DECODER, ROW, VALUES, Line, row_of
-from portfolio_batch.errors import DownloadError, InputError, PricingError, ResultFileGoneError
-from portfolio_batch.requests import (
+from portfolio_batch._decode import LINE_DECODER, ROW, VALUES, Line, row_of
+from portfolio_batch._requests import (
     ANSWER_COLUMNS,
     ECHO_FIELD,
     RETRY_OF,
     USAGE_COLUMNS,
     gc_paused,
 )
-from portfolio_batch.validate import Validator, schema_of_body, validator_for
+from portfolio_batch._validate import Validator, schema_of_body, validator_for
+from portfolio_batch.errors import DownloadError, InputError, PricingError, ResultFileGoneError
 
 __all__ = ["aggregate_df"]
 
@@ -570,7 +570,7 @@ def _job_files(
 ) -> Iterator[tuple[str, Path, str, str]]:
     """Each finished batch's files, downloaded; a file the server no longer has goes to ``gone``
     (its requests stay rows, ``missing`` with the reason) instead of failing the whole frame."""
-    from portfolio_batch.download import download_file
+    from portfolio_batch._download import download_file
 
     missing = {"batch_id", "status"} - set(jobs.columns)
     if missing:
@@ -578,7 +578,7 @@ def _job_files(
             f"jobs frame lacks column(s) {sorted(missing)}; pass the frame submit()/poll()/resume() returned"
         )
     if client is None:
-        from portfolio_batch.backend import client as default_client
+        from portfolio_batch._backend import client as default_client
 
         client = default_client()
     for row in jobs.to_dict("records"):
@@ -634,8 +634,8 @@ def _job_files(
 
 def _jobs_backend(jobs: pd.DataFrame, client: Any) -> str:
     """Where the jobs' batches ran: their ``backend`` column (as submitted), else the client's."""
-    from portfolio_batch.backend import backend_name
-    from portfolio_batch.backend import client as default_client
+    from portfolio_batch._backend import backend_name
+    from portfolio_batch._backend import client as default_client
 
     names = jobs["backend"].dropna().astype(str).unique().tolist() if "backend" in jobs else []
     if names:
@@ -713,7 +713,7 @@ def _provenance(
     They are priced as the requested model, what the run would cost at OpenAI; other answers on
     the model that answered (a dated snapshot, or Azure's model behind a deployment name).
     """
-    from portfolio_batch.backend import engine_of
+    from portfolio_batch._backend import engine_of
 
     answered = models != None  # noqa: E711  (elementwise: rows whose response names a model)
     # one embedded server answered everything (jobs from several backends are joined by ", ")
@@ -801,7 +801,7 @@ def _priced(
     prices: Any,
     batch: bool,
 ) -> np.ndarray:
-    from portfolio_batch.cost import cost_usd
+    from portfolio_batch._cost import cost_usd
 
     try:
         if not isinstance(model, str) or not model:

@@ -24,11 +24,13 @@ from typing import Any
 import openai
 import pandas as pd
 
+from portfolio_batch._backend import backend_name
+from portfolio_batch._backend import client as default_client
+from portfolio_batch._create import DEAD, ServerIndex, _dump, cancel_batch, shard_lock, submit_ready
+from portfolio_batch._download import is_cached
+from portfolio_batch._registry import TERMINAL, Registry, open_registry
+from portfolio_batch._requests import retry_of_batches
 from portfolio_batch._version import __version__
-from portfolio_batch.backend import backend_name
-from portfolio_batch.backend import client as default_client
-from portfolio_batch.create import DEAD, ServerIndex, _dump, cancel_batch, shard_lock, submit_ready
-from portfolio_batch.download import is_cached
 from portfolio_batch.errors import (
     BudgetExceededError,
     InputError,
@@ -37,8 +39,6 @@ from portfolio_batch.errors import (
     RegistryError,
     SubmitError,
 )
-from portfolio_batch.registry import TERMINAL, Registry, open_registry
-from portfolio_batch.requests import retry_of_batches
 
 __all__ = ["cancel", "idempotency_key", "resume", "submit"]
 
@@ -78,7 +78,7 @@ def _as_manifest(data: pd.DataFrame, out_dir: str | Path | None) -> pd.DataFrame
             f"build_requests(), not {type(data).__name__}."
         )
     if "sha256" not in data.columns and "body" in data.columns:
-        from portfolio_batch.jsonl import to_jsonl
+        from portfolio_batch._jsonl import to_jsonl
 
         target = Path(out_dir) if out_dir is not None else _default_out_dir()
         data = to_jsonl(data, target)
@@ -114,7 +114,7 @@ def _excluded(data: Any, exclude: Sequence[str] | pd.Series | None) -> set[str]:
 
 
 def _default_out_dir() -> Path:
-    from portfolio_batch.home import cache_dir
+    from portfolio_batch._home import cache_dir
 
     return cache_dir("jsonl") / (
         time.strftime("%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(2)
@@ -149,7 +149,7 @@ def _shard_costs(manifest: pd.DataFrame, prices: Any, *, required: bool) -> list
     tokens at batch prices with every request using its whole ``max_tokens`` (an upper bound)."""
     if "est_cost_usd" in manifest.columns:
         return [None if pd.isna(v) else float(v) for v in manifest["est_cost_usd"]]
-    from portfolio_batch.cost import cost_usd
+    from portfolio_batch._cost import cost_usd
 
     out: list[float | None] = []
     for row in manifest.to_dict("records"):

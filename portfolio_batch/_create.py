@@ -33,11 +33,11 @@ from typing import Any, TypeVar
 import httpx2
 import openai
 
+from portfolio_batch._home import cache_dir
+from portfolio_batch._locks import LockBusy, home_lock
+from portfolio_batch._registry import TERMINAL, Registry
 from portfolio_batch._version import __version__
 from portfolio_batch.errors import InputError, RegistryError, SubmitError
-from portfolio_batch.home import cache_dir
-from portfolio_batch.locks import LockBusy, home_lock
-from portfolio_batch.registry import TERMINAL, Registry
 
 __all__ = [
     "DEAD",

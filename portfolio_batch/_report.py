@@ -17,7 +17,7 @@ Each table is a function of ``portfolio_batch.review``, each chart one of
 The HTML is rendered by Jinja2 with autoescaping (rationales come from an LLM); charts are
 embedded SVG, styles and the small sorting script inline: the file opens anywhere, offline.
 Credentials in the environment are redacted should any text echo them. The run is recorded
-(``portfolio_batch.history``) so the next report of the same portfolio finds it as "the previous
+(``portfolio_batch._history``) so the next report of the same portfolio finds it as "the previous
 run".
 """
 
@@ -39,11 +39,11 @@ import pandas as pd
 
 from portfolio_batch import charts as _charts
 from portfolio_batch import review as rv
+from portfolio_batch._currency import USD, Money, fx, money_from_attrs
+from portfolio_batch._home import writable_dir
+from portfolio_batch._quality import check_answers, headline
 from portfolio_batch._version import __version__
-from portfolio_batch.currency import USD, Money, fx, money_from_attrs
 from portfolio_batch.errors import InputError
-from portfolio_batch.home import writable_dir
-from portfolio_batch.quality import check_answers, headline
 
 __all__ = ["SECTIONS", "report"]
 
@@ -261,7 +261,7 @@ def _header(
     run_id: str | None,
     money: Money,
 ) -> dict[str, Any]:
-    from portfolio_batch.backend import simulated_banner
+    from portfolio_batch._backend import simulated_banner
 
     simulated = bool(results.attrs.get("simulated"))
     engine = results.attrs.get("engine")
@@ -720,7 +720,7 @@ def _as_of(value: Any, run_at: float) -> str:
     if value is None:
         day = dt.datetime.fromtimestamp(run_at, dt.UTC).date().isoformat()
         return f"{day} (date of the run)"
-    from portfolio_batch.currency import iso_day
+    from portfolio_batch._currency import iso_day
 
     return iso_day(value, name="as_of", meaning="the holdings date")
 
@@ -755,7 +755,7 @@ def _previous(
     run_id: str | None,
     run_at: float,
 ) -> pd.DataFrame | None:
-    from portfolio_batch import history
+    from portfolio_batch import _history as history
 
     if previous is False:
         return None
@@ -811,7 +811,7 @@ def gather(
 ) -> Gathered:
     """Check the arguments of ``report`` / ``export.to_excel`` and find what they need: the run
     id, the previous run and the changes since, the answer checks, the currency."""
-    from portfolio_batch import history
+    from portfolio_batch import _history as history
 
     _check_frames(results, costs, jobs, requests)
     money = (
@@ -835,7 +835,7 @@ def gather(
     prev = _previous(previous, results, portfolio=portfolio, run_id=review_id, run_at=run_at)
     changes = None
     if prev is not None:
-        from portfolio_batch.compare import compare
+        from portfolio_batch._compare import compare
 
         changes = compare(prev, results, threshold=threshold, weight_threshold=weight_threshold)
     flags = getattr(summary, "flags", None)
@@ -911,7 +911,7 @@ def report(
         >>> report(results, costs, path="out/report.html", jobs=jobs, portfolio="Core")  # doctest: +SKIP
         PosixPath('out/report.html')
     """
-    from portfolio_batch import history
+    from portfolio_batch import _history as history
 
     out = Path(path)
     if out.is_dir():
@@ -1037,7 +1037,7 @@ def report(
             run_at=g.run_at,
         )
     if pdf:
-        from portfolio_batch.export import to_pdf
+        from portfolio_batch._export import to_pdf
 
         to_pdf(out, out.with_suffix(".pdf"))
     return out

@@ -26,15 +26,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from portfolio_batch.aggregate import echoes_key, need_columns
-from portfolio_batch.errors import InputError
-from portfolio_batch.requests import (
+from portfolio_batch._aggregate import echoes_key, need_columns
+from portfolio_batch._requests import (
     DEFAULT_SYSTEM_PROMPT,
     DEFAULT_USER_PROMPT,
     ECHO_FIELD,
     RISK_SCHEMA,
     _schema_from,
 )
+from portfolio_batch.errors import InputError
 
 __all__ = ["CHECKS", "FLAG_COLUMNS", "check_answers", "headline"]
 

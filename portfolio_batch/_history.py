@@ -5,7 +5,7 @@
 portfolio" is the same ``portfolio=`` name (the CLI uses the file name), or, for an unnamed one,
 the same set of position keys. The previous run is the latest such run made before this one.
 
-    >>> from portfolio_batch import history
+    >>> from portfolio_batch import _history as history
     >>> last = history.previous_results(results, portfolio="Core equity")   # doctest: +SKIP
     >>> results, costs, row = history.load("run-20261115-103000-ab12cd")   # doctest: +SKIP
 """
@@ -22,9 +22,9 @@ from typing import Any
 import orjson
 import pandas as pd
 
+from portfolio_batch._home import home
+from portfolio_batch._registry import open_registry
 from portfolio_batch.errors import InputError
-from portfolio_batch.home import home
-from portfolio_batch.registry import open_registry
 from portfolio_batch.review import frame_sha256, key_column
 
 __all__ = [

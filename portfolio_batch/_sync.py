@@ -15,11 +15,11 @@ import msgspec
 import openai
 import pandas as pd
 
-from portfolio_batch.aggregate import Collector
-from portfolio_batch.backend import backend_name
-from portfolio_batch.decode import Line
+from portfolio_batch._aggregate import Collector
+from portfolio_batch._backend import backend_name
+from portfolio_batch._decode import Line
+from portfolio_batch._requests import gc_paused
 from portfolio_batch.errors import InputError
-from portfolio_batch.requests import gc_paused
 
 __all__ = ["run_sync"]
 
@@ -55,7 +55,7 @@ def run_sync(
         else [requests.attrs.get("endpoint", "/v1/chat/completions")] * len(requests)
     )
     if client is None:
-        from portfolio_batch.backend import client as default_client
+        from portfolio_batch._backend import client as default_client
 
         client = default_client()
     jobs = list(zip(collector.ids, urls, requests["body"].tolist(), strict=True))

@@ -26,8 +26,16 @@ from typing import Any
 import openai
 import pandas as pd
 
-from portfolio_batch.backend import client as default_client
-from portfolio_batch.backend import poll_interval_bounds
+from portfolio_batch._backend import client as default_client
+from portfolio_batch._backend import poll_interval_bounds
+from portfolio_batch._registry import TERMINAL, Registry, open_registry
+from portfolio_batch._submit import (
+    _adopt,
+    _dump,
+    check_backend,
+    job_keys,
+    submit_ready,
+)
 from portfolio_batch.errors import (
     BatchFailedError,
     InputError,
@@ -35,14 +43,6 @@ from portfolio_batch.errors import (
     PricingError,
     RegistryError,
     SubmitError,
-)
-from portfolio_batch.registry import TERMINAL, Registry, open_registry
-from portfolio_batch.submit import (
-    _adopt,
-    _dump,
-    check_backend,
-    job_keys,
-    submit_ready,
 )
 
 __all__ = ["poll", "progress_state", "refresh"]
@@ -111,7 +111,7 @@ class _Display:
         if not enabled:
             return
         try:
-            from portfolio_batch import widgets
+            from portfolio_batch import _widgets as widgets
 
             if widgets.in_notebook():
                 est = jobs["est_cost_usd"].sum(min_count=1)
@@ -192,7 +192,7 @@ def _actual_cost(usage: dict[str, Any] | None, model: str, *, prices: Any = None
     output tokens, priced once."""
     if not usage or not model:
         return None
-    from portfolio_batch.cost import cost_usd
+    from portfolio_batch._cost import cost_usd
 
     details = usage["input_tokens_details"]
     try:
@@ -452,6 +452,6 @@ def _adopt_unknown(
                 f"Run {key[0]} shard {key[1]} is not in the job registry ({reg.path}) and has no "
                 "batch_id. Use the frame submit() or resume() returned."
             )
-        from portfolio_batch.backend import backend_name
+        from portfolio_batch._backend import backend_name
 
         _adopt(reg, _dump(c.batches.retrieve(batch_id)), backend=backend_name(c))

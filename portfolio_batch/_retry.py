@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from portfolio_batch.aggregate import custom_ids, need_columns
+from portfolio_batch._aggregate import custom_ids, need_columns
+from portfolio_batch._requests import RETRY_OF, retry_of_batches
 from portfolio_batch.errors import InputError
-from portfolio_batch.requests import RETRY_OF, retry_of_batches
 
 __all__ = ["RETRY_OF", "merge_results", "retry_failed", "retry_of_batches"]
 

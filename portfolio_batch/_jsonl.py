@@ -26,9 +26,9 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from portfolio_batch._home import writable_dir
+from portfolio_batch._requests import _json_default, retry_of_batches
 from portfolio_batch.errors import InputError
-from portfolio_batch.home import writable_dir
-from portfolio_batch.requests import _json_default, retry_of_batches
 
 __all__ = ["MANIFEST_COLUMNS", "iter_jsonl", "to_jsonl"]
 
@@ -270,7 +270,7 @@ def _exact_tokens(requests: pd.DataFrame, costs: pd.DataFrame | None, model: str
                 f"costs= has no row for custom_id {cid!r}; run estimate_cost(requests) on this same frame"
             )
         return [int(v) for v in aligned.to_numpy()]
-    from portfolio_batch.tokens import count_body_tokens
+    from portfolio_batch._tokens import count_body_tokens
 
     return count_body_tokens(requests["body"].tolist(), model=model).tolist()
 

@@ -27,9 +27,9 @@ from typing import Any
 import httpx2
 import openai
 
+from portfolio_batch._home import cache_dir
+from portfolio_batch._locks import LockBusy, home_lock
 from portfolio_batch.errors import DownloadError, InputError, ResultFileGoneError
-from portfolio_batch.home import cache_dir
-from portfolio_batch.locks import LockBusy, home_lock
 
 __all__ = ["download_file", "is_cached"]
 
