@@ -103,6 +103,18 @@ def test_upload_rejections_say_what_to_do(local_server: Any, openai_client: Any)
     assert exact.bytes == 1000
 
 
+def test_an_upload_far_over_the_limit_is_a_400_not_a_dropped_connection(local_server: Any) -> None:
+    # Far past the limit the server stops keeping the body but still reads it to its end: the
+    # SDK gets an answer it can show, not a reset connection it would retry from the start.
+    local_server.configure(max_upload_bytes=1000)
+    strict = local_server.client(max_retries=0)
+    with pytest.raises(openai.BadRequestError) as info:
+        strict.files.create(file=("huge.jsonl", io.BytesIO(b"x" * 8_000_000)), purpose="batch")
+    assert info.value.body["code"] == "file_too_large"
+    assert "at most 1000 bytes" in info.value.body["message"]
+    assert strict.files.list().data == []
+
+
 def test_output_expires_after_sets_file_expiry(openai_client: Any) -> None:
     file = openai_client.files.create(
         file=("r.jsonl", io.BytesIO(jsonl([risk_line(0)]))),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import signal
 import time
+from collections.abc import Collection
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,11 @@ import orjson
 import pytest
 import yaml
 
+from portfolio_batch._contract import TERMINAL
 from portfolio_batch._requests import RISK_SCHEMA
 
 # A vendored copy of the API contract's OpenAPI subset: the tests need nothing beside the repo.
 SPEC_PATH = Path(__file__).resolve().parent / "data" / "openapi" / "batch-subset.yaml"
-TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 SECTORS = ["Technology", "Energy", "Utilities", "Consumer Staples", "Financials"]
 
@@ -117,7 +118,7 @@ def create_batch(client: Any, lines: list[Any], **kwargs: Any) -> Any:
 
 
 def wait(
-    client: Any, batch_id: str, *, timeout: float = 30.0, until: tuple[str, ...] = TERMINAL
+    client: Any, batch_id: str, *, timeout: float = 30.0, until: Collection[str] = TERMINAL
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Poll until the batch reaches one of ``until``; every poll's JSON is schema-checked.
     Returns the last batch JSON and every poll's JSON."""

@@ -19,6 +19,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from portfolio_batch.errors import missing_extra
+
 if TYPE_CHECKING:
     from portfolio_batch.local.config import ServerConfig
     from portfolio_batch.local.server import LocalServer, run, serve
@@ -33,11 +35,21 @@ _LAZY = {
     "serve": "portfolio_batch.local.server",
     "ServerConfig": "portfolio_batch.local.config",
 }
+# What the ``local`` extra installs (pyproject.toml): the server's imports of these fail without it.
+_EXTRA_MODULES = frozenset(
+    {"fastapi", "starlette", "uvicorn", "python_multipart", "fastjsonschema"}
+)
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+        try:
+            module = importlib.import_module(_LAZY[name])
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.partition(".")[0] in _EXTRA_MODULES:
+                raise missing_extra(exc.name, "local") from exc
+            raise
+        value = getattr(module, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -46,7 +46,7 @@ ENDPOINT_NAMES = frozenset(
 )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ServerConfig:
     """Settings of one local server; all optional.
 
@@ -76,6 +76,10 @@ class ServerConfig:
     rolling hour, 2,000 as on OpenAI; then a 429; None: no limit), ``batch_usage_chat_fields``
     (the Batch ``usage`` also carries zeroed chat-style ``prompt_tokens``/``completion_tokens``
     fields next to the Responses-style ones).
+
+    Gemini's batch routes (``local/gemini.py``): ``gemini_shuffle_results`` (a job's responses
+    file in shuffled order, not input order), ``gemini_stuck_jobs`` (jobs created while it is on
+    stay BATCH_STATE_RUNNING once done, past 24 h, and expire at 48 h with no responses file).
     """
 
     max_upload_bytes: int = 200 * MiB
@@ -100,6 +104,8 @@ class ServerConfig:
     empty_error_file_id: bool = False
     max_batches_per_hour: int | None = 2000
     batch_usage_chat_fields: bool = False
+    gemini_shuffle_results: bool = False
+    gemini_stuck_jobs: bool = False
     _rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 

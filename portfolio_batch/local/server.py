@@ -31,10 +31,11 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from portfolio_batch._contract import ACTIVE, CANCELLING
 from portfolio_batch._home import cache_dir
 from portfolio_batch._tokens import encoding_for_model
 from portfolio_batch.errors import InputError, LocalServerError
@@ -45,6 +46,9 @@ from portfolio_batch.local.engines.process import EngineError
 from portfolio_batch.local.execute import Executor
 from portfolio_batch.local.store import Store, private_file
 from portfolio_batch.local.worker import BatchWorker
+
+if TYPE_CHECKING:
+    import openai
 
 __all__ = ["KEY_ENV", "LocalServer", "new_api_key", "read_api_key", "run", "serve"]
 
@@ -133,6 +137,8 @@ def _shutdown(state: ServerState) -> None:
     """Stop the batch worker (it finishes the request in hand), then the engine."""
     try:
         state.worker.shutdown()
+        for sub in list(state.sub_states.values()):  # the Anthropic and Gemini batches' workers
+            sub.worker.shutdown()
     finally:
         _close_engine(state.executor.engine)
 
@@ -161,9 +167,7 @@ def _build_state(
 def _resume(state: ServerState) -> None:
     """Batches left unfinished by a previous run on this data dir start over."""
     now = int(state.config.now())
-    for batch in state.store.batches_with(
-        {"validating", "in_progress", "finalizing", "cancelling"}
-    ):
+    for batch in state.store.batches_with(ACTIVE | CANCELLING):
         if batch["status"] == "cancelling":
             state.store.update_batch(batch["id"], status="cancelled", cancelled_at=now)
             continue
@@ -239,7 +243,7 @@ class LocalServer:
         else:
             self._state.config.update(**config)
 
-    def client(self, **kwargs: Any) -> Any:
+    def client(self, **kwargs: Any) -> openai.OpenAI:
         """An ``openai.OpenAI`` client for this server (extra kwargs go to the client)."""
         import openai
 

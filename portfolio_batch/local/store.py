@@ -25,8 +25,6 @@ from typing import IO, Any
 import orjson
 
 __all__ = [
-    "ACTIVE_STATUSES",
-    "TERMINAL_STATUSES",
     "ApiError",
     "Store",
     "private_dir",
@@ -35,8 +33,6 @@ __all__ = [
 
 FILE_ID = re.compile(r"^file-[A-Za-z0-9]{8,64}$")
 BATCH_ID = re.compile(r"^batch_[A-Za-z0-9]{8,64}$")
-TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
-ACTIVE_STATUSES = frozenset({"validating", "in_progress", "finalizing"})
 # Batch input files expire 30 days after upload, and batch results 30 days after the batch
 # (unless its output_expires_after says otherwise), like OpenAI's.
 BATCH_FILE_TTL = 30 * 24 * 3600

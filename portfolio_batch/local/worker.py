@@ -22,14 +22,16 @@ import secrets
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 import orjson
 
+from portfolio_batch._contract import ACTIVE
 from portfolio_batch.local.config import ServerConfig
 from portfolio_batch.local.engines.process import EngineError
 from portfolio_batch.local.execute import Executor, Usage, count_prompt_tokens
-from portfolio_batch.local.store import ACTIVE_STATUSES, Store, private_file
+from portfolio_batch.local.store import Store, private_file
 
 __all__ = ["BatchWorker"]
 
@@ -39,6 +41,77 @@ CHUNK = 64
 MAX_REPORTED_ERRORS = 100
 EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 CANCELLED_MESSAGE = "This request was cancelled before it was executed."
+
+
+@dataclass
+class _InputCheck:
+    """What validating a batch's input file found so far: its ``errors.data`` entries, the
+    custom_ids seen and the model of the first line that names one."""
+
+    endpoint: str
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+    model: str | None = None
+
+    def error(
+        self, code: str, message: str, line: int | None = None, param: str | None = None
+    ) -> None:
+        self.errors.append({"code": code, "message": message, "param": param, "line": line})
+
+    def line(self, number: int, line: bytes) -> dict[str, Any] | None:
+        """Check one input line; its body when it has a JSON object one."""
+        try:
+            request = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            self.error("invalid_json_line", "This line is not parseable as valid JSON.", number)
+            return None
+        if not isinstance(request, dict):
+            self.error("invalid_json_line", "This line is not a JSON object.", number)
+            return None
+        self._custom_id(request.get("custom_id"), number)
+        if request.get("method") != "POST":
+            self.error(
+                "invalid_request", "The 'method' of each line must be 'POST'.", number, "method"
+            )
+        if request.get("url") != self.endpoint:
+            self.error(
+                "url_mismatch",
+                f"The url {request.get('url')!r} does not match the batch's endpoint {self.endpoint!r}.",
+                number,
+                "url",
+            )
+        body = request.get("body")
+        if not isinstance(body, dict):
+            self.error("invalid_request", "Each line needs a JSON object 'body'.", number, "body")
+            return None
+        self._model(body.get("model"), number)
+        return body
+
+    def _custom_id(self, custom_id: Any, number: int) -> None:
+        if not isinstance(custom_id, str) or not custom_id:
+            self.error(
+                "invalid_request", "Each line needs a string 'custom_id'.", number, "custom_id"
+            )
+        elif custom_id in self.seen:
+            self.error(
+                "duplicate_custom_id",
+                f"The custom_id {custom_id!r} is used more than once; custom_ids must be unique within a batch.",
+                number,
+                "custom_id",
+            )
+        else:
+            self.seen.add(custom_id)
+
+    def _model(self, line_model: Any, number: int) -> None:
+        if self.model is None and isinstance(line_model, str):
+            self.model = line_model
+        elif line_model != self.model:
+            self.error(
+                "model_mismatch",
+                f"The model {line_model!r} differs from {self.model!r} on an earlier line; a batch uses one model.",
+                number,
+                "body.model",
+            )
 
 
 class _Stop(Exception):
@@ -235,7 +308,7 @@ class BatchWorker:
             if cap is not None:
                 queued = sum(
                     b.get("_enqueued_tokens", 0)
-                    for b in self.store.batches_with(ACTIVE_STATUSES)
+                    for b in self.store.batches_with(ACTIVE)
                     if b.get("model") == model and b["id"] != batch_id
                 )
                 if queued + tokens > cap:
@@ -319,84 +392,32 @@ class BatchWorker:
         self, batch: dict[str, Any], event: threading.Event
     ) -> tuple[str | None, int, list[dict[str, Any]], int]:
         """(model, number of requests, errors.data entries, prompt tokens if capped)."""
-        endpoint = batch["endpoint"]
         path = self.store.content_path(batch["input_file_id"])
-        errors: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        model: str | None = None
+        check = _InputCheck(batch["endpoint"])
         total = 0
         tokens = 0
         count_tokens = self.config.max_enqueued_tokens is not None
-
-        def error(code: str, message: str, line: int | None, param: str | None = None) -> None:
-            errors.append({"code": code, "message": message, "param": param, "line": line})
-
         if not path.exists():
-            error("invalid_file", f"The input file {batch['input_file_id']} was deleted.", None)
-            return None, 0, errors, 0
+            check.error("invalid_file", f"The input file {batch['input_file_id']} was deleted.")
+            return None, 0, check.errors, 0
         for number, line in _lines(path):
             total += 1
             if total % 1024 == 0:
                 self._check(batch, event)
-            try:
-                request = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                error("invalid_json_line", "This line is not parseable as valid JSON.", number)
-                continue
-            if not isinstance(request, dict):
-                error("invalid_json_line", "This line is not a JSON object.", number)
-                continue
-            custom_id = request.get("custom_id")
-            body = request.get("body")
-            if not isinstance(custom_id, str) or not custom_id:
-                error(
-                    "invalid_request", "Each line needs a string 'custom_id'.", number, "custom_id"
+            body = check.line(number, line)
+            if count_tokens and body and check.model and isinstance(body.get("messages"), list):
+                tokens += count_prompt_tokens(
+                    body["messages"], check.model, body.get("response_format")
                 )
-            elif custom_id in seen:
-                error(
-                    "duplicate_custom_id",
-                    f"The custom_id {custom_id!r} is used more than once; custom_ids must be unique within a batch.",
-                    number,
-                    "custom_id",
-                )
-            else:
-                seen.add(custom_id)
-            if request.get("method") != "POST":
-                error(
-                    "invalid_request", "The 'method' of each line must be 'POST'.", number, "method"
-                )
-            if request.get("url") != endpoint:
-                error(
-                    "url_mismatch",
-                    f"The url {request.get('url')!r} does not match the batch's endpoint {endpoint!r}.",
-                    number,
-                    "url",
-                )
-            if not isinstance(body, dict):
-                error("invalid_request", "Each line needs a JSON object 'body'.", number, "body")
-                continue
-            line_model = body.get("model")
-            if model is None and isinstance(line_model, str):
-                model = line_model
-            elif line_model != model:
-                error(
-                    "model_mismatch",
-                    f"The model {line_model!r} differs from {model!r} on an earlier line; a batch uses one model.",
-                    number,
-                    "body.model",
-                )
-            if count_tokens and isinstance(body.get("messages"), list) and model:
-                tokens += count_prompt_tokens(body["messages"], model, body.get("response_format"))
         if total == 0:
-            error("empty_file", "The input file is empty: it has no requests.", None)
+            check.error("empty_file", "The input file is empty: it has no requests.")
         elif total > self.config.max_requests_per_batch:
-            error(
+            check.error(
                 "too_many_tasks",
                 f"The input file has {total} requests; a batch can have at most "
                 f"{self.config.max_requests_per_batch}. Split it into several batches.",
-                None,
             )
-        return model, total, errors, tokens
+        return check.model, total, check.errors, tokens
 
     def _execute(
         self, batch_id: str, batch: dict[str, Any], event: threading.Event, total: int

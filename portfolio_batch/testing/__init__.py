@@ -22,11 +22,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from portfolio_batch._contract import TERMINAL
+
+if TYPE_CHECKING:
+    import openai
+    from openai.types import Batch
+
+    from portfolio_batch.local import LocalServer
 
 __all__ = ["BatchAPI", "local_batch_api"]
-
-TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
 @dataclass
@@ -34,8 +40,8 @@ class BatchAPI:
     """A running local Batch API: ``client`` (``openai.OpenAI``, its key set), ``server``
     (``portfolio_batch.local.LocalServer``), and the knobs a test turns."""
 
-    server: Any
-    client: Any
+    server: LocalServer
+    client: openai.OpenAI
 
     @property
     def base_url(self) -> str:
@@ -65,7 +71,7 @@ class BatchAPI:
         """Move the server's clock forward (timestamps, the 24 h window, file expiry)."""
         self.server.configure(clock_offset=self.server.config.clock_offset + seconds)
 
-    def wait(self, batch_id: str, *, timeout: float = 30.0) -> Any:
+    def wait(self, batch_id: str, *, timeout: float = 30.0) -> Batch:
         """Poll a batch until it ends (completed, failed, expired or cancelled); the SDK's Batch.
 
         A helper for test set-up; your own polling is what the test is usually about."""

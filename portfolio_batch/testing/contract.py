@@ -31,11 +31,11 @@ import httpx2
 import jsonschema
 import orjson
 
+from portfolio_batch._contract import CANCELLING, TERMINAL
 from portfolio_batch.local.validate import response_schema
 
 __all__ = ["Check", "run_contract"]
 
-TERMINAL = ("completed", "failed", "expired", "cancelled")
 # Which status may follow which (OpenAI's batch guide and spec); a poll may skip stages.
 NEXT = {
     "validating": {
@@ -120,26 +120,24 @@ class _Run:
         self.report = report
         self.results: list[Check] = []
         self.ctx: dict[str, Any] = {}
+        self.lines = [
+            _request_line(f"contract-{i}", model, f"Say the number {i}.") for i in range(2)
+        ]
+        self.data = b"".join(orjson.dumps(line) + b"\n" for line in self.lines)
 
-    def check(
-        self, name: str, needs: Sequence[str] = ()
-    ) -> Callable[[Callable[[], str | None]], None]:
-        def run(step: Callable[[], str | None]) -> None:
-            missing = [n for n in needs if n not in self.ctx]
-            if missing:
-                result = Check(name, "skip", f"needs {', '.join(missing)}")
-            else:
-                try:
-                    detail = step() or ""
-                    result = Check(name, "pass", detail)
-                except _Failed as exc:
-                    result = Check(name, "fail", str(exc))
-                except Exception as exc:  # an SDK error is the server's answer: a failure
-                    result = Check(name, "fail", f"{type(exc).__name__}: {exc}")
-            self.results.append(result)
-            self.report(result)
-
-        return run
+    def check(self, name: str, needs: Sequence[str], step: Callable[[_Run], str | None]) -> None:
+        missing = [n for n in needs if n not in self.ctx]
+        if missing:
+            result = Check(name, "skip", f"needs {', '.join(missing)}")
+        else:
+            try:
+                result = Check(name, "pass", step(self) or "")
+            except _Failed as exc:
+                result = Check(name, "fail", str(exc))
+            except Exception as exc:  # an SDK error is the server's answer: a failure
+                result = Check(name, "fail", f"{type(exc).__name__}: {exc}")
+        self.results.append(result)
+        self.report(result)
 
     def raw(self, call: Any) -> tuple[Any, Any]:
         """(JSON body, headers) of a ``with_raw_response`` call."""
@@ -149,6 +147,217 @@ class _Run:
         result = Check(name, "warn", detail)
         self.results.append(result)
         self.report(result)
+
+
+def _files_create(run: _Run) -> str:
+    body, headers = run.raw(
+        run.client.files.with_raw_response.create(
+            file=("contract.jsonl", io.BytesIO(run.data)), purpose="batch"
+        )
+    )
+    _conforms(body, "OpenAIFile")
+    if body["purpose"] != "batch" or body["bytes"] != len(run.data):
+        raise _Failed(f"purpose {body['purpose']!r}, bytes {body['bytes']} (sent {len(run.data)})")
+    run.ctx["file"] = body
+    if not headers.get("x-request-id"):
+        run.warn("x-request-id header", "files.create answered without one")
+    return str(body["id"])
+
+
+def _files_agree(run: _Run) -> None:
+    client, file_id = run.client, run.ctx["file"]["id"]
+    body, _ = run.raw(client.files.with_raw_response.retrieve(file_id))
+    _conforms(body, "OpenAIFile")
+    if body["id"] != file_id:
+        raise _Failed(f"retrieve gave {body['id']}")
+    listed, _ = run.raw(client.files.with_raw_response.list(purpose="batch"))
+    _conforms(listed, "ListFilesResponse")
+    if file_id not in [f["id"] for f in listed["data"]]:
+        raise _Failed("the uploaded file is not in files.list(purpose='batch')")
+    if client.files.content(file_id).content != run.data:
+        raise _Failed("files.content differs from the uploaded bytes")
+
+
+def _batches_create(run: _Run) -> str:
+    file_id = run.ctx["file"]["id"]
+    body, _ = run.raw(
+        run.client.batches.with_raw_response.create(
+            input_file_id=file_id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            metadata={"purpose": "portfolio_batch contract test"},
+        )
+    )
+    _conforms(body, "Batch")
+    run.ctx["batch"] = body
+    if body["status"] != "validating":
+        raise _Failed(f"status {body['status']!r} (expected 'validating')")
+    if body["input_file_id"] != file_id or body["endpoint"] != "/v1/chat/completions":
+        raise _Failed("input_file_id or endpoint differ from the request")
+    extra = set(body) - set(
+        response_schema("Batch")["components"]["schemas"]["Batch"]["properties"]
+    )
+    if extra:
+        run.warn("Batch fields", f"fields outside the spec: {sorted(extra)}")
+    return str(body["id"])
+
+
+def _batches_list(run: _Run) -> None:
+    body, _ = run.raw(run.client.batches.with_raw_response.list(limit=1))
+    _conforms(body, "ListBatchesResponse")
+    if len(body["data"]) > 1:
+        raise _Failed(f"limit=1 gave {len(body['data'])} batches")
+    if body["data"] and body.get("has_more") and body.get("last_id") is None:
+        raise _Failed("has_more without last_id")
+
+
+def _check_step(previous: dict[str, Any], body: dict[str, Any]) -> None:
+    """One poll's answer against the one before: an allowed status move, counts that add up."""
+    if body["status"] not in NEXT.get(previous["status"], {previous["status"]}):
+        raise _Failed(f"status went {previous['status']!r} -> {body['status']!r}")
+    counts, before = body.get("request_counts"), previous.get("request_counts")
+    if not counts:
+        return
+    if counts["completed"] + counts["failed"] > counts["total"]:
+        raise _Failed(f"request_counts {counts}: completed + failed > total")
+    if before and counts["completed"] < before["completed"]:
+        raise _Failed(f"request_counts.completed fell: {before} -> {counts}")
+
+
+def _lifecycle(run: _Run) -> str:
+    batch_id = run.ctx["batch"]["id"]
+    previous = run.ctx["batch"]
+    deadline = time.monotonic() + run.wait
+    delay = 0.05
+    while True:
+        body, _ = run.raw(run.client.batches.with_raw_response.retrieve(batch_id))
+        _conforms(body, "Batch")
+        _check_step(previous, body)
+        previous = body
+        if body["status"] in TERMINAL:
+            run.ctx["done"] = body
+            return f"{body['status']}, request_counts {body.get('request_counts')}"
+        if time.monotonic() > deadline:
+            run.client.batches.cancel(batch_id)
+            raise _Failed(f"still {body['status']} after {run.wait:.0f} s (cancelled it)")
+        time.sleep(delay)
+        delay = min(delay * 2, run.poll)
+
+
+def _result_lines(run: _Run, done: dict[str, Any]) -> dict[str, Any]:
+    """The output and error files' lines by custom_id, each checked against the spec."""
+    seen: dict[str, Any] = {}
+    for file_id in (done.get("output_file_id"), done.get("error_file_id")):
+        if not file_id:  # null or "" both mean no file
+            continue
+        for raw in run.client.files.content(file_id).content.splitlines():
+            if raw.strip():
+                line = orjson.loads(raw)
+                _conforms(line, "BatchRequestOutput")
+                seen[line["custom_id"]] = line
+    return seen
+
+
+def _results(run: _Run) -> str:
+    done = run.ctx["done"]
+    if done["status"] != "completed":
+        raise _Failed(f"the batch ended {done['status']}: {done.get('errors')}")
+    # the live API has shown a completed batch without its output file for a poll or two
+    for _attempt in range(5):
+        if done.get("output_file_id") or done.get("error_file_id"):
+            break
+        time.sleep(2)
+        done, _ = run.raw(run.client.batches.with_raw_response.retrieve(done["id"]))
+    seen = _result_lines(run, done)
+    wanted = {line["custom_id"] for line in run.lines}
+    if set(seen) != wanted:
+        raise _Failed(f"result lines for {sorted(seen)}, requests were {sorted(wanted)}")
+    ok = [c for c, line in seen.items() if (line.get("response") or {}).get("status_code") == 200]
+    counts = done["request_counts"]
+    if counts["completed"] != len(ok) or counts["total"] != len(wanted):
+        raise _Failed(f"request_counts {counts} but {len(ok)} of {len(wanted)} lines are 200s")
+    return f"{len(ok)} answered, {len(wanted) - len(ok)} failed"
+
+
+def _cancel(run: _Run) -> str:
+    import openai
+
+    client = run.client
+    created = client.batches.create(
+        input_file_id=run.ctx["file"]["id"],
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    try:
+        body, _ = run.raw(client.batches.with_raw_response.cancel(created.id))
+    except openai.BadRequestError:
+        # what cancel does to a batch that already ended is not documented: a 400 is fine then
+        ended = client.batches.retrieve(created.id)
+        if ended.status not in TERMINAL:
+            raise
+        return f"it had already ended ({ended.status}) and cancel answered a 400"
+    _conforms(body, "Batch")
+    if body["status"] not in TERMINAL | CANCELLING:
+        raise _Failed(f"cancel answered status {body['status']!r}")
+    return str(body["status"])
+
+
+def _error_shapes(run: _Run) -> None:
+    import openai
+
+    client = run.client
+    tries: list[tuple[str, Callable[[], Any], type[openai.APIStatusError]]] = [
+        (
+            "an unknown batch",
+            lambda: client.batches.retrieve("batch_contractdoesnotexist"),
+            openai.NotFoundError,
+        ),
+        (
+            "an unknown endpoint",
+            lambda: client.batches.create(
+                input_file_id=run.ctx.get("file", {}).get("id", "file-none"),
+                endpoint="/v1/nothing",  # type: ignore[arg-type]
+                completion_window="24h",
+            ),
+            openai.BadRequestError,
+        ),
+    ]
+    for what, call, expected in tries:
+        try:
+            call()
+        except expected as exc:
+            body = {"error": exc.body} if isinstance(exc.body, dict) else exc.body
+            _conforms(body, "ErrorResponse")
+        except openai.APIStatusError as exc:
+            raise _Failed(f"{what}: HTTP {exc.status_code}, expected {expected.__name__}") from None
+        else:
+            raise _Failed(f"{what} was accepted")
+    # no key at all: a 401 in the same shape (the SDK cannot send none)
+    answer = httpx2.get(f"{str(client.base_url).rstrip('/')}/files", timeout=60)
+    if answer.status_code != 401:
+        raise _Failed(f"a request without an API key got HTTP {answer.status_code}, not 401")
+    _conforms(answer.json(), "ErrorResponse")
+
+
+def _files_delete(run: _Run) -> None:
+    body, _ = run.raw(run.client.files.with_raw_response.delete(run.ctx["file"]["id"]))
+    _conforms(body, "DeleteFileResponse")
+    if body.get("deleted") is not True:
+        raise _Failed(f"deleted is {body.get('deleted')!r}")
+
+
+# The checks in the order they run: (name, what they need from earlier ones, the check).
+_CHECKS: list[tuple[str, tuple[str, ...], Callable[[_Run], str | None]]] = [
+    ("files.create answers an OpenAIFile", (), _files_create),
+    ("files.retrieve, files.list and files.content agree", ("file",), _files_agree),
+    ("batches.create answers a validating Batch", ("file",), _batches_create),
+    ("batches.list pages with first_id/last_id/has_more", ("batch",), _batches_list),
+    ("the batch moves through the lifecycle to an end", ("batch",), _lifecycle),
+    ("the output and error files hold one valid line per request", ("done",), _results),
+    ("cancel answers cancelling or cancelled", ("file",), _cancel),
+    ("errors have OpenAI's shape and status codes", (), _error_shapes),
+    ("files.delete answers a DeleteFileResponse", ("file",), _files_delete),
+]
 
 
 def run_contract(
@@ -171,196 +380,8 @@ def run_contract(
 
     client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=2)
     run = _Run(client, model=model, wait=wait, poll=poll, report=report or (lambda _: None))
-    ctx = run.ctx
-    lines = [_request_line(f"contract-{i}", model, f"Say the number {i}.") for i in range(2)]
-    data = b"".join(orjson.dumps(line) + b"\n" for line in lines)
-
-    @run.check("files.create answers an OpenAIFile")
-    def _() -> str:
-        body, headers = run.raw(
-            client.files.with_raw_response.create(
-                file=("contract.jsonl", io.BytesIO(data)), purpose="batch"
-            )
-        )
-        _conforms(body, "OpenAIFile")
-        if body["purpose"] != "batch" or body["bytes"] != len(data):
-            raise _Failed(f"purpose {body['purpose']!r}, bytes {body['bytes']} (sent {len(data)})")
-        ctx["file"] = body
-        if not headers.get("x-request-id"):
-            run.warn("x-request-id header", "files.create answered without one")
-        return str(body["id"])
-
-    @run.check("files.retrieve, files.list and files.content agree", needs=["file"])
-    def _() -> None:
-        file_id = ctx["file"]["id"]
-        body, _ = run.raw(client.files.with_raw_response.retrieve(file_id))
-        _conforms(body, "OpenAIFile")
-        if body["id"] != file_id:
-            raise _Failed(f"retrieve gave {body['id']}")
-        listed, _ = run.raw(client.files.with_raw_response.list(purpose="batch"))
-        _conforms(listed, "ListFilesResponse")
-        if file_id not in [f["id"] for f in listed["data"]]:
-            raise _Failed("the uploaded file is not in files.list(purpose='batch')")
-        if client.files.content(file_id).content != data:
-            raise _Failed("files.content differs from the uploaded bytes")
-
-    @run.check("batches.create answers a validating Batch", needs=["file"])
-    def _() -> str:
-        body, _ = run.raw(
-            client.batches.with_raw_response.create(
-                input_file_id=ctx["file"]["id"],
-                endpoint="/v1/chat/completions",
-                completion_window="24h",
-                metadata={"purpose": "portfolio_batch contract test"},
-            )
-        )
-        _conforms(body, "Batch")
-        ctx["batch"] = body
-        if body["status"] != "validating":
-            raise _Failed(f"status {body['status']!r} (expected 'validating')")
-        if body["input_file_id"] != ctx["file"]["id"] or body["endpoint"] != "/v1/chat/completions":
-            raise _Failed("input_file_id or endpoint differ from the request")
-        extra = set(body) - set(
-            response_schema("Batch")["components"]["schemas"]["Batch"]["properties"]
-        )
-        if extra:
-            run.warn("Batch fields", f"fields outside the spec: {sorted(extra)}")
-        return str(body["id"])
-
-    @run.check("batches.list pages with first_id/last_id/has_more", needs=["batch"])
-    def _() -> None:
-        body, _ = run.raw(client.batches.with_raw_response.list(limit=1))
-        _conforms(body, "ListBatchesResponse")
-        if len(body["data"]) > 1:
-            raise _Failed(f"limit=1 gave {len(body['data'])} batches")
-        if body["data"] and body.get("has_more") and body.get("last_id") is None:
-            raise _Failed("has_more without last_id")
-
-    @run.check("the batch moves through the lifecycle to an end", needs=["batch"])
-    def _() -> str:
-        batch_id = ctx["batch"]["id"]
-        previous = ctx["batch"]
-        deadline = time.monotonic() + run.wait
-        delay = 0.05
-        while True:
-            body, _ = run.raw(client.batches.with_raw_response.retrieve(batch_id))
-            _conforms(body, "Batch")
-            if body["status"] not in NEXT.get(previous["status"], {previous["status"]}):
-                raise _Failed(f"status went {previous['status']!r} -> {body['status']!r}")
-            counts, before = body.get("request_counts"), previous.get("request_counts")
-            if counts:
-                if counts["completed"] + counts["failed"] > counts["total"]:
-                    raise _Failed(f"request_counts {counts}: completed + failed > total")
-                if before and counts["completed"] < before["completed"]:
-                    raise _Failed(f"request_counts.completed fell: {before} -> {counts}")
-            previous = body
-            if body["status"] in TERMINAL:
-                ctx["done"] = body
-                return f"{body['status']}, request_counts {counts}"
-            if time.monotonic() > deadline:
-                client.batches.cancel(batch_id)
-                raise _Failed(f"still {body['status']} after {run.wait:.0f} s (cancelled it)")
-            time.sleep(delay)
-            delay = min(delay * 2, run.poll)
-
-    @run.check("the output and error files hold one valid line per request", needs=["done"])
-    def _() -> str:
-        done = ctx["done"]
-        if done["status"] != "completed":
-            raise _Failed(f"the batch ended {done['status']}: {done.get('errors')}")
-        # the live API has shown a completed batch without its output file for a poll or two
-        for _attempt in range(5):
-            if done.get("output_file_id") or done.get("error_file_id"):
-                break
-            time.sleep(2)
-            done, _ = run.raw(client.batches.with_raw_response.retrieve(done["id"]))
-        seen: dict[str, Any] = {}
-        for file_id in (done.get("output_file_id"), done.get("error_file_id")):
-            if not file_id:  # null or "" both mean no file
-                continue
-            for raw in client.files.content(file_id).content.splitlines():
-                if raw.strip():
-                    line = orjson.loads(raw)
-                    _conforms(line, "BatchRequestOutput")
-                    seen[line["custom_id"]] = line
-        wanted = {line["custom_id"] for line in lines}
-        if set(seen) != wanted:
-            raise _Failed(f"result lines for {sorted(seen)}, requests were {sorted(wanted)}")
-        ok = [
-            c for c, line in seen.items() if (line.get("response") or {}).get("status_code") == 200
-        ]
-        counts = done["request_counts"]
-        if counts["completed"] != len(ok) or counts["total"] != len(wanted):
-            raise _Failed(f"request_counts {counts} but {len(ok)} of {len(wanted)} lines are 200s")
-        return f"{len(ok)} answered, {len(wanted) - len(ok)} failed"
-
-    @run.check("cancel answers cancelling or cancelled", needs=["file"])
-    def _() -> str:
-        import openai
-
-        created = client.batches.create(
-            input_file_id=ctx["file"]["id"],
-            endpoint="/v1/chat/completions",
-            completion_window="24h",
-        )
-        try:
-            body, _ = run.raw(client.batches.with_raw_response.cancel(created.id))
-        except openai.BadRequestError:
-            # what cancel does to a batch that already ended is not documented: a 400 is fine then
-            ended = client.batches.retrieve(created.id)
-            if ended.status not in TERMINAL:
-                raise
-            return f"it had already ended ({ended.status}) and cancel answered a 400"
-        _conforms(body, "Batch")
-        if body["status"] not in ("cancelling", "cancelled", "completed", "failed", "expired"):
-            raise _Failed(f"cancel answered status {body['status']!r}")
-        return str(body["status"])
-
-    @run.check("errors have OpenAI's shape and status codes")
-    def _() -> None:
-        import openai
-
-        tries: list[tuple[str, Callable[[], Any], type[openai.APIStatusError]]] = [
-            (
-                "an unknown batch",
-                lambda: client.batches.retrieve("batch_contractdoesnotexist"),
-                openai.NotFoundError,
-            ),
-            (
-                "an unknown endpoint",
-                lambda: client.batches.create(
-                    input_file_id=ctx.get("file", {}).get("id", "file-none"),
-                    endpoint="/v1/nothing",  # type: ignore[arg-type]
-                    completion_window="24h",
-                ),
-                openai.BadRequestError,
-            ),
-        ]
-        for what, call, expected in tries:
-            try:
-                call()
-            except expected as exc:
-                body = {"error": exc.body} if isinstance(exc.body, dict) else exc.body
-                _conforms(body, "ErrorResponse")
-            except openai.APIStatusError as exc:
-                raise _Failed(
-                    f"{what}: HTTP {exc.status_code}, expected {expected.__name__}"
-                ) from None
-            else:
-                raise _Failed(f"{what} was accepted")
-        # no key at all: a 401 in the same shape (the SDK cannot send none)
-        answer = httpx2.get(f"{str(client.base_url).rstrip('/')}/files", timeout=60)
-        if answer.status_code != 401:
-            raise _Failed(f"a request without an API key got HTTP {answer.status_code}, not 401")
-        _conforms(answer.json(), "ErrorResponse")
-
-    @run.check("files.delete answers a DeleteFileResponse", needs=["file"])
-    def _() -> None:
-        body, _ = run.raw(client.files.with_raw_response.delete(ctx["file"]["id"]))
-        _conforms(body, "DeleteFileResponse")
-        if body.get("deleted") is not True:
-            raise _Failed(f"deleted is {body.get('deleted')!r}")
-
+    for name, needs, step in _CHECKS:
+        run.check(name, needs, step)
     return run.results
 
 

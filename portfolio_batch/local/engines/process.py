@@ -30,7 +30,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import portfolio_batch
 from portfolio_batch.errors import InputError, LocalServerError, PortfolioBatchError
 from portfolio_batch.local.engines._child import read_frame, write_frame
 from portfolio_batch.local.store import ApiError
@@ -94,7 +93,7 @@ _BOOTSTRAP = (
 
 
 def _child_command() -> list[str]:
-    root = str(Path(portfolio_batch.__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[3])  # the directory holding portfolio_batch/
     return [sys.executable, "-c", _BOOTSTRAP, root, str(os.getpid())]
 
 
