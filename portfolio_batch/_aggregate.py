@@ -27,14 +27,18 @@ import openai
 import orjson
 import pandas as pd
 
-from portfolio_batch._decode import LINE_DECODER, ROW, VALUES, Line, row_of
-from portfolio_batch._requests import (
+from portfolio_batch._contract import (
     ANSWER_COLUMNS,
-    ECHO_FIELD,
-    RETRY_OF,
+    NON_DATA_COLUMNS,
+    ROW_COLUMNS,
+    TERMINAL,
+    TOKEN_COLUMNS,
     USAGE_COLUMNS,
-    gc_paused,
+    ResultRow,
 )
+from portfolio_batch._cost import PricesArg
+from portfolio_batch._decode import LINE_DECODER, Line, failed_row, row_of
+from portfolio_batch._requests import ECHO_FIELD, gc_paused
 from portfolio_batch._validate import Validator, schema_of_body, validator_for
 from portfolio_batch.errors import DownloadError, InputError, PricingError, ResultFileGoneError
 
@@ -42,8 +46,7 @@ __all__ = ["aggregate_df"]
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("succeeded", "failed", "expired", "cancelled", "missing", "invalid_output")
-# When one custom_id has several lines, the most useful one wins.
+# When one custom_id has several lines, the most useful one wins (ranks every RESULT_STATUSES).
 _RANK = {
     "missing": 0,
     "expired": 1,
@@ -52,16 +55,7 @@ _RANK = {
     "invalid_output": 3,
     "succeeded": 4,
 }
-_TERMINAL = {"completed", "failed", "expired", "cancelled"}
-_NOT_DATA = {"custom_id", "method", "url", "body", RETRY_OF}
-# the token columns of a row (see decode.ROW)
-_TOKENS = (
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-)
+_NOT_DATA = frozenset(NON_DATA_COLUMNS)
 _CID = attrgetter("custom_id")
 _CHUNK = 512 << 10  # bytes decoded per call: small enough that its objects stay in the CPU cache
 _CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*("(?:[^"\\]|\\.)*")')
@@ -98,8 +92,9 @@ class Collector:
                 self.fields.setdefault(name, dtype)
         self.where = np.zeros(n, dtype=np.intp)
         self.empty = self.single.empty if self.single is not None else None
-        missing = ("missing", *([None] * (len(ROW) - 1)))
-        self.cols: list[list[Any]] = [[x] for x in missing[:VALUES]]  # ROW without "values"
+        # ROW_COLUMNS -> its values, in row order (the answer is not kept, only its fields)
+        missing = failed_row("missing", None, None)
+        self.cols: dict[str, list[Any]] = {c: [getattr(missing, c)] for c in ROW_COLUMNS}
         self.field_cols: dict[str, list[Any]] = {f: [None] for f in self.fields}
         self.batch_id: list[str | None] = [None]
         self.unknown = self.duplicates = self.malformed = 0
@@ -130,8 +125,8 @@ class Collector:
             j = self.where[i]
             if (
                 j
-                and self.cols[0][j] != "missing"
-                and not self._replaces(i, row[0], f"{name} line {first + k}")
+                and self.cols["status"][j] != "missing"
+                and not self._replaces(i, row.status, f"{name} line {first + k}")
             ):
                 continue
             self._append(i, row, v, batch_id)
@@ -149,22 +144,20 @@ class Collector:
         v = self.single
         rows = list(map(row_of, lines, repeat(None if v is None else v.decode), repeat(self.empty)))
         self.where[idx] = np.arange(len(self), len(self) + n)
-        columns = list(zip(*rows, strict=True))
-        for col, values in zip(self.cols, columns, strict=False):  # the row columns
-            col.extend(values)
+        columns = dict(zip(ResultRow._fields, zip(*rows, strict=True), strict=True))
+        for name, col in self.cols.items():
+            col.extend(columns[name])
         if v is not None:
             for f, get in zip(v.fields, v.getters, strict=True):
-                self.field_cols[f].extend(map(get, columns[VALUES]))
+                self.field_cols[f].extend(map(get, columns["answer"]))
         self.batch_id.extend(repeat(batch_id, n))
         return True
 
-    def _append(
-        self, i: int, row: tuple[Any, ...], v: Validator | None, batch_id: str | None
-    ) -> None:
+    def _append(self, i: int, row: ResultRow, v: Validator | None, batch_id: str | None) -> None:
         self.where[i] = len(self)
-        for col, value in zip(self.cols, row, strict=False):
+        for col, value in zip(self.cols.values(), row, strict=False):  # cols: the row's order
             col.append(value)
-        answer = row[VALUES]
+        answer = row.answer
         for f, col in self.field_cols.items():
             get = v.getter(f) if v is not None and answer is not None else None
             col.append(get(answer) if get is not None else None)
@@ -173,7 +166,7 @@ class Collector:
     def _replaces(self, i: int, new: str, where: str) -> bool:
         """A second line for a custom_id: the more useful one wins (succeeded over failed…)."""
         self.duplicates += 1
-        old = self.cols[0][self.where[i]]
+        old = self.cols["status"][self.where[i]]
         keep = _RANK[new] <= _RANK[old]
         what = "ignored, kept the earlier" if keep else "replaces the earlier"
         log.warning("%s: another line for %r (%s) %s %s one", where, self.ids[i], new, what, old)
@@ -186,9 +179,9 @@ class Collector:
         cid = _loads_or_none(m.group(1)) if m else None
         i = self.pos.get(cid) if isinstance(cid, str) else None
         log.warning("%s: malformed line (%s); custom_id %r left missing", where, problem, cid)
-        if i is not None and self.cols[0][self.where[i]] == "missing":
+        if i is not None and self.cols["status"][self.where[i]] == "missing":
             msg = f"its result line ({where}) is malformed: {problem}"
-            self._append(i, _missing_row("malformed_line", msg), None, None)
+            self._append(i, failed_row("missing", "malformed_line", msg), None, None)
 
     def files_gone(
         self, *, batch_id: str, files: list[tuple[str, str]], shard_path: str | None
@@ -205,7 +198,7 @@ class Collector:
         )
         marked = 0
         if shard_path is not None and Path(shard_path).is_file():
-            row = _missing_row("result_file_gone", msg)
+            row = failed_row("missing", "result_file_gone", msg)
             with open(shard_path, "rb") as fh:
                 for raw in fh:
                     m = _CUSTOM_ID.search(raw)
@@ -293,7 +286,7 @@ class Collector:
         self,
         requests: pd.DataFrame,
         *,
-        prices: Any = None,
+        prices: PricesArg = None,
         batch: bool = True,
         backend: str | None = None,
     ) -> pd.DataFrame:
@@ -320,15 +313,8 @@ class Collector:
         block = np.empty((len(obj_names), n), dtype=object)
         put = dict(zip(obj_names, block, strict=True))
         put["custom_id"][:] = np.fromiter(self.ids, dtype=object, count=n)
-        for k, name in (
-            (0, "status"),
-            (2, "error_code"),
-            (3, "error_message"),
-            (4, "finish_reason"),
-            (5, "content"),
-            (9, "model"),
-        ):
-            np.take(np.fromiter(self.cols[k], dtype=object, count=m), idx, out=put[name])
+        for name in ("status", "error_code", "error_message", "finish_reason", "content", "model"):
+            np.take(np.fromiter(self.cols[name], dtype=object, count=m), idx, out=put[name])
         np.take(np.fromiter(self.batch_id, dtype=object, count=m), idx, out=put["batch_id"])
         typed: dict[str, Any] = {}
         wrong = self._key_mismatches(requests, put)
@@ -340,8 +326,8 @@ class Collector:
                 col[wrong] = None
             if f not in put:
                 typed[f] = _typed(col, self.fields[f])
-        typed["http_status"] = _int_column(_numbers(self.cols[1])[idx])
-        tokens = {name: _numbers(self.cols[ROW.index(name)])[idx] for name in _TOKENS}
+        typed["http_status"] = _int_column(_numbers(self.cols["http_status"])[idx])
+        tokens = {name: _numbers(self.cols[name])[idx] for name in TOKEN_COLUMNS}
         typed.update((name, _int_column(arr)) for name, arr in tokens.items())
         put["requested_model"][:] = _request_models(requests)
         engine, priced = _provenance(put["model"], put["requested_model"], backend)
@@ -428,11 +414,6 @@ class Collector:
 _NO_ROWS = np.empty(0, dtype=np.intp)
 
 
-def _missing_row(code: str, message: str) -> tuple[Any, ...]:
-    """A ``missing`` row (see ``decode.ROW``) with a reason."""
-    return ("missing", None, code, message, *([None] * (len(ROW) - 4)))
-
-
 def echoes_key(answer: Any, sent: Any, keys: set[str] | None = None) -> bool:
     """Whether an answer's echoed key is the request's key ``sent``.
 
@@ -475,7 +456,8 @@ def _numbers(values: list[Any]) -> np.ndarray:
 def _take(column: Iterable[Any], n: int, idx: np.ndarray) -> np.ndarray:
     """The ``n`` values of ``column`` reordered by ``idx``, as an object array (a list value stays
     one element, never a second dimension)."""
-    return np.fromiter(column, dtype=object, count=n)[idx]
+    values: np.ndarray = np.fromiter(column, dtype=object, count=n)[idx]
+    return values
 
 
 def _blocks(fh: io.BufferedIOBase, size: int) -> Iterator[tuple[memoryview | bytes, int]]:
@@ -517,10 +499,10 @@ def aggregate_df(
     jobs: pd.DataFrame | None,
     requests: pd.DataFrame,
     *,
-    client: Any = None,
+    client: openai.OpenAI | None = None,
     output_files: Iterable[str | Path] | None = None,
     error_files: Iterable[str | Path] | None = None,
-    prices: Any = None,
+    prices: PricesArg = None,
 ) -> pd.DataFrame:
     """One row per requested ``custom_id`` with its status, answer fields, tokens and cost.
 
@@ -578,9 +560,9 @@ def _job_files(
             f"jobs frame lacks column(s) {sorted(missing)}; pass the frame submit()/poll()/resume() returned"
         )
     if client is None:
-        from portfolio_batch._backend import client as default_client
+        from portfolio_batch._backend import client_for
 
-        client = default_client()
+        client = client_for(_jobs_backend(jobs, None, default=False))
     for row in jobs.to_dict("records"):
         batch_id = row.get("batch_id")
         if not _present(batch_id):
@@ -597,7 +579,7 @@ def _job_files(
         )
         done = int(row.get("completed") or 0)
         # OpenAI can say completed before it names the output file: look again for it
-        if status not in _TERMINAL or (not _present(out_id) and (done or not _present(err_id))):
+        if status not in TERMINAL or (not _present(out_id) and (done or not _present(err_id))):
             batch = client.batches.retrieve(batch_id)
             out_id, err_id, status = batch.output_file_id, batch.error_file_id, batch.status
             done = int(getattr(batch.request_counts, "completed", 0) or 0)
@@ -609,7 +591,7 @@ def _job_files(
                 batch_id,
                 done,
             )
-        if status not in _TERMINAL:
+        if status not in TERMINAL:
             log.warning(
                 "batch %s is still %s: its unfinished requests are missing; poll() it first",
                 batch_id,
@@ -632,15 +614,17 @@ def _job_files(
                 yield kind, path, str(batch_id), file_id
 
 
-def _jobs_backend(jobs: pd.DataFrame, client: Any) -> str:
-    """Where the jobs' batches ran: their ``backend`` column (as submitted), else the client's."""
-    from portfolio_batch._backend import backend_name
-    from portfolio_batch._backend import client as default_client
+def _jobs_backend(jobs: pd.DataFrame, client: Any, *, default: bool = True) -> str | None:
+    """Where the jobs' batches ran: their ``backend`` column (as submitted), else the client's
+    (``default=False``: else None)."""
+    from portfolio_batch._backend import backend_name, client_for
 
     names = jobs["backend"].dropna().astype(str).unique().tolist() if "backend" in jobs else []
     if names:
         return ", ".join(sorted(names))
-    return backend_name(client if client is not None else default_client())
+    if not default:
+        return None
+    return backend_name(client if client is not None else client_for(None))
 
 
 def _check_batch_visible(client: Any, batch_id: str) -> None:

@@ -35,11 +35,18 @@ import openai
 
 from portfolio_batch._home import cache_dir, home
 from portfolio_batch._locks import LockBusy, home_lock
-from portfolio_batch.errors import InputError, LocalServerError, SimulatedBackendWarning
+from portfolio_batch.errors import (
+    InputError,
+    LocalServerError,
+    MissingDependencyError,
+    SimulatedBackendWarning,
+    missing_extra,
+)
 
 __all__ = [
     "backend_name",
     "client",
+    "client_for",
     "configured_backend",
     "embedded_server",
     "engine_of",
@@ -144,6 +151,8 @@ def engine_of(backend: str | None) -> str | None:
     >>> engine_of("local:embedded:smollm2"), engine_of("openai")
     ('smollm2', None)
     """
+    if isinstance(backend, str) and provider_of_backend(backend) is not None:
+        backend = backend.split(":", 1)[1]  # anthropic:local:embedded:rules
     if isinstance(backend, str) and backend.startswith(_LOCAL_PREFIX):
         return backend.removeprefix(_LOCAL_PREFIX)
     return None
@@ -219,6 +228,13 @@ def _live_shared(data_dir: Any, engine: str) -> _SharedServer | None:
 def _import_local_server() -> Any:
     try:
         from portfolio_batch.local import LocalServer
+    except MissingDependencyError as exc:  # the local extra is not installed
+        raise missing_extra(
+            exc.name or "fastapi",
+            "local",
+            alternative="With no OPENAI_API_KEY the embedded local server answers, and it "
+            "needs that extra: set OPENAI_API_KEY to use OpenAI",
+        ) from exc
     except ImportError as exc:
         missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
         if missing and not missing.startswith("portfolio_batch"):
@@ -377,16 +393,36 @@ def configured_backend() -> str | None:
     return None
 
 
-def client(**overrides: Any) -> openai.OpenAI:
+def client(
+    *, provider: str | None = None, engine: str | None = None, **overrides: Any
+) -> openai.OpenAI:
     """An ``openai`` client for the backend the environment selects.
 
     ``overrides`` go to the client's constructor (``max_retries=``, ``timeout=`` …);
     ``engine="smollm2"`` (the CLI's ``--engine``) always selects the embedded local server.
+    ``provider="anthropic"`` / ``"gemini"`` (``submit`` and ``start`` pick it from the model
+    name) gives an OpenAI-shaped client over that provider's batch API
+    (``_providers._facade.BatchClient``); with no ``provider``, a lone ``ANTHROPIC_API_KEY`` or
+    ``GEMINI_API_KEY`` (no OpenAI or Azure configured) selects that provider.
+    ``provider="groq"`` (``_providers.compatible.SUPPORTED``) gives ``openai.OpenAI`` at that
+    provider's base URL (``GROQ_BASE_URL`` overrides it) with ``GROQ_API_KEY``; only ``provider=``
+    selects it, never the model name or a lone key. ``"together"``, ``"mistral"``,
+    ``"fireworks"`` raise an ``InputError`` naming what their batch API lacks.
 
     >>> pb.client(max_retries=5).max_retries   # doctest: +SKIP
     5
     """
-    engine = overrides.pop("engine", None)
+    if provider is None and engine is None:
+        provider = _lone_provider()
+    if provider in _compatible():
+        # Groq, Together, Mistral...: only provider= selects them (their model names are open
+        # models'); those whose Files + Batches are OpenAI's get openai.OpenAI(base_url=...)
+        from portfolio_batch._providers import compatible
+
+        return compatible.client(str(provider), engine=engine, **overrides)
+    if provider not in (None, "openai"):
+        made: openai.OpenAI = _provider_client(str(provider), engine=engine, **overrides)
+        return made
     configured = configured_backend() if engine is None else None
     if configured == "openai":
         _log_once("openai", "OpenAI (OPENAI_API_KEY is set)")
@@ -412,6 +448,123 @@ def client(**overrides: Any) -> openai.OpenAI:
     return openai.OpenAI(base_url=str(server.base_url), **overrides)
 
 
+# provider -> the environment variables of its key (first set wins); the module
+# portfolio_batch._providers.<provider> has the same in KEY_VARS
+PROVIDER_KEYS = {
+    "anthropic": ("ANTHROPIC_API_KEY",),
+    "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+}
+
+
+def _lone_provider() -> str | None:
+    """The provider whose key is the only one set (OpenAI and Azure unset), else None."""
+    if configured_backend() is not None:
+        return None
+    keyed = [p for p, names in PROVIDER_KEYS.items() if any(os.environ.get(v) for v in names)]
+    return keyed[0] if len(keyed) == 1 else None
+
+
+def provider_of_backend(backend: str | None) -> str | None:
+    """The provider of a recorded backend name (``anthropic:local:embedded:rules`` →
+    ``anthropic``); None for OpenAI, Azure and the OpenAI-compatible local server.
+
+    >>> provider_of_backend("anthropic"), provider_of_backend("local:embedded:rules")
+    ('anthropic', None)
+    """
+    head = (backend or "").split(":", 1)[0]
+    return head if head in PROVIDER_KEYS or head in _compatible() else None
+
+
+def _compatible() -> tuple[str, ...]:
+    """The OpenAI-compatible providers' names (``_providers.compatible.PROVIDERS``)."""
+    from portfolio_batch._providers.compatible import PROVIDERS
+
+    return tuple(PROVIDERS)
+
+
+def client_for(backends: str | None, **overrides: Any) -> openai.OpenAI:
+    """The client for batches recorded under ``backends`` (a jobs frame's ``backend`` column,
+    joined by ", "): the provider they were submitted to, else ``client()``'s choice."""
+    names = [b for b in (backends or "").split(", ") if b]
+    providers = {provider_of_backend(b) for b in names}
+    if len(providers) != 1 or None in providers:
+        return client(provider="openai" if names else None, **overrides)
+    engine = engine_of(names[0])
+    return client(provider=next(iter(providers)), engine=engine, **overrides)  # type: ignore[arg-type]
+
+
+def _provider_client(provider: str, *, engine: str | None, **overrides: Any) -> Any:
+    """A ``BatchClient`` over ``provider``'s backend: with its key (and base URL variable) from
+    the environment, else (no key at all, or ``engine=``) the embedded local server's routes
+    for that provider, simulated."""
+    import importlib
+
+    from portfolio_batch._providers._facade import BatchClient
+
+    if provider not in PROVIDER_KEYS:
+        raise InputError(
+            f"provider={provider!r} is not known; use one of openai, "
+            f"{', '.join(PROVIDER_KEYS)}, {', '.join(_compatible())} (or leave it out: the "
+            "model name decides)."
+        )
+    extra = sorted(set(overrides) - {"max_retries", "timeout"})
+    if extra:
+        raise InputError(
+            f"client(provider={provider!r}) takes max_retries= and timeout=; not {extra[0]}="
+        )
+    try:
+        module = importlib.import_module(f"portfolio_batch._providers.{provider}")
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("portfolio_batch"):
+            raise
+        raise InputError(f"The {provider} backend is not available in this version.") from exc
+    names = PROVIDER_KEYS[provider]
+    key = next((os.environ[v] for v in names if os.environ.get(v)), None)
+    if engine is None and key:
+        base = os.environ.get(module.BASE_URL_VAR) or None
+        backend = module.backend(api_key=key, base_url=base, **overrides)
+        label = provider if base is None else f"{provider}:{base.rstrip('/')}"
+        _log_once(label, f"{provider} batches at {backend.base_url}")
+        # a local server's answers are marked simulated, as on the OpenAI path
+        return BatchClient(backend, label=label, simulated_engine=_local_engine(base, key))
+    others = [
+        v for p, vs in PROVIDER_KEYS.items() for v in vs if p != provider and os.environ.get(v)
+    ]
+    if engine is None and (configured_backend() is not None or others):
+        have = "OpenAI" if configured_backend() is not None else ", ".join(others)
+        raise InputError(
+            f"The {provider} model needs {' or '.join(names)}, which is not set ({have} is "
+            f"configured, but a {provider} model runs only on {provider}). Set "
+            f"{names[0]}, or choose a model of the configured provider."
+        )
+    server = embedded_server(engine)
+    chosen = str(getattr(server, "engine", None) or engine or "rules")
+    _announce(chosen, f"No {names[0]} found" if engine is None else f"engine={engine!r} given")
+    root = str(server.base_url).rstrip("/").removesuffix("/v1")
+    backend = module.backend(
+        api_key=getattr(server, "api_key", None) or _LOCAL_KEY, base_url=root, **overrides
+    )
+    return BatchClient(
+        backend, label=f"{provider}:{_LOCAL_PREFIX}{chosen}", simulated_engine=chosen
+    )
+
+
+def _local_engine(base_url: str | None, key: str) -> str | None:
+    """The engine of the portfolio_batch local server at a loopback ``base_url`` (its
+    ``/health`` names it), else None."""
+    if not base_url or httpx2.URL(base_url).host not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    root = base_url.rstrip("/").removesuffix("/v1")
+    try:
+        answer = httpx2.get(
+            f"{root}/health", headers={"Authorization": f"Bearer {key}"}, timeout=1.0
+        )
+        engine = answer.json().get("engine") if answer.status_code == 200 else None
+    except (httpx2.HTTPError, ValueError, AttributeError):
+        return None
+    return engine if isinstance(engine, str) and engine else None
+
+
 def reset_client() -> None:
     """Stop the embedded local servers this process started, so the next ``client()`` decides
     afresh (for tests, and at interpreter exit); another process's server keeps running."""
@@ -432,6 +585,7 @@ def reset_client() -> None:
 def backend_name(c: Any) -> str:
     """A stable name of the backend a client talks to: ``"openai"`` (``"openai:<org>:<project>"``
     when those are set), ``"azure:<host>"``, ``"local:embedded:<engine>"`` for the embedded server,
+    a provider's name (``"anthropic"``, ``"groq"``, ``"groq:<base_url>"`` for another endpoint),
     else ``"local:<base_url>"``.
 
     It is part of the idempotency key, so that the same file sent to two backends makes two
@@ -440,6 +594,9 @@ def backend_name(c: Any) -> str:
     >>> backend_name(openai.OpenAI(api_key="x"))
     'openai'
     """
+    label = getattr(c, "label", None)  # a _providers BatchClient names itself
+    if isinstance(label, str) and provider_of_backend(label) is not None:
+        return label
     host = c.base_url.host
     if isinstance(c, openai.AzureOpenAI) or host.endswith(
         (".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com")

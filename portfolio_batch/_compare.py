@@ -124,6 +124,96 @@ def _score(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
 
 
+def _score_change(
+    p: dict[str, Any], c: dict[str, Any], threshold: float
+) -> tuple[list[str], list[str]]:
+    """The kinds of change (most important first) and their details, for a position in both
+    runs; its weight aside."""
+    if not (p["scored"] and c["scored"]):
+        if p["scored"]:
+            return ["no longer scored"], []
+        return (["newly scored"] if c["scored"] else []), []
+    kinds: list[str] = []
+    details: list[str] = []
+    delta = (c["score"] or 0.0) - (p["score"] or 0.0)
+    up, down = level_rank(c["level"]), level_rank(p["level"])
+    if str(c["level"]) != str(p["level"]):
+        # levels off the known scale go by the direction of the score
+        higher = up > down if up == up and down == down else delta > 0
+        kinds.append("upgraded" if higher else "downgraded")
+    elif abs(delta) > threshold:
+        kinds.append("moved")
+    if kinds or abs(delta) > threshold:
+        details.append(f"score {_score(p['score'])} → {_score(c['score'])} ({delta:+g})")
+    if str(c["level"]) != str(p["level"]):
+        details.append(f"level {p['level']} → {c['level']}")
+    return kinds, details
+
+
+def _change(
+    label: str,
+    key: str,
+    p: dict[str, Any] | None,
+    c: dict[str, Any] | None,
+    *,
+    threshold: float,
+    weight_threshold: float,
+) -> dict[str, Any] | None:
+    """The row of one position's change from ``p`` (previous run) to ``c``; None if unchanged."""
+    details: list[str] = []
+    if p is None:
+        kinds = ["new"]
+    elif c is None:
+        kinds = ["dropped"]
+    else:
+        kinds, details = _score_change(p, c, threshold)
+    pw = p["weight"] if p else None
+    cw = c["weight"] if c else None
+    reweighted = pw is not None and cw is not None and abs(cw - pw) > weight_threshold
+    if reweighted:
+        details.append(f"weight {_pct(pw)} → {_pct(cw)}")
+        if not kinds:
+            kinds.append("reweighted")
+    if not kinds:
+        return None
+    prev, cur = p or {}, c or {}
+    ps, cs = prev.get("score"), cur.get("score")
+    return {
+        key: label,
+        "change": kinds[0],
+        "detail": "; ".join(details),
+        "previous_score": ps,
+        "risk_score": cs,
+        "score_change": cs - ps if cs is not None and ps is not None else None,
+        "previous_level": prev.get("level"),
+        "risk_level": cur.get("level"),
+        "previous_weight": pw,
+        "weight": cw,
+        "weight_change": cw - pw if cw is not None and pw is not None else None,
+        "reweighted": bool(reweighted),
+        "previous_rationale": prev.get("rationale"),
+        "rationale": cur.get("rationale"),
+    }
+
+
+def _ranked(out: pd.DataFrame) -> pd.DataFrame:
+    """The changes typed, most important kind first, then the biggest moves."""
+    for col in ("previous_score", "risk_score", "score_change", "previous_weight", "weight"):
+        out[col] = out[col].astype("float64")
+    out["weight_change"] = out["weight_change"].astype("float64")
+    out["reweighted"] = out["reweighted"].astype(bool)
+    if len(out):
+        rank = out["change"].map({c: i for i, c in enumerate(CHANGES)})
+        size = -out["score_change"].abs().fillna(0) - out["weight_change"].abs().fillna(0)
+        out = (
+            out.assign(_r=rank, _s=size)
+            .sort_values(["_r", "_s"], kind="stable")
+            .drop(columns=["_r", "_s"])
+            .reset_index(drop=True)
+        )
+    return out
+
+
 def compare(
     previous: pd.DataFrame,
     current: pd.DataFrame,
@@ -156,74 +246,10 @@ def compare(
     rows = []
     for label in [*after, *(k for k in before if k not in after)]:
         p, c = before.get(label), after.get(label)
-        kinds: list[str] = []
-        details: list[str] = []
-        if p is None:
-            kinds.append("new")
-        elif c is None:
-            kinds.append("dropped")
-        else:
-            if p["scored"] and c["scored"]:
-                delta = (c["score"] or 0.0) - (p["score"] or 0.0)
-                up, down = level_rank(c["level"]), level_rank(p["level"])
-                if str(c["level"]) != str(p["level"]):
-                    # levels off the known scale go by the direction of the score
-                    higher = up > down if up == up and down == down else delta > 0
-                    kinds.append("upgraded" if higher else "downgraded")
-                elif abs(delta) > threshold:
-                    kinds.append("moved")
-                if kinds or abs(delta) > threshold:
-                    details.append(
-                        f"score {_score(p['score'])} → {_score(c['score'])} ({delta:+g})"
-                    )
-                if str(c["level"]) != str(p["level"]):
-                    details.append(f"level {p['level']} → {c['level']}")
-            elif p["scored"]:
-                kinds.append("no longer scored")
-            elif c["scored"]:
-                kinds.append("newly scored")
-        pw = p["weight"] if p else None
-        cw = c["weight"] if c else None
-        reweighted = pw is not None and cw is not None and abs(cw - pw) > weight_threshold
-        if reweighted:
-            details.append(f"weight {_pct(pw)} → {_pct(cw)}")
-            if not kinds:
-                kinds.append("reweighted")
-        if not kinds:
-            continue
-        ps, cs = (p or {}).get("score"), (c or {}).get("score")
-        rows.append(
-            {
-                cur_key: label,
-                "change": kinds[0],
-                "detail": "; ".join(details),
-                "previous_score": ps,
-                "risk_score": cs,
-                "score_change": cs - ps if cs is not None and ps is not None else None,
-                "previous_level": (p or {}).get("level"),
-                "risk_level": (c or {}).get("level"),
-                "previous_weight": pw,
-                "weight": cw,
-                "weight_change": cw - pw if cw is not None and pw is not None else None,
-                "reweighted": bool(reweighted),
-                "previous_rationale": (p or {}).get("rationale"),
-                "rationale": (c or {}).get("rationale"),
-            }
-        )
-    out = pd.DataFrame(rows, columns=[cur_key, *COLUMNS])
-    for col in ("previous_score", "risk_score", "score_change", "previous_weight", "weight"):
-        out[col] = out[col].astype("float64")
-    out["weight_change"] = out["weight_change"].astype("float64")
-    out["reweighted"] = out["reweighted"].astype(bool)
-    if len(out):
-        rank = out["change"].map({c: i for i, c in enumerate(CHANGES)})
-        size = -out["score_change"].abs().fillna(0) - out["weight_change"].abs().fillna(0)
-        out = (
-            out.assign(_r=rank, _s=size)
-            .sort_values(["_r", "_s"], kind="stable")
-            .drop(columns=["_r", "_s"])
-            .reset_index(drop=True)
-        )
+        row = _change(label, cur_key, p, c, threshold=threshold, weight_threshold=weight_threshold)
+        if row is not None:
+            rows.append(row)
+    out = _ranked(pd.DataFrame(rows, columns=[cur_key, *COLUMNS]))
     out.attrs = {
         "key": cur_key,
         "threshold": float(threshold),

@@ -20,13 +20,14 @@ tokens and billed as output, never on top of them.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 import pandas as pd
@@ -34,7 +35,6 @@ import pandas as pd
 from portfolio_batch.errors import BudgetExceededError, InputError, PricingError
 
 __all__ = [
-    "COST_COLUMNS",
     "Price",
     "check_budget",
     "compare_models",
@@ -43,14 +43,6 @@ __all__ = [
     "price_for",
 ]
 
-COST_COLUMNS = [
-    "custom_id",
-    "model",
-    "input_tokens",
-    "output_tokens_est",
-    "batch_cost_usd",
-    "sync_cost_usd",
-]
 PRICE_FIELDS = (
     "input",
     "output",
@@ -63,6 +55,8 @@ PRICE_FIELDS = (
 )
 _PER = 1_000_000
 PricesArg = Mapping[str, Mapping[str, Any]] | str | os.PathLike[str] | None
+# 'max' (each request's max_tokens), tokens per answer, or a ratio of max_tokens
+OutputTokens = Literal["max"] | int | float
 
 
 @dataclass(frozen=True)
@@ -83,7 +77,32 @@ class Price:
 
 
 def _strip(model: str) -> str:
-    return model.split("/", 1)[1] if model.startswith("openai/") else model
+    return model.split("/", 1)[1] if model.startswith(("openai/", "models/")) else model
+
+
+# genai-prices' provider id for each of our providers (``_providers.provider_of``): a claude
+# model is priced at Anthropic's rates, a gemini model at Google's, anything else at OpenAI's
+# (an Azure deployment name included, which you price with prices=).
+_PRICE_PROVIDERS = {"openai": "openai", "anthropic": "anthropic", "gemini": "google"}
+# Rates are read off 1,000 tokens, not a million: a million prompt tokens would land in the
+# long-context tier of claude-sonnet-4-5 or gemini-2.5-pro (prompts over 200k tokens cost 2x).
+_RATE_TOKENS = 1_000
+
+# Only OpenAI's tokenizers ship offline (bpe-openai); other providers' prompts are counted with
+# o200k_base, an approximation whose error against their own tokenizers we have not measured
+# (it needs their token-counting APIs or tokenizer downloads): aggregate_df's cost_usd uses the
+# usage each provider returns, so actual costs are exact.
+APPROX_TOKENS_NOTE = (
+    "input tokens of {models} are approximate: counted with OpenAI's o200k_base tokenizer "
+    "(no offline tokenizer exists for them); the error against the provider's own count is "
+    "unmeasured, so leave a margin; results' cost_usd uses the usage the provider returns"
+)
+
+
+def _provider(model: str) -> str:
+    from portfolio_batch._providers import provider_of
+
+    return provider_of(model)
 
 
 def _price_from_fields(model: str, fields: Mapping[str, Any], version: str, where: str) -> Price:
@@ -171,33 +190,35 @@ def _overrides(prices: PricesArg) -> dict[str, Price]:
 
 
 @cache
-def _genai_price(model: str) -> Price:
+def _genai_price(model: str, provider: str) -> Price:
+    """``model``'s rates at genai-prices' ``provider`` (``openai``, ``anthropic``, ``google``)."""
     import genai_prices
     from genai_prices import Usage, calc_price
+
+    n = _RATE_TOKENS
 
     def rate(usage: Usage, batch: bool) -> float:
         context: Any = {"processing": "batch"} if batch else None
         # No request timestamp: an old one silently drops the batch rates (shared/choices.md).
-        result = calc_price(usage, _strip(model), provider_id="openai", price_context=context)
-        return float(result.total_price)
+        result = calc_price(usage, _strip(model), provider_id=provider, price_context=context)
+        return float(result.total_price * (_PER // n))  # Decimal: exact per-million rates
 
     try:
         fields = {
-            "input": rate(Usage(input_tokens=_PER), False),
-            "output": rate(Usage(output_tokens=_PER), False),
-            "cached_input": rate(Usage(input_tokens=_PER, cache_read_tokens=_PER), False),
-            "batch_input": rate(Usage(input_tokens=_PER), True),
-            "batch_output": rate(Usage(output_tokens=_PER), True),
-            "batch_cached_input": rate(Usage(input_tokens=_PER, cache_read_tokens=_PER), True),
+            "input": rate(Usage(input_tokens=n), False),
+            "output": rate(Usage(output_tokens=n), False),
+            "cached_input": rate(Usage(input_tokens=n, cache_read_tokens=n), False),
+            "batch_input": rate(Usage(input_tokens=n), True),
+            "batch_output": rate(Usage(output_tokens=n), True),
+            "batch_cached_input": rate(Usage(input_tokens=n, cache_read_tokens=n), True),
             # the input rate where the table has no cache-write price (no extra fee)
-            "cache_write_input": rate(Usage(input_tokens=_PER, cache_write_tokens=_PER), False),
-            "batch_cache_write_input": rate(
-                Usage(input_tokens=_PER, cache_write_tokens=_PER), True
-            ),
+            "cache_write_input": rate(Usage(input_tokens=n, cache_write_tokens=n), False),
+            "batch_cache_write_input": rate(Usage(input_tokens=n, cache_write_tokens=n), True),
         }
     except LookupError:
         raise PricingError(
-            f"No price is known for model {model!r} (genai-prices {genai_prices.__version__} has none). "
+            f"No price is known for model {model!r} at {provider} (genai-prices "
+            f"{genai_prices.__version__} has none). "
             f'Pass one, in USD per million tokens: prices={{"{model}": {{"input": 0.15, "output": 0.60}}}} '
             "or prices='prices.csv' (columns model,input,output); for Azure, price your deployment "
             "name like this"
@@ -210,17 +231,36 @@ def _genai_price(model: str) -> Price:
     )
 
 
-def price_for(model: str, *, prices: PricesArg = None) -> Price:
-    """The :class:`Price` of ``model``: your ``prices`` first, then genai-prices.
+def price_for(model: str, *, prices: PricesArg = None, provider: str | None = None) -> Price:
+    """The :class:`Price` of ``model``: your ``prices`` first, then genai-prices at
+    ``provider``'s rates (``openai``, ``azure``, ``anthropic``, ``gemini``; default: from the
+    model name, ``claude-*`` Anthropic, ``gemini-*`` Google, else OpenAI).
 
     >>> price_for("gpt-4o-mini").batch_input
     0.075
+    >>> price_for("claude-haiku-4-5").batch_output
+    2.5
     >>> price_for("my-deployment", prices={"my-deployment": {"input": 1, "output": 4}}).batch_output
     2.0
     """
     overrides = _overrides(prices)
     found = overrides.get(model) or overrides.get(_strip(model))
-    return found if found is not None else _genai_price(model)
+    if found is not None:
+        return found
+    return _genai_price(model, _price_provider(model, provider))
+
+
+def _price_provider(model: str, provider: str | None) -> str:
+    """genai-prices' provider id for ``model`` on ``provider`` (None: from the model name)."""
+    name = provider or _provider(model)
+    if name == "azure":
+        return "openai"  # Azure's batch prices are OpenAI's (price a deployment with prices=)
+    if name not in _PRICE_PROVIDERS:
+        raise InputError(
+            f"provider={name!r} is not known; use openai, azure, anthropic or gemini "
+            "(or leave it out: the model name decides)"
+        )
+    return _PRICE_PROVIDERS[name]
 
 
 @overload
@@ -316,7 +356,7 @@ def _max_tokens(body: Any) -> Any:
     return None
 
 
-def _output_estimate(bodies: list[Any], ids: list[str], output_tokens: Any) -> np.ndarray:
+def _output_estimate(bodies: list[Any], ids: list[str], output_tokens: OutputTokens) -> np.ndarray:
     if isinstance(output_tokens, bool) or not (
         output_tokens == "max" or isinstance(output_tokens, (int, float, np.integer, np.floating))
     ):
@@ -343,7 +383,8 @@ def _output_estimate(bodies: list[Any], ids: list[str], output_tokens: Any) -> n
     arr = np.asarray(limits, dtype=np.int64)
     if output_tokens == "max":
         return arr
-    return np.ceil(arr * float(output_tokens)).astype(np.int64)
+    rounded: np.ndarray = np.ceil(arr * float(output_tokens)).astype(np.int64)
+    return rounded
 
 
 def _models(bodies: list[Any], ids: list[str]) -> list[str]:
@@ -375,19 +416,26 @@ def estimate_cost(
     requests: pd.DataFrame,
     *,
     prices: PricesArg = None,
-    output_tokens: Any = "max",
+    output_tokens: OutputTokens = "max",
     currency: str = "USD",
     fx_rate: float | None = None,
-    fx_date: Any = None,
+    fx_date: str | dt.date | None = None,
+    provider: str | None = None,
 ) -> pd.DataFrame:
     """Per-request token counts and cost, batch and synchronous, indexed by ``custom_id``.
 
     ``input_tokens``: exact tiktoken counts of the messages with the chat-format overhead, plus an
     estimate for the ``response_format`` schema (see :func:`portfolio_batch._tokens.response_format_tokens`).
+    Claude and Gemini models are priced at Anthropic's and Google's batch rates, but no offline
+    tokenizer exists for them: their prompts are counted with o200k_base, ``attrs["token_count"]``
+    is ``"approx"`` and ``attrs["token_count_error"]`` ``"unmeasured"`` (``attrs["notes"]`` says
+    so); the results' ``cost_usd`` is exact, from the usage the provider returns.
     ``output_tokens``: ``"max"`` (each request's ``max_tokens``: an upper bound), an int (tokens
     per answer) or a float ratio of ``max_tokens`` (0.5 = half). For reasoning models (o-series,
     gpt-5) output includes the reasoning tokens, billed as output: ``max_completion_tokens``
     bounds both, and ``attrs["output_includes_reasoning"]`` is True (``attrs["notes"]`` says so).
+
+    ``provider=`` prices every model at that provider's rates (default: from each model's name).
 
     ``currency="EUR", fx_rate=0.92, fx_date="2026-11-13"`` (1 USD = 0.92 EUR; the rate is
     never fetched) adds ``batch_cost_eur``/``sync_cost_eur`` beside the USD columns and records
@@ -417,10 +465,12 @@ def estimate_cost(
         part = bodies if len(unique) == 1 else [bodies[i] for i in sel]
         thinks = thinks or _reasoning(model, part[0])  # build_requests writes bodies alike
         in_tokens[sel] = count_body_tokens(part, model=model)
-        price = price_for(model, prices=prices)
+        price = price_for(model, prices=prices, provider=provider)
         used.append(price)
         batch[sel] = _cost(price, in_tokens[sel], out_est[sel], batch=True)
         sync[sel] = _cost(price, in_tokens[sel], out_est[sel], batch=False)
+    # no offline tokenizer for these
+    approx = [m for m in unique if _price_provider(m, provider) != "openai"]
     index = pd.Index(ids, name="custom_id", dtype=object)
     costs = pd.DataFrame(
         {
@@ -441,10 +491,14 @@ def estimate_cost(
         else float(output_tokens)
         if isinstance(output_tokens, (float, np.floating))
         else int(output_tokens),
-        "token_count": "exact",
+        "token_count": "approx" if approx else "exact",
         "output_includes_reasoning": thinks,
-        "notes": [REASONING_NOTE] if thinks else [],
+        "notes": ([REASONING_NOTE] if thinks else [])
+        + ([APPROX_TOKENS_NOTE.format(models=", ".join(approx))] if approx else []),
     }
+    if approx:
+        costs.attrs["token_count_error"] = "unmeasured"
+        costs.attrs["token_count_method"] = "o200k_base"
     if money.converted:
         for col in ("batch_cost_usd", "sync_cost_usd"):
             costs[col.replace("_usd", f"_{money.suffix}")] = costs[col] * money.rate
@@ -471,12 +525,15 @@ def _reasoning(model: str, body: Any) -> bool:
 
 def compare_models(
     requests: pd.DataFrame,
-    models: list[str],
     *,
+    models: list[str],
     prices: PricesArg = None,
-    output_tokens: Any = "max",
+    output_tokens: OutputTokens = "max",
+    provider: str | None = None,
 ) -> pd.DataFrame:
     """The same requests priced on each of ``models``: one row per model, batch vs sync totals.
+    ``provider=``: as in :func:`estimate_cost`; ``token_count`` is ``"approx"`` for models with
+    no offline tokenizer (Claude, Gemini: counted with o200k_base, error unmeasured).
 
     Tokens are recounted with each model's own encoding (gpt-4 and gpt-3.5 use cl100k_base).
 
@@ -493,7 +550,7 @@ def compare_models(
     counted: dict[str, np.ndarray] = {}
     rows = []
     for model in models:
-        price = price_for(model, prices=prices)
+        price = price_for(model, prices=prices, provider=provider)
         encoding = encoding_name_for_model(model)
         if encoding not in counted:
             counted[encoding] = count_body_tokens(bodies, model=model)
@@ -510,6 +567,9 @@ def compare_models(
                 "sync_cost_usd": sync,
                 "savings_usd": sync - batch,
                 "price_source": price.version,
+                "token_count": "exact"
+                if _price_provider(model, provider) == "openai"
+                else "approx",
                 # the bodies say so only for the model they were written for
                 "output_includes_reasoning": _reasoning(
                     model, bodies[0] if bodies and bodies[0].get("model") == model else None
@@ -519,12 +579,14 @@ def compare_models(
     return pd.DataFrame(rows).set_index("model", drop=False).rename_axis(None)
 
 
-def check_budget(estimate_usd_or_costs: Any, budget_usd: float | None) -> float:
+def check_budget(
+    estimate_usd_or_costs: pd.DataFrame | pd.Series | float, *, budget_usd: float | None
+) -> float:
     """The estimated batch cost in USD; raises :class:`BudgetExceededError` when over ``budget_usd``.
 
     Takes a number, or an :func:`estimate_cost` frame (its ``batch_cost_usd`` is summed).
 
-        >>> check_budget(0.42, 1.0)
+        >>> check_budget(0.42, budget_usd=1.0)
         0.42
     """
     value = estimate_usd_or_costs

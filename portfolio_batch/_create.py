@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -32,20 +33,25 @@ from typing import Any, TypeVar
 
 import httpx2
 import openai
+import pandas as pd
 
+from portfolio_batch._contract import CANCELLING, DEAD, TERMINAL
 from portfolio_batch._home import cache_dir
 from portfolio_batch._locks import LockBusy, home_lock
-from portfolio_batch._registry import TERMINAL, Registry
+from portfolio_batch._registry import Registry
 from portfolio_batch._version import __version__
 from portfolio_batch.errors import InputError, RegistryError, SubmitError
 
 __all__ = [
-    "DEAD",
     "ServerIndex",
+    "adopt",
+    "as_dict",
     "cancel_batch",
     "create_shard_batch",
     "extra_copies_cancelled",
+    "idempotency_key",
     "shard_lock",
+    "shard_row",
     "submit_ready",
 ]
 
@@ -53,9 +59,6 @@ log = logging.getLogger("portfolio_batch")
 
 T = TypeVar("T")
 
-# Server-side statuses whose batch must not be reused: a new batch is made instead (an expired
-# batch left requests unfinished, like a cancelled one).
-DEAD = frozenset({"failed", "cancelled", "cancelling", "expired"})
 # How far along a batch is, to choose which of several copies to keep.
 PROGRESS = {"validating": 1, "in_progress": 2, "finalizing": 3, "completed": 4, "expired": 4}
 # How far back batches.list is read: OpenAI deletes a batch's output 30 days after it completes,
@@ -100,8 +103,93 @@ def extra_copies_cancelled() -> int:
     return _extras[0]
 
 
-def _dump(obj: Any) -> dict[str, Any]:
+def as_dict(obj: Any) -> dict[str, Any]:
+    """An SDK object (a Batch, a FileObject) as the plain dict the registry records."""
     return obj.model_dump() if hasattr(obj, "model_dump") else dict(obj)
+
+
+def idempotency_key(sha256: str, endpoint: str, model: str, backend: str) -> str:
+    """The key under which a shard is submitted at most once.
+
+    >>> idempotency_key("ab" * 32, "/v1/chat/completions", "gpt-4.1-mini", "openai")[:12]
+    '2938ea3f1693'
+    """
+    return hashlib.sha256(f"{sha256}\n{endpoint}\n{model}\n{backend}".encode()).hexdigest()
+
+
+def shard_row(
+    run_id: str, shard: int, row: dict[str, Any], *, est: float | None, key: str, backend: str
+) -> dict[str, Any]:
+    """The registry row of a shard not yet created (status ``queued``)."""
+    max_out = row.get("max_output_tokens")
+    return {
+        "run_id": run_id,
+        "shard": shard,
+        "idem_key": key,
+        "sha256": row["sha256"],
+        "path": str(row["path"]),
+        "n_requests": int(row["n_requests"]),
+        "est_input_tokens": int(row["est_input_tokens"]),
+        "max_output_tokens": None if max_out is None or pd.isna(max_out) else int(max_out),
+        "est_cost_usd": None if est is None or math.isnan(est) else est,
+        "model": str(row["model"]),
+        "endpoint": str(row["endpoint"]),
+        "backend": backend,
+        "status": "queued",
+        "batch_id": None,
+        "input_file_id": None,
+    }
+
+
+def adopt(
+    reg: Registry,
+    batch: dict[str, Any],
+    *,
+    backend: str,
+    row: dict[str, Any] | None = None,
+    est: float | None = None,
+    key: str | None = None,
+) -> tuple[str, int]:
+    """Record a batch found on the server (registry lost or never written) under the run and
+    shard its metadata names."""
+    md = batch.get("metadata") or {}
+    run_id = md.get("pb_run_id") or f"adopted-{batch['id']}"
+    shard_no = int(md.get("pb_shard") or 0)
+    counts = batch.get("request_counts") or {}
+    if row is None:
+        row = {
+            "sha256": md.get("pb_sha256") or "",
+            "path": "",
+            "n_requests": counts.get("total") or 0,
+            "est_input_tokens": 0,
+            "max_output_tokens": None,
+            "model": batch.get("model") or "",
+            "endpoint": batch.get("endpoint") or "",
+        }
+    key = key or idempotency_key(row["sha256"], row["endpoint"], row["model"], backend)
+    if reg.run(run_id) is None:
+        reg.ensure_run(
+            run_id,
+            backend=backend,
+            model=row["model"],
+            endpoint=row["endpoint"],
+            pb_version=md.get("pb_version") or __version__,
+            metadata={k: v for k, v in md.items() if not k.startswith("pb_")},
+            max_enqueued_tokens=None,
+            budget_usd=None,
+            est_cost_usd=None,
+        )
+    reg.upsert_shard(shard_row(run_id, shard_no, row, est=est, key=key, backend=backend))
+    reg.record_batch(
+        batch,
+        backend=backend,
+        run_id=run_id,
+        shard=shard_no,
+        idem_key=key,
+        sha256=row["sha256"],
+    )
+    log.info("found batch %s on the server (run %s, shard %s)", batch["id"], run_id, shard_no)
+    return run_id, shard_no
 
 
 @contextmanager
@@ -131,7 +219,7 @@ def list_batches(c: openai.OpenAI, *, since: float = 0.0) -> list[dict[str, Any]
     newest_first: bool | None = None
     previous: float | None = None
     for batch in c.batches.list(limit=100):
-        b = _dump(batch)
+        b = as_dict(batch)
         created = b.get("created_at") or 0
         if previous is not None and created != previous:
             newest_first = created < previous and newest_first is not False
@@ -319,7 +407,7 @@ def _ensure_file(reg: Registry, c: openai.OpenAI, shard: dict[str, Any]) -> str:
 
     def look() -> dict[str, Any] | None:
         try:
-            files = [_dump(f) for f in c.files.list(purpose="batch")]
+            files = [as_dict(f) for f in c.files.list(purpose="batch")]
         except openai.APIError as exc:
             raise SubmitError(
                 f"Looking on the server for the upload of {where} failed ({exc}); nothing was "
@@ -341,7 +429,7 @@ def _ensure_file(reg: Registry, c: openai.OpenAI, shard: dict[str, Any]) -> str:
             )
         with path.open("rb") as fh:
             made = c.with_options(max_retries=0).files.create(file=(name, fh), purpose="batch")
-        return _dump(made)
+        return as_dict(made)
 
     uploaded = _look_then_post(
         c, look, post, what=f"Uploading {where} ({path})", then=_finish(shard["run_id"])
@@ -414,7 +502,7 @@ def create_shard_batch(
                     "pb_shard": str(number),
                 },
             )
-            return [_dump(made)]
+            return [as_dict(made)]
 
         copies = _look_then_post(
             c,
@@ -533,10 +621,10 @@ def cancel_batch(c: openai.OpenAI, batch_id: str) -> dict[str, Any]:
     """Cancel a batch; one that has already ended (the server refuses to cancel it) is returned
     as it is."""
     try:
-        return _dump(c.batches.cancel(batch_id))
+        return as_dict(c.batches.cancel(batch_id))
     except (openai.BadRequestError, openai.ConflictError):
-        batch = _dump(c.batches.retrieve(batch_id))
-        if batch["status"] in TERMINAL or batch["status"] == "cancelling":
+        batch = as_dict(c.batches.retrieve(batch_id))
+        if batch["status"] in TERMINAL | CANCELLING:
             return batch
         raise
 

@@ -1,11 +1,11 @@
 """The lines of batch output and error files, decoded into results rows.
 
 Each line is decoded by ``msgspec`` straight into typed Structs holding only the fields kept;
-``row_of`` turns one into the row ``aggregate_df`` and ``run_sync`` store (see ``ROW``), its answer
-decoded and checked by a ``validate.Validator``.
+``row_of`` turns one into the ``ResultRow`` (``_contract``) ``aggregate_df`` and ``run_sync`` store,
+its answer decoded and checked by a ``validate.Validator``.
 
     >>> line = LINE_DECODER.decode(raw_line)  # doctest: +SKIP
-    >>> row_of(line, validator.decode, validator.empty)[0]  # doctest: +SKIP
+    >>> row_of(line, validator.decode, validator.empty).status  # doctest: +SKIP
     'succeeded'
 """
 
@@ -16,13 +16,17 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["LINE_DECODER", "LOCAL_FINGERPRINT", "ROW", "VALUES", "Line", "row_of"]
+from portfolio_batch._contract import ROW_COLUMNS, ResultRow
+
+__all__ = ["LINE_DECODER", "LOCAL_FINGERPRINT", "Line", "failed_row", "row_of"]
 
 
 class _Err(msgspec.Struct, gc=False):
     code: str | int | None = None
     message: str | None = None
     type: str | None = None
+    # vLLM's run-batch writes its ErrorResponse, {"error": {message, type, param, code}}
+    error: _Err | None = None
 
 
 class _Details(msgspec.Struct, gc=False):
@@ -91,38 +95,24 @@ class Line(msgspec.Struct, gc=False):
 
     custom_id: str
     response: _Response | None = None
-    error: _Err | None = None
+    error: _Err | str | None = None  # a plain message: vLLM run-batch's exceptions
 
 
 LINE_DECODER = msgspec.json.Decoder(Line)
 
 
-# The row row_of() returns, in this order; ``values`` is the answer's field values (or None).
-ROW = (
-    "status",
-    "http_status",
-    "error_code",
-    "error_message",
-    "finish_reason",
-    "content",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "model",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "values",
-)
-# Where the answer's values are in a row, and how many columns come before them.
-VALUES = len(ROW) - 1
 # The local server (portfolio_batch.local) marks its answers with this system_fingerprint and its
 # engine's name; OpenAI's are "fp_" and hex digits. The row's model is then "local:<engine>".
 LOCAL_FINGERPRINT = "fp_local_"
+# ResultRow(*values) runs a Python __new__; this C call builds the same row from one tuple
+_new = tuple.__new__
+# finish_reason .. model of a row without a response
+_NO_USAGE = (None,) * (len(ROW_COLUMNS) - 4)
 
 
-def row_of(line: Line, decode: Callable[[str], Any] | None, empty: Any = None) -> tuple[Any, ...]:
-    """The results row one output/error line gives (see ``ROW``); ``decode`` decodes and checks
-    the answer text, ``empty`` is the answer slot of a row without a valid answer.
+def row_of(line: Line, decode: Callable[[str], Any] | None, empty: Any = None) -> ResultRow:
+    """The results row one output/error line gives; ``decode`` decodes and checks the answer
+    text, ``empty`` is the answer of a row without a valid one.
 
     Written for the common case, a 200 chat.completion with a valid answer: it runs 50,000 times
     per batch file, so it touches as few attributes as it can. The model is what answered:
@@ -133,11 +123,29 @@ def row_of(line: Line, decode: Callable[[str], Any] | None, empty: Any = None) -
         return _no_response(line, empty)
     body = resp.body
     if resp.status_code != 200 or type(body) is not _Body or body.error is not None:
-        return _http_failure(resp, empty)
+        return _http_failure(resp, empty, line.error)
+    choices = body.choices
+    if choices:
+        ch = choices[0]
+        msg, finish = ch.message, ch.finish_reason
+        content, refusal = (msg.content, msg.refusal) if msg is not None else (None, None)
+    else:
+        content, finish, refusal = _responses_answer(body)
+    answer, code, problem = empty, None, None
+    if content is None:
+        if refusal is not None:
+            code, problem = "refusal", f"the model refused: {refusal}"
+        elif decode is not None:
+            code, problem = "no_content", "the response has no answer text"
+    elif decode is not None:
+        try:
+            answer = decode(content)  # validates while decoding
+        except msgspec.DecodeError as exc:  # ValidationError included
+            code, problem = _undecodable(exc, finish)
     model, fp = body.model, body.system_fingerprint
     if fp is not None and fp.startswith(LOCAL_FINGERPRINT):
         model = "local:" + fp[len(LOCAL_FINGERPRINT) :]
-    u = body.usage
+    u = body.usage  # inline, not a helper: a call per row costs 15 % of this function
     if u is None:
         pt = ct = cached = written = thought = None
     else:
@@ -146,120 +154,75 @@ def row_of(line: Line, decode: Callable[[str], Any] | None, empty: Any = None) -
         pt = u.prompt_tokens
         if pt is not None or u.completion_tokens is not None:
             ct, d, o = u.completion_tokens, u.prompt_tokens_details, u.completion_tokens_details
-        else:
+        else:  # the responses API's names
             pt, ct = u.input_tokens, u.output_tokens
             d, o = u.input_tokens_details, u.output_tokens_details
-        if d is None:
-            cached = written = 0
-        else:
-            cached, written = d.cached_tokens or 0, d.cache_write_tokens or 0
+        cached, written = (0, 0) if d is None else (d.cached_tokens or 0, d.cache_write_tokens or 0)
         thought = (o.reasoning_tokens or 0) if o is not None else 0
-    choices = body.choices
-    if choices:
-        ch = choices[0]
-        msg, finish = ch.message, ch.finish_reason
-        content, refusal = (msg.content, msg.refusal) if msg is not None else (None, None)
-    else:
-        content, finish, refusal = _responses_answer(body)
-    if content is not None:
-        if decode is None:
-            return (
-                "succeeded",
-                200,
-                None,
-                None,
-                finish,
-                content,
-                pt,
-                ct,
-                cached,
-                model,
-                written,
-                thought,
-                empty,
-            )
-        try:
-            answer = decode(content)  # validates while decoding
-        except msgspec.ValidationError as exc:
-            code, problem = "schema_mismatch", f"answer does not match the schema: {exc}"
-        except msgspec.DecodeError as exc:
-            code, problem = "invalid_json", f"answer is not valid JSON: {exc}"
-        else:
-            return (
-                "succeeded",
-                200,
-                None,
-                None,
-                finish,
-                content,
-                pt,
-                ct,
-                cached,
-                model,
-                written,
-                thought,
-                answer,
-            )
-        if finish in ("length", "max_output_tokens"):
-            problem += (
-                " (the answer was cut at max_tokens: retry_failed(..., max_tokens=) raises it)"
-            )
-    elif refusal is not None:
-        code, problem = "refusal", f"the model refused: {refusal}"
-    elif decode is not None:
-        code, problem = "no_content", "the response has no answer text"
-    else:
-        return (
-            "succeeded",
+    status = "succeeded" if code is None else "invalid_output"
+    return _new(  # in ResultRow's field order
+        ResultRow,
+        (
+            status,
             200,
-            None,
-            None,
+            code,
+            problem,
             finish,
             content,
             pt,
             ct,
             cached,
-            model,
             written,
             thought,
-            empty,
-        )
-    return (
-        "invalid_output",
-        200,
-        code,
-        problem,
-        finish,
-        content,
-        pt,
-        ct,
-        cached,
-        model,
-        written,
-        thought,
-        empty,
+            model,
+            answer,
+        ),
     )
 
 
-# finish_reason .. reasoning_tokens of a row without a response
-_NO_USAGE = (None,) * (VALUES - 4)
+def failed_row(
+    status: str,
+    code: str | None,
+    message: str | None,
+    *,
+    http_status: int | None = None,
+    empty: Any = None,
+) -> ResultRow:
+    """The row of a request without an answer: ``status`` and why.
+
+    >>> failed_row("missing", "result_file_gone", "gone").error_code
+    'result_file_gone'
+    """
+    return _new(ResultRow, (status, http_status, code, message, *_NO_USAGE, empty))
 
 
-def _no_response(line: Line, empty: Any) -> tuple[Any, ...]:
+def _undecodable(exc: msgspec.DecodeError, finish: str | None) -> tuple[str, str]:
+    """(error_code, error_message) of an answer text that does not decode to the schema."""
+    if isinstance(exc, msgspec.ValidationError):
+        code, problem = "schema_mismatch", f"answer does not match the schema: {exc}"
+    else:
+        code, problem = "invalid_json", f"answer is not valid JSON: {exc}"
+    if finish in ("length", "max_output_tokens"):
+        problem += " (the answer was cut at max_tokens: retry_failed(..., max_tokens=) raises it)"
+    return code, problem
+
+
+# The error code of a line the batch's end left unrun -> its row's status
+_ENDED_BY = {"batch_expired": "expired", "batch_cancelled": "cancelled"}
+
+
+def _no_response(line: Line, empty: Any) -> ResultRow:
     err = line.error
+    if isinstance(err, str):
+        return failed_row("failed", None, err, empty=empty)
+    err = err.error or err if err is not None else None
     code = None if err is None or err.code is None else str(err.code)
-    status = (
-        "expired"
-        if code == "batch_expired"
-        else "cancelled"
-        if code == "batch_cancelled"
-        else "failed"
-    )
+    status = _ENDED_BY.get(code, "failed") if code is not None else "failed"
     msg = err.message if err is not None else "the line has neither a response nor an error"
-    return (status, None, code, msg, *_NO_USAGE, empty)
+    return failed_row(status, code, msg, empty=empty)
 
 
-def _http_failure(resp: _Response, empty: Any) -> tuple[Any, ...]:
+def _http_failure(resp: _Response, empty: Any, line_error: _Err | str | None = None) -> ResultRow:
     body = resp.body
     code: str | None = None
     if isinstance(body, _Body) and body.error is not None:
@@ -267,9 +230,14 @@ def _http_failure(resp: _Response, empty: Any) -> tuple[Any, ...]:
         code, msg = (str(e.code) if e.code is not None else e.type), e.message
     elif isinstance(body, str):
         msg = body
+    elif isinstance(line_error, str):  # vLLM run-batch: no body, the error beside it
+        msg = line_error
+    elif line_error is not None:
+        e = line_error.error or line_error
+        code, msg = (str(e.code) if e.code is not None else e.type), e.message
     else:
         msg = "the response has no body"
-    return ("failed", resp.status_code, code, msg, *_NO_USAGE, empty)
+    return failed_row("failed", code, msg, http_status=resp.status_code, empty=empty)
 
 
 def _responses_answer(body: _Body) -> tuple[str | None, str | None, str | None]:

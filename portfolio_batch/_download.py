@@ -20,12 +20,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import openai
+import tenacity
 
 from portfolio_batch._home import cache_dir
 from portfolio_batch._locks import LockBusy, home_lock
@@ -107,6 +107,10 @@ def download_file(
         ) from exc
 
 
+class _Incomplete(Exception):
+    """The stream ended, but with a size other than the file object's: retried like a cut."""
+
+
 def _download(
     client: Any,
     file_id: str,
@@ -116,39 +120,59 @@ def _download(
     attempts: int,
     backoff: float,
 ) -> Path:
-    problem = "no attempt made"
-    for attempt in range(1, max(1, attempts) + 1):
-        have = part.stat().st_size if part.exists() else 0
-        if expected_bytes is not None and have >= expected_bytes > 0:
-            # a whole file left by a run stopped before the rename, or junk: no Range to ask for
-            if have == expected_bytes:
-                os.replace(part, dest)
-                return dest
-            part.unlink()
-            have = 0
-        try:
-            _fetch(client, file_id, part, have)
-        except _RETRYABLE as exc:
-            problem = f"{type(exc).__name__}: {exc}"
-        else:
-            size = part.stat().st_size
-            if expected_bytes is None or size == expected_bytes:
-                os.replace(part, dest)
-                log.info("downloaded %s (%d bytes) to %s", file_id, size, dest)
-                return dest
-            problem = f"got {size} bytes, the file object says {expected_bytes}"
-            if size > expected_bytes:  # appended onto something else: start over
-                part.unlink()
+    attempts = max(1, attempts)
+
+    def log_failure(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
         log.warning(
-            "download of %s incomplete (attempt %d/%d): %s", file_id, attempt, attempts, problem
+            "download of %s incomplete (attempt %d/%d): %s",
+            file_id,
+            state.attempt_number,
+            attempts,
+            _problem(exc),
         )
-        if attempt < attempts:
-            time.sleep(backoff * attempt)
-    raise DownloadError(
-        f"could not download file {file_id} completely after {attempts} attempts ({problem}). "
-        f"The partial data is in {part}; run aggregate_df again to continue, or download the file "
-        f"from the dashboard and pass it with output_files=/error_files=."
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=tenacity.wait_incrementing(start=backoff, increment=backoff),  # backoff × attempt
+        retry=tenacity.retry_if_exception_type((*_RETRYABLE, _Incomplete)),
+        after=log_failure,
     )
+    try:
+        return retrying(_attempt, client, file_id, dest, part, expected_bytes)
+    except tenacity.RetryError as exc:
+        last = exc.last_attempt.exception()
+        problem = _problem(last)
+        raise DownloadError(
+            f"could not download file {file_id} completely after {attempts} attempts "
+            f"({problem}). The partial data is in {part}; run aggregate_df again to continue, or "
+            "download the file from the dashboard and pass it with output_files=/error_files=."
+        ) from last
+
+
+def _problem(exc: BaseException | None) -> str:
+    return str(exc) if isinstance(exc, _Incomplete) else f"{type(exc).__name__}: {exc}"
+
+
+def _attempt(client: Any, file_id: str, dest: Path, part: Path, expected_bytes: int | None) -> Path:
+    """One attempt, continuing the ``.part`` file where the last one stopped."""
+    have = part.stat().st_size if part.exists() else 0
+    if expected_bytes is not None and have >= expected_bytes > 0:
+        # a whole file left by a run stopped before the rename, or junk: no Range to ask for
+        if have == expected_bytes:
+            os.replace(part, dest)
+            return dest
+        part.unlink()
+        have = 0
+    _fetch(client, file_id, part, have)
+    size = part.stat().st_size
+    if expected_bytes is not None and size != expected_bytes:
+        if size > expected_bytes:  # appended onto something else: start over
+            part.unlink()
+        raise _Incomplete(f"got {size} bytes, the file object says {expected_bytes}")
+    os.replace(part, dest)
+    log.info("downloaded %s (%d bytes) to %s", file_id, size, dest)
+    return dest
 
 
 def _fetch(client: Any, file_id: str, part: Path, have: int) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from portfolio_batch.errors import ExportError, InputError, MissingDependencyError
+from portfolio_batch.errors import ExportError, InputError, MissingDependencyError, missing_extra
 
 __all__ = ["csv_frame", "csv_notice", "find_chromium", "to_csv", "to_excel", "to_pdf"]
 
@@ -109,9 +109,8 @@ def _require_openpyxl() -> None:
     try:
         import openpyxl  # noqa: F401
     except ImportError as exc:
-        raise MissingDependencyError(
-            "results.xlsx needs openpyxl: pip install 'portfolio_batch[excel]' (or pip install "
-            "openpyxl); results.csv opens in Excel without it."
+        raise missing_extra(
+            "openpyxl", "excel", alternative="results.xlsx needs it; results.csv opens in Excel"
         ) from exc
 
 
@@ -119,11 +118,11 @@ def _sheets(
     results: pd.DataFrame, costs: pd.DataFrame | None, **options: Any
 ) -> dict[str, pd.DataFrame]:
     from portfolio_batch import review as rv
-    from portfolio_batch._report import DEFINITIONS, _cost_figures, _prompt_version, gather
+    from portfolio_batch._report import DEFINITIONS, cost_figures, gather, prompt_version
 
     g = gather(results, costs, **options)
     money = g.money
-    label, cost = _cost_figures(results, costs, money)
+    label, cost = cost_figures(results, costs, money)
     summary: list[tuple[str, Any]] = [
         ("portfolio", g.portfolio or "Unnamed portfolio"),
         ("as of", g.as_of),
@@ -137,8 +136,8 @@ def _sheets(
             )
             or "unknown",
         ),
-        ("prompt version", _prompt_version(results)),
-        ("coverage", rv.coverage_line(results, g.flags)),
+        ("prompt version", prompt_version(results)),
+        ("coverage", rv.coverage_line(results, flags=g.flags)),
         (label, cost),
     ]
     if money.note:
@@ -195,7 +194,7 @@ def _sheets(
             ("input sha256", g.input_sha256),
             ("backend", results.attrs.get("backend")),
             ("engine", results.attrs.get("engine")),
-            ("prompt version", _prompt_version(results)),
+            ("prompt version", prompt_version(results)),
             ("parameters", ", ".join(f"{k}={v}" for k, v in g.parameters.items())),
             ("system prompt", results.attrs.get("system_prompt")),
             ("price table", costs.attrs.get("price_version") if costs is not None else None),

@@ -101,7 +101,7 @@ def input_sha256(results: pd.DataFrame, source: str | os.PathLike[str] | None = 
         return str(recorded)
     if source is not None and Path(source).is_file():
         return file_sha256(source)
-    return frame_sha256(results, input_columns(results))
+    return frame_sha256(results, columns=input_columns(results))
 
 
 def find_run_id(results: pd.DataFrame, jobs: pd.DataFrame | None = None) -> str | None:

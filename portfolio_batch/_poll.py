@@ -21,21 +21,16 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, TypeAlias
 
 import openai
 import pandas as pd
 
-from portfolio_batch._backend import client as default_client
-from portfolio_batch._backend import poll_interval_bounds
-from portfolio_batch._registry import TERMINAL, Registry, open_registry
-from portfolio_batch._submit import (
-    _adopt,
-    _dump,
-    check_backend,
-    job_keys,
-    submit_ready,
-)
+from portfolio_batch._backend import client_for, poll_interval_bounds
+from portfolio_batch._contract import JOB_STATUSES, TERMINAL
+from portfolio_batch._create import adopt, as_dict, submit_ready
+from portfolio_batch._registry import Registry, open_registry
+from portfolio_batch._submit import _backends, check_backend, job_keys
 from portfolio_batch.errors import (
     BatchFailedError,
     InputError,
@@ -45,7 +40,15 @@ from portfolio_batch.errors import (
     SubmitError,
 )
 
-__all__ = ["poll", "progress_state", "refresh"]
+__all__ = [
+    "Progress",
+    "ProgressFactory",
+    "TextProgress",
+    "poll",
+    "progress_state",
+    "refresh",
+    "set_default_progress",
+]
 
 log = logging.getLogger("portfolio_batch")
 
@@ -82,19 +85,8 @@ def progress_state(jobs: pd.DataFrame) -> tuple[int, int, str]:
         total += int(n) + 1
         done += int(n) + 1 if status in TERMINAL else min(int(ok) + int(bad), int(n))
     by_status = jobs["status"].value_counts()
-    order = [
-        "queued",
-        "validating",
-        "in_progress",
-        "finalizing",
-        "cancelling",
-        "completed",
-        "expired",
-        "cancelled",
-        "failed",
-    ]
-    parts = [f"{s}={int(by_status[s])}" for s in order if s in by_status.index]
-    parts += [f"{s}={int(n)}" for s, n in by_status.items() if s not in order]
+    parts = [f"{s}={int(by_status[s])}" for s in JOB_STATUSES if s in by_status.index]
+    parts += [f"{s}={int(n)}" for s, n in by_status.items() if s not in JOB_STATUSES]
     postfix = (
         " ".join(parts) + f" | requests ok={int(jobs['completed'].sum())} "
         f"failed={int(jobs['failed'].sum())} of {int(jobs['n_requests'].sum())}"
@@ -102,47 +94,81 @@ def progress_state(jobs: pd.DataFrame) -> tuple[int, int, str]:
     return done, total, postfix
 
 
-class _Display:
-    """The notebook panel when in a Jupyter kernel, else a tqdm bar, else nothing."""
+class Progress(Protocol):
+    """What ``poll`` shows its rounds on: ``update`` gets each refreshed jobs frame, ``close`` is
+    called once at the end (also on an error or Ctrl-C). ``poll(progress=factory)`` opens one with
+    ``factory(jobs)``:
 
-    def __init__(self, jobs: pd.DataFrame, *, enabled: bool) -> None:
-        self.panel: Any = None
-        self.bar: Any = None
-        if not enabled:
-            return
-        try:
-            from portfolio_batch import _widgets as widgets
+    >>> class Log:
+    ...     def __init__(self, jobs): self.rounds = 0
+    ...     def update(self, jobs): self.rounds += 1
+    ...     def close(self): print(f"{self.rounds} round(s)")
+    >>> jobs = poll(jobs, progress=Log)                  # doctest: +SKIP
+    3 round(s)
+    """
 
-            if widgets.in_notebook():
-                est = jobs["est_cost_usd"].sum(min_count=1)
-                self.panel = widgets.ProgressPanel(
-                    jobs, est_cost_usd=None if pd.isna(est) else float(est)
-                )
-                return
-        except ImportError:
-            pass
+    def update(self, jobs: pd.DataFrame) -> None: ...
+
+    def close(self) -> None: ...
+
+
+ProgressFactory: TypeAlias = Callable[[pd.DataFrame], Progress]
+
+
+class TextProgress:
+    """A tqdm bar in requests (``progress_state``), the batches' statuses in its postfix."""
+
+    def __init__(self, jobs: pd.DataFrame) -> None:
         from tqdm.auto import tqdm
 
         done, total, _ = progress_state(jobs)
         self.bar = tqdm(total=total, initial=done, unit="req", desc="batches", mininterval=0)
 
     def update(self, jobs: pd.DataFrame) -> None:
-        if self.panel is not None:
-            self.panel.update(jobs)
-        if self.bar is not None:
-            done, total, postfix = progress_state(jobs)
-            self.bar.total = total
-            self.bar.n = done
-            self.bar.set_postfix_str(postfix, refresh=False)
-            self.bar.refresh()
+        done, total, postfix = progress_state(jobs)
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.set_postfix_str(postfix, refresh=False)
+        self.bar.refresh()
 
     def close(self) -> None:
-        panel, bar = self.panel, self.bar
-        self.panel = self.bar = None
-        if panel is not None:
-            panel.close()
-        if bar is not None:
-            bar.close()
+        self.bar.close()
+
+
+class _NoProgress:
+    def update(self, jobs: pd.DataFrame) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# What progress=True opens. The pipeline knows only the text bar; the package wires the notebook
+# panel in (portfolio_batch/__init__.py), so that this module never imports a display module.
+_default_progress: ProgressFactory = TextProgress
+
+
+def set_default_progress(factory: ProgressFactory) -> None:
+    """Make ``factory`` what ``poll(progress=True)`` opens (``portfolio_batch`` sets the notebook
+    panel, which falls back to ``TextProgress`` outside a kernel).
+
+    >>> set_default_progress(TextProgress)               # doctest: +SKIP
+    """
+    global _default_progress
+    _default_progress = factory
+
+
+def _open_progress(progress: bool | ProgressFactory, jobs: pd.DataFrame) -> Progress:
+    if progress is True:
+        return _default_progress(jobs)
+    if progress is False:
+        return _NoProgress()
+    if callable(progress):
+        return progress(jobs)
+    raise InputError(
+        f"progress={progress!r}: pass True (the default display), False (none) or a callable "
+        "that takes the jobs frame and returns an object with update(jobs) and close()."
+    )
 
 
 def _token_limit(batch: dict[str, Any]) -> bool:
@@ -263,7 +289,7 @@ def _refresh(
         if not row["batch_id"] or row["status"] in TERMINAL:
             continue
         try:
-            batch = _normalise(_dump(c.batches.retrieve(row["batch_id"])))
+            batch = _normalise(as_dict(c.batches.retrieve(row["batch_id"])))
         except TRANSIENT as exc:
             log.warning("checking batch %s failed (%s); trying again", row["batch_id"], exc)
             continue
@@ -306,7 +332,7 @@ def refresh(jobs: pd.DataFrame, *, client: openai.OpenAI | None = None) -> pd.Da
     keys = job_keys(jobs)
     if not keys:
         raise InputError("refresh() got an empty jobs frame: submit() or resume() first.")
-    c = client if client is not None else default_client()
+    c = client if client is not None else client_for(_backends(jobs))
     with open_registry() as reg:
         return _refresh(reg, c, keys, requeue_after=poll_interval_bounds(c)[1])
 
@@ -365,12 +391,14 @@ def poll(
     client: openai.OpenAI | None = None,
     interval: float | str = "auto",
     timeout: float | None = None,
-    progress: bool = True,
-    on_update: Callable[[pd.DataFrame], Any] | None = None,
+    progress: bool | ProgressFactory = True,
+    on_update: Callable[[pd.DataFrame], object] | None = None,
     raise_on_failed: bool = True,
 ) -> pd.DataFrame:
     """Refresh every batch until all are terminal; returns the final jobs frame.
 
+    ``progress=True`` shows the notebook panel in a Jupyter kernel and a text bar elsewhere;
+    ``False`` nothing; a callable ``factory(jobs) -> Progress`` your own display.
     ``interval="auto"`` starts short and grows (0.05 s to 1 s on the local server, 5 s to 60 s on
     OpenAI/Azure); a number fixes it. ``on_update(jobs)`` gets each refreshed frame. Queued shards
     (``submit(max_enqueued_tokens=)``) are created as capacity frees. A ``failed`` batch raises
@@ -386,7 +414,7 @@ def poll(
         raise InputError("poll() got an empty jobs frame: submit() or resume() first.")
     if interval != "auto" and (not isinstance(interval, int | float) or interval < 0):
         raise InputError(f"interval={interval!r}: pass 'auto' or a number of seconds >= 0.")
-    c = client if client is not None else default_client()
+    c = client if client is not None else client_for(_backends(jobs))
     first, largest = poll_interval_bounds(c)
     wait = first if interval == "auto" else float(interval)
     run_ids = list(dict.fromkeys(r for r, _ in keys))
@@ -395,42 +423,42 @@ def poll(
         _adopt_unknown(reg, c, jobs, keys)
         frame = reg.jobs_frame(keys=keys)
         check_backend(frame, c)
-        display = _Display(frame, enabled=progress)
+        display = _open_progress(progress, frame)
         submit_failures = 0
         try:
-            while True:
-                try:
-                    frame = _refresh(reg, c, keys, requeue_after=largest)
-                    submit_failures = 0
-                except (SubmitError, *TRANSIENT) as exc:
-                    submit_failures += 1
-                    if submit_failures >= MAX_SUBMIT_FAILURES:
-                        raise
-                    log.warning("creating a queued shard failed (%s); trying again", exc)
-                    frame = reg.jobs_frame(keys=keys)
-                if on_update is not None:
-                    on_update(frame.copy())
-                display.update(frame)
-                if frame["status"].isin(TERMINAL).all():
-                    break
-                elapsed = time.monotonic() - started
-                if timeout is not None and elapsed >= timeout:
-                    raise PollTimeoutError(
-                        f"poll() stopped after timeout={timeout} s with batches still running "
-                        f"({progress_state(frame)[2]}). " + _resume_hint(run_ids),
-                        jobs=frame,
-                    )
-                pause = wait if timeout is None else min(wait, timeout - elapsed)
-                time.sleep(max(pause, 0.0))
-                if interval == "auto":
-                    wait = min(wait * 1.5, largest)
+            try:
+                while True:
+                    try:
+                        frame = _refresh(reg, c, keys, requeue_after=largest)
+                        submit_failures = 0
+                    except (SubmitError, *TRANSIENT) as exc:
+                        submit_failures += 1
+                        if submit_failures >= MAX_SUBMIT_FAILURES:
+                            raise
+                        log.warning("creating a queued shard failed (%s); trying again", exc)
+                        frame = reg.jobs_frame(keys=keys)
+                    if on_update is not None:
+                        on_update(frame.copy())
+                    display.update(frame)
+                    if frame["status"].isin(TERMINAL).all():
+                        break
+                    elapsed = time.monotonic() - started
+                    if timeout is not None and elapsed >= timeout:
+                        raise PollTimeoutError(
+                            f"poll() stopped after timeout={timeout} s with batches still running "
+                            f"({progress_state(frame)[2]}). " + _resume_hint(run_ids),
+                            jobs=frame,
+                        )
+                    pause = wait if timeout is None else min(wait, timeout - elapsed)
+                    time.sleep(max(pause, 0.0))
+                    if interval == "auto":
+                        wait = min(wait * 1.5, largest)
+            finally:
+                display.close()  # before the hint below, so that the bar does not redraw over it
         except KeyboardInterrupt:
-            display.close()  # so that the bar does not redraw over the hint
             sys.stderr.write("\nInterrupted. " + _resume_hint(run_ids))
             sys.stderr.flush()
             raise
-        finally:
-            display.close()
         if raise_on_failed and (frame["status"] == "failed").any():
             raise _failure_error(frame, reg)
     return frame
@@ -454,4 +482,4 @@ def _adopt_unknown(
             )
         from portfolio_batch._backend import backend_name
 
-        _adopt(reg, _dump(c.batches.retrieve(batch_id)), backend=backend_name(c))
+        adopt(reg, as_dict(c.batches.retrieve(batch_id)), backend=backend_name(c))

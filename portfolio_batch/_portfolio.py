@@ -309,21 +309,46 @@ def load_portfolio(
     total line, weights in percent or in amounts, or every weight 0, are errors; weights that do
     not sum to 1 are a ``UserWarning`` naming the sum (the net and gross exposure with shorts).
     """
-    src: _Source | None = None
-    if isinstance(path_or_df, pd.DataFrame):
-        df = path_or_df.copy()
-    elif isinstance(path_or_df, (str, os.PathLike)):
-        df, src = _read(Path(path_or_df), key)
-    else:
-        raise InputError(
-            "load_portfolio() takes a CSV, TSV, Excel or Parquet path or a DataFrame, got "
-            f"{type(path_or_df).__name__}"
-        )
+    df, src = _frame_of(path_or_df, key)
     origin = f"{src.path}" if src is not None else "the DataFrame"
+    df, rows = _drop_empty(df, src)
+    where = _locator(df, src, rows)
+    if df.empty:
+        raise InputError(f"{origin} has no rows; a portfolio needs at least one position")
+    for column in (key, "weight"):
+        if column not in df.columns:
+            raise _missing_column(column, key, df, origin, src)
+    _check_keys(df, key, where)
+    for column in _NUMERIC:
+        if column in df.columns:
+            df[column] = _numbers(df, column, src, where)
+    _check_weights(df["weight"].to_numpy(), where)
+    _check_volatility(df, where)
+    df.attrs["shorts"] = _check_exposure(df["weight"].to_numpy(), origin)
+    return df
+
+
+def _frame_of(
+    path_or_df: str | os.PathLike[str] | pd.DataFrame, key: str
+) -> tuple[pd.DataFrame, _Source | None]:
+    """A copy of the frame, or the file read (and how, for the errors)."""
+    if isinstance(path_or_df, pd.DataFrame):
+        return path_or_df.copy(), None
+    if isinstance(path_or_df, (str, os.PathLike)):
+        return _read(Path(path_or_df), key)
+    raise InputError(
+        "load_portfolio() takes a CSV, TSV, Excel or Parquet path or a DataFrame, got "
+        f"{type(path_or_df).__name__}"
+    )
+
+
+def _drop_empty(df: pd.DataFrame, src: _Source | None) -> tuple[pd.DataFrame, np.ndarray]:
+    """Header cells stripped; for a file, its empty lines and empty trailing columns dropped.
+    Also returns the file's row of each frame row, for the errors."""
     df.columns = [
         c.strip().strip("\ufeff").strip() if isinstance(c, str) else c for c in df.columns
     ]
-    rows = np.arange(len(df))  # the file's row of each frame row: empty lines are dropped below
+    rows = np.arange(len(df))
     if src is not None:
         # Lines of separators only (";;;"), blank lines, and the empty columns a trailing
         # separator makes, as spreadsheets export them.
@@ -336,6 +361,11 @@ def load_portfolio(
         filled = ~df.isna().all(axis=1).to_numpy()
         if not filled.all():
             rows, df = rows[filled], df[filled].reset_index(drop=True)
+    return df, rows
+
+
+def _locator(df: pd.DataFrame, src: _Source | None, rows: np.ndarray) -> Callable[[int], str]:
+    """``where(pos)``: how an error names the frame's row ``pos`` (a file's line or row)."""
 
     def where(pos: int) -> str:
         if src is not None and src.kind == "text":
@@ -349,12 +379,11 @@ def load_portfolio(
         label = df.index[pos]
         return f"row {pos} (index {label.item() if isinstance(label, np.generic) else label!r})"
 
-    if df.empty:
-        raise InputError(f"{origin} has no rows; a portfolio needs at least one position")
-    for column in (key, "weight"):
-        if column not in df.columns:
-            raise _missing_column(column, key, df, origin, src)
+    return where
 
+
+def _check_keys(df: pd.DataFrame, key: str, where: Callable[[int], str]) -> None:
+    """Every key present, not a total line, unique; text keys are stored stripped."""
     keys = df[key]
     is_text = keys.dtype == object or pd.api.types.is_string_dtype(keys.dtype)
     missing = keys.isna().to_numpy()
@@ -385,52 +414,59 @@ def load_portfolio(
     if is_text:
         df[key] = pd.Series(text, index=df.index, dtype=keys.dtype)
 
-    for column in _NUMERIC:
-        if column not in df.columns:
-            continue
-        raw = df[column]
-        numbers = pd.to_numeric(raw, errors="coerce")
-        bad = (numbers.isna() & raw.notna()).to_numpy()
-        if bad.any():
-            pos = int(np.flatnonzero(bad)[0])
-            value = raw.iloc[pos]
-            hint = "write it as a decimal fraction (e.g. 0.05 for 5 %, without a % sign)"
-            if isinstance(value, str) and _COMMA_DECIMAL.fullmatch(value.strip()):
-                hint = (
-                    "the file mixes decimal commas and decimal points; use one of them throughout"
-                    if src is not None and src.kind == "text" and src.sep != ","
-                    else "write it with a decimal point (0.05), or give the file as ;-separated "
-                    "with decimal commas throughout"
-                )
-            raise InputError(f"{where(pos)}, column {column!r}: {value!r} is not a number; {hint}")
-        if column == "weight" and numbers.isna().any():
-            pos = int(np.flatnonzero(numbers.isna().to_numpy())[0])
-            raise InputError(
-                f"{where(pos)}, column 'weight' is empty; give every position a weight (0 if none)"
-            )
-        values = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
-        if np.isinf(values).any():
-            pos = int(np.flatnonzero(np.isinf(values))[0])
-            raise InputError(
-                f"{where(pos)}, column {column!r}: {raw.iloc[pos]!r} is infinite; give a finite number"
-            )
-        df[column] = numbers.astype(np.float64)
 
-    _check_weights(df["weight"].to_numpy(), where)
+def _numbers(
+    df: pd.DataFrame, column: str, src: _Source | None, where: Callable[[int], str]
+) -> pd.Series:
+    """``column`` as float64; a value that is not a finite number (or an empty weight) is an
+    error naming its row."""
+    raw = df[column]
+    numbers = pd.to_numeric(raw, errors="coerce")
+    bad = (numbers.isna() & raw.notna()).to_numpy()
+    if bad.any():
+        pos = int(np.flatnonzero(bad)[0])
+        value = raw.iloc[pos]
+        hint = "write it as a decimal fraction (e.g. 0.05 for 5 %, without a % sign)"
+        if isinstance(value, str) and _COMMA_DECIMAL.fullmatch(value.strip()):
+            hint = (
+                "the file mixes decimal commas and decimal points; use one of them throughout"
+                if src is not None and src.kind == "text" and src.sep != ","
+                else "write it with a decimal point (0.05), or give the file as ;-separated "
+                "with decimal commas throughout"
+            )
+        raise InputError(f"{where(pos)}, column {column!r}: {value!r} is not a number; {hint}")
+    if column == "weight" and numbers.isna().any():
+        pos = int(np.flatnonzero(numbers.isna().to_numpy())[0])
+        raise InputError(
+            f"{where(pos)}, column 'weight' is empty; give every position a weight (0 if none)"
+        )
+    values = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+    if np.isinf(values).any():
+        pos = int(np.flatnonzero(np.isinf(values))[0])
+        raise InputError(
+            f"{where(pos)}, column {column!r}: {raw.iloc[pos]!r} is infinite; give a finite number"
+        )
+    return numbers.astype(np.float64)
+
+
+def _check_volatility(df: pd.DataFrame, where: Callable[[int], str]) -> None:
     if "volatility" in df.columns and (df["volatility"] > 5).any():
         pos = int(np.flatnonzero((df["volatility"] > 5).to_numpy())[0])
         raise InputError(
             f"{where(pos)}, column 'volatility': {df['volatility'].iloc[pos]:g} looks like a percentage; "
             "volatility is an annualised fraction (0.35 = 35 %): divide the column by 100"
         )
-    weights = df["weight"].to_numpy()
+
+
+def _check_exposure(weights: np.ndarray, origin: str) -> int:
+    """The number of shorts; every weight 0 is an error, a net exposure away from 1 a warning."""
     shorts = int((weights < 0).sum())
     net, gross = float(weights.sum()), float(np.abs(weights).sum())
     if gross == 0:
         # nothing to weight the scores by: the weighted score and the shares divide by the gross
         raise InputError(
-            f"{origin}: every weight in column 'weight' is 0 ({len(df)} position"
-            f"{'s' if len(df) != 1 else ''}); give each position its weight, a fraction of the "
+            f"{origin}: every weight in column 'weight' is 0 ({len(weights)} position"
+            f"{'s' if len(weights) != 1 else ''}); give each position its weight, a fraction of the "
             "portfolio (0.05 = 5 %)"
         )
     if not _SUM_BAND[0] <= net <= _SUM_BAND[1]:
@@ -445,10 +481,9 @@ def load_portfolio(
             "given, as a fraction of the portfolio. If positions are missing or the weights are "
             "stale, fix the file; to rescale, divide the weights by their sum",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,  # the caller of load_portfolio
         )
-    df.attrs["shorts"] = shorts
-    return df
+    return shorts
 
 
 def _refuse_total_lines(

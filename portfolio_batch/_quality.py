@@ -32,11 +32,12 @@ from portfolio_batch._requests import (
     DEFAULT_USER_PROMPT,
     ECHO_FIELD,
     RISK_SCHEMA,
-    _schema_from,
+    SchemaArg,
+    schema_from,
 )
 from portfolio_batch.errors import InputError
 
-__all__ = ["CHECKS", "FLAG_COLUMNS", "check_answers", "headline"]
+__all__ = ["CHECKS", "FLAG_COLUMNS", "check_answers", "headline", "score_bands"]
 
 # in the order flags are listed (within a severity)
 CHECKS = (
@@ -74,7 +75,7 @@ def check_answers(
     results: pd.DataFrame,
     *,
     requests: pd.DataFrame | None = None,
-    schema: Any = None,
+    schema: SchemaArg = None,
     prompt: str | Mapping[str, str] | None = None,
     key: str | None = None,
     min_rows: int = 5,
@@ -195,13 +196,13 @@ def _context(
     results: pd.DataFrame,
     *,
     requests: pd.DataFrame | None,
-    schema: Any,
+    schema: SchemaArg,
     prompt: str | Mapping[str, str] | None,
     key: str | None,
 ) -> _Context:
     req_attrs = requests.attrs if isinstance(requests, pd.DataFrame) else {}
     if schema is not None:
-        schema_dict = _schema_from(schema)[1]
+        schema_dict = schema_from(schema)[1]
     else:
         found = req_attrs.get("schema") or results.attrs.get("schema")
         if isinstance(found, Mapping):
@@ -503,7 +504,8 @@ def _in_phrases(strings: pa.Array, phrases: set[str], pairs: set[str]) -> np.nda
         found = pc.fill_null(pc.is_in(norm, value_set=known), False)
         hit_unique[candidates[found.to_numpy(zero_copy_only=False)]] = True
     position = pc.index_in(strings, value_set=uniq).to_numpy(zero_copy_only=False)
-    return hit_unique[position.astype(np.intp)]
+    hits: np.ndarray = hit_unique[position.astype(np.intp)]
+    return hits
 
 
 def _echoed(ctx: _Context, add: _Add, **_: Any) -> None:
@@ -616,11 +618,15 @@ def _bounds(prop: Mapping[str, Any]) -> tuple[tuple[float, bool] | None, tuple[f
     return low, high
 
 
-def _bands(
+def score_bands(
     levels: list[str], texts: list[str], low: float, high: float
 ) -> dict[str, tuple[float, float]] | None:
     """Each level's score band: from the prompt ("low below 34, medium 34-66, high above 66"),
-    else an even split of [low, high] for a known scale (low/medium/high), else None."""
+    else an even split of [low, high] for a known scale (low/medium/high), else None.
+
+    >>> score_bands(["low", "high"], ["low below 40, high above 40"], 0.0, 100.0)
+    {'low': (0.0, 40.0), 'high': (40.0, 100.0)}
+    """
     text = "\n".join(texts)
     bands: dict[str, tuple[float, float]] = {}
     for level in levels:
@@ -664,7 +670,7 @@ def _level_mismatch(ctx: _Context, add: _Add, **_: Any) -> None:
         if score is None:
             continue
         low, high = scores[score]
-        bands = _bands(list(prop["enum"]), ctx.texts, low, high)
+        bands = score_bands(list(prop["enum"]), ctx.texts, low, high)
         if bands is None:
             continue
         tolerance = 0.05 * (high - low)

@@ -27,48 +27,18 @@ from typing import Any
 
 import orjson
 import pandas as pd
+import tenacity
 
+from portfolio_batch._contract import ACTIVE, DEAD, JOBS_COLUMNS, TERMINAL
 from portfolio_batch._home import home
 from portfolio_batch.errors import RegistryError
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ACTIVE",
-    "JOBS_COLUMNS",
-    "TERMINAL",
     "Registry",
-    "jobs",
     "open_registry",
     "registry_path",
-]
-
-# Statuses after which a batch never changes again.
-TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-# Statuses that count against an organisation's enqueued-token limit.
-ACTIVE = frozenset({"validating", "in_progress", "finalizing"})
-# Shards in these states may be submitted again: the idempotency lookup skips them. An expired
-# batch is one of them: the requests it did not finish must be sendable again.
-RETRYABLE = frozenset({"failed", "cancelling", "cancelled", "expired"})
-
-JOBS_COLUMNS = [
-    "run_id",
-    "shard",
-    "batch_id",
-    "status",
-    "input_file_id",
-    "output_file_id",
-    "error_file_id",
-    "sha256",
-    "n_requests",
-    "completed",
-    "failed",
-    "est_cost_usd",
-    "created_at",
-    "model",
-    "endpoint",
-    "path",
-    "backend",
 ]
 
 # Append-only: never edit a migration once released, add the next one.
@@ -203,6 +173,24 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
 _LOCK_WAIT_S = 30.0
 
 
+def _locked(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
+# WAL is a property of the file, set once by whichever process creates it. Switching needs an
+# exclusive lock and SQLite answers SQLITE_BUSY at once, without the busy timeout, when another
+# connection is opening the new file too: so retry until one of us has switched it, within the
+# same 30 s the other operations wait.
+@tenacity.retry(
+    retry=tenacity.retry_if_exception(_locked),
+    wait=tenacity.wait_exponential(multiplier=0.005, max=0.25),  # 5 ms, 10 ms, ... 250 ms
+    stop=tenacity.stop_after_delay(_LOCK_WAIT_S),
+    reraise=True,
+)
+def _switch_to_wal(conn: sqlite3.Connection) -> str:
+    return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+
+
 def registry_path() -> Path:
     """Where the registry lives: ``home()/registry.sqlite``."""
     return home() / "registry.sqlite"
@@ -237,28 +225,11 @@ class Registry:
             ) from exc
 
     def _use_wal(self) -> None:
-        # WAL is a property of the file, set once by whichever process creates it. Switching
-        # needs an exclusive lock and SQLite answers SQLITE_BUSY at once, without the busy
-        # timeout, when another connection is opening the new file too: so retry until one of
-        # us has switched it, within the same 30 s the other operations wait.
-        deadline = time.monotonic() + _LOCK_WAIT_S
-        delay = 0.005
-        while True:
-            try:
-                mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(delay)
-                delay = min(delay * 2, 0.25)
-                continue
-            if str(mode).lower() != "wal":
-                # e.g. ":memory:", or a file system without shared memory: SQLite keeps the
-                # mode it has, without an error, and works (writers just wait for readers).
-                log.warning(
-                    "the job registry %s stays in %s journal mode, not WAL", self.path, mode
-                )
-            return
+        mode = _switch_to_wal(self.conn)
+        if mode.lower() != "wal":
+            # e.g. ":memory:", or a file system without shared memory: SQLite keeps the mode it
+            # has, without an error, and works (writers just wait for readers).
+            log.warning("the job registry %s stays in %s journal mode, not WAL", self.path, mode)
 
     # -- plumbing ---------------------------------------------------------------------------------
     def close(self) -> None:
@@ -377,9 +348,9 @@ class Registry:
         expired)."""
         rows = self._rows(
             f"""SELECT * FROM shards WHERE idem_key = ?
-                AND status NOT IN ({",".join("?" * len(RETRYABLE))})
+                AND status NOT IN ({",".join("?" * len(DEAD))})
                 ORDER BY created_at DESC LIMIT 1""",
-            (idem_key, *sorted(RETRYABLE)),
+            (idem_key, *sorted(DEAD)),
         )
         return rows[0] if rows else None
 
@@ -639,17 +610,3 @@ def jobs_frame_from_rows(rows: list[dict[str, Any]]) -> pd.DataFrame:
 def open_registry(path: Path | str | None = None) -> Registry:
     """Open (and migrate) the registry at ``path``, default ``home()/registry.sqlite``."""
     return Registry(path)
-
-
-def jobs(run_id: str | None = None) -> pd.DataFrame:
-    """Every shard the registry knows, newest first, or one run's shards in order. In a notebook
-    it displays as a rich table (status badges, counts), elsewhere as a plain DataFrame.
-
-    >>> import portfolio_batch as pb
-    >>> pb.jobs().columns[:4].tolist()
-    ['run_id', 'shard', 'batch_id', 'status']
-    """
-    from portfolio_batch._widgets import JobsFrame  # pandas only; ipywidgets is not imported
-
-    with open_registry() as reg:
-        return JobsFrame(reg.jobs_frame(run_id=run_id))

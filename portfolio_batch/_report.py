@@ -1,7 +1,7 @@
 """The risk review of a run as one self-contained HTML file a portfolio manager can forward.
 
     >>> import portfolio_batch as pb
-    >>> pb.report(results, costs, path="out/report.html", jobs=jobs,
+    >>> pb.report(results, costs=costs, path="out/report.html", jobs=jobs,
     ...           portfolio="Core equity", as_of="2026-11-13")          # doctest: +SKIP
     PosixPath('out/report.html')
 
@@ -33,19 +33,28 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import metadata, resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
 from portfolio_batch import charts as _charts
 from portfolio_batch import review as rv
+from portfolio_batch._contract import (
+    ANSWER_COLUMNS,
+    LEVEL_COLORS,
+    OTHER_LEVEL_COLOR,
+    UNSCORED_COLOR,
+)
 from portfolio_batch._currency import USD, Money, fx, money_from_attrs
 from portfolio_batch._home import writable_dir
 from portfolio_batch._quality import check_answers, headline
 from portfolio_batch._version import __version__
-from portfolio_batch.errors import InputError
+from portfolio_batch.errors import InputError, missing_extra
 
-__all__ = ["SECTIONS", "report"]
+if TYPE_CHECKING:
+    from portfolio_batch._summary import Summary
+
+__all__ = ["SECTIONS", "cost_figures", "prompt_version", "report"]
 
 # the report's sections, in order (their HTML ids)
 SECTIONS = ("header", "summary", "charts", "positions", "appendix")
@@ -190,8 +199,12 @@ def _col(frame: pd.DataFrame | None, name: str) -> pd.Series | None:
     return frame[name] if frame is not None and name in frame.columns else None
 
 
-def _prompt_version(results: pd.DataFrame) -> str:
-    """The short prompt hash: from attrs, else the common last segment of the custom_ids."""
+def prompt_version(results: pd.DataFrame) -> str:
+    """The short prompt hash: from attrs, else the common last segment of the custom_ids.
+
+    >>> prompt_version(pd.DataFrame({"custom_id": ["risk-KO-3f2a9c", "risk-PEP-3f2a9c"]}))
+    '3f2a9c'
+    """
     if results.attrs.get("prompt_version"):
         return str(results.attrs["prompt_version"])
     ids = results["custom_id"] if "custom_id" in results.columns else results.index.to_series()
@@ -220,7 +233,7 @@ def _timestamp(value: Any) -> str:
     return stamp.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
 
 
-def _cost_figures(
+def cost_figures(
     results: pd.DataFrame, costs: pd.DataFrame | None, money: Money
 ) -> tuple[str, str]:
     """(label, "estimated X · actual Y") in the report's currency."""
@@ -274,8 +287,8 @@ def _header(
     requested = _unique(_col(results, "requested_model"))
     if requested:
         facts.append({"label": "Requested model", "value": ", ".join(requested)})
-    facts.append({"label": "Prompt version", "value": _prompt_version(results)})
-    table = rv.coverage(results, flags)
+    facts.append({"label": "Prompt version", "value": prompt_version(results)})
+    table = rv.coverage(results, flags=flags)
     reviewed = int(table.iloc[0]["positions"])
     untrusted = int(table.iloc[1]["positions"])
     others = [
@@ -295,7 +308,7 @@ def _header(
             "cls": "wide" + (" warn" if others or untrusted else ""),
         }
     )
-    label, value = _cost_figures(results, costs, money)
+    label, value = cost_figures(results, costs, money)
     notes = [money.note] if money.note else []
     if costs is not None and costs.attrs.get("output_tokens") == "max":
         notes.insert(0, "the estimate counts max_tokens of output per answer")
@@ -367,7 +380,7 @@ def _summary(
     previous_label: str | None,
 ) -> dict[str, Any]:
     score = rv.weighted_score(results) if {"risk_score", "weight"} <= set(results.columns) else None
-    level = rv.level_for(score, results) if score is not None else None
+    level = rv.level_for(score, results=results) if score is not None else None
     shares = []
     if {"risk_score", "risk_level", "weight"} <= set(results.columns):
         for rec in rv.level_shares(results).to_dict("records"):
@@ -391,7 +404,7 @@ def _summary(
     # would read as a safe portfolio; the figures are greyed and said to be untrusted.
     untrusted = "not trusted: see Answer checks" if headline(flags) else ""
     if untrusted or score is None:
-        lead = rv.coverage_line(results, flags) + "."
+        lead = rv.coverage_line(results, flags=flags) + "."
         if untrusted:
             lead += " The score and level shares below are not trusted: see Answer checks."
         if changes is not None:
@@ -522,7 +535,7 @@ def _requests_table(results: pd.DataFrame, costs: pd.DataFrame | None, money: Mo
         rows.append(
             (f"estimated output tokens ({mode})", f"{int(costs['output_tokens_est'].sum()):,}")
         )
-    label, value = _cost_figures(results, costs, money)
+    label, value = cost_figures(results, costs, money)
     rows.append((label, value))
     if costs is not None and "sync_cost_usd" in costs.columns and "batch_cost_usd" in costs.columns:
         batch, sync = float(costs["batch_cost_usd"].sum()), float(costs["sync_cost_usd"].sum())
@@ -540,22 +553,10 @@ def _requests_table(results: pd.DataFrame, costs: pd.DataFrame | None, money: Mo
 def _errors_table(results: pd.DataFrame) -> Table:
     key = rv.key_column(results)
     bad = results[results["status"].astype("string").fillna("missing") != "succeeded"]
-    cols = [
-        c
-        for c in dict.fromkeys(
-            [
-                key,
-                "custom_id",
-                "status",
-                "http_status",
-                "error_code",
-                "error_message",
-                "finish_reason",
-                "batch_id",
-            ]
-        )
-        if c and c in results.columns
-    ]
+    # what happened to the request (not the answer text, which an error row has none of)
+    what = [c for c in ANSWER_COLUMNS if c != "content"]
+    named = dict.fromkeys([key, "custom_id", *what, "batch_id"])
+    cols = [c for c in named if c and c in results.columns]
     table = Table("errors", [Head(c) for c in cols])
     for rec in bad[cols].to_dict("records"):
         table.rows.append([_status(rec[c]) if c == "status" else _text(rec[c]) for c in cols])
@@ -644,7 +645,7 @@ def _provenance(
     endpoints = _unique(_col(jobs, "endpoint"))
     if endpoints:
         rows.append(("endpoint", ", ".join(endpoints)))
-    rows.append(("prompt version", _prompt_version(results)))
+    rows.append(("prompt version", prompt_version(results)))
     rows.append(
         (
             "parameters",
@@ -689,13 +690,35 @@ def _provenance(
 # -- rendering --------------------------------------------------------------------------------
 
 
+def _require_report_extra(*, charts: bool) -> None:
+    """Raise MissingDependencyError before any work when the ``report`` extra is missing:
+    Jinja2 renders the page, matplotlib draws the charts (only with ``charts=True``)."""
+    try:
+        import jinja2  # noqa: F401
+
+        if charts:
+            import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise missing_extra(exc.name or "jinja2", "report") from exc
+
+
 @lru_cache(maxsize=1)
 def _environment() -> Any:
+    _require_report_extra(charts=False)
     import jinja2
 
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=False)
     files = resources.files("portfolio_batch") / "templates"
-    env.globals["css"] = (files / "report.css").read_text(encoding="utf-8")
+    # the risk levels' colours come from _contract, the one table charts and widgets use too
+    palette = {
+        "low": LEVEL_COLORS["low"],
+        "medium": LEVEL_COLORS["medium"],
+        "high": LEVEL_COLORS["high"],
+        "none": UNSCORED_COLOR,
+        "other": OTHER_LEVEL_COLOR,
+    }
+    root = ":root{" + ";".join(f"--{k}:{v}" for k, v in palette.items()) + "}\n"
+    env.globals["css"] = root + (files / "report.css").read_text(encoding="utf-8")
     env.globals["script"] = (files / "sort.js").read_text(encoding="utf-8")
     return env.from_string((files / "report.html.j2").read_text(encoding="utf-8"))
 
@@ -807,7 +830,7 @@ def gather(
     currency: str | None = None,
     fx_rate: float | None = None,
     fx_date: str | dt.date | None = None,
-    summary: Any = None,
+    summary: Summary | None = None,
 ) -> Gathered:
     """Check the arguments of ``report`` / ``export.to_excel`` and find what they need: the run
     id, the previous run and the changes since, the answer checks, the currency."""
@@ -871,8 +894,8 @@ def gather(
 
 def report(
     results: pd.DataFrame,
-    costs: pd.DataFrame | None = None,
     *,
+    costs: pd.DataFrame | None = None,
     path: str | os.PathLike[str],
     jobs: pd.DataFrame | None = None,
     requests: pd.DataFrame | None = None,
@@ -887,7 +910,7 @@ def report(
     currency: str | None = None,
     fx_rate: float | None = None,
     fx_date: str | dt.date | None = None,
-    summary: Any = None,
+    summary: Summary | None = None,
     charts: bool = True,
     record: bool = True,
     pdf: bool = False,
@@ -908,9 +931,10 @@ def report(
     checks to reuse. ``record=False`` keeps this run out of the history; ``pdf=True`` also
     prints the report to ``path`` with ``.pdf`` (headless Chromium, see ``export.to_pdf``).
 
-        >>> report(results, costs, path="out/report.html", jobs=jobs, portfolio="Core")  # doctest: +SKIP
+        >>> report(results, costs=costs, path="out/report.html", jobs=jobs, portfolio="Core")  # doctest: +SKIP
         PosixPath('out/report.html')
     """
+    _require_report_extra(charts=charts)
     from portfolio_batch import _history as history
 
     out = Path(path)

@@ -21,16 +21,26 @@ import gc
 import hashlib
 import re
 import string
-from collections.abc import Iterator, Mapping
+import unicodedata
+from collections.abc import Hashable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, overload
-from urllib.parse import quote
+from dataclasses import dataclass
+from itertools import repeat
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import orjson
 import pandas as pd
 
+from portfolio_batch._contract import NON_DATA_COLUMNS, RESULT_COLUMNS, RETRY_OF
 from portfolio_batch.errors import InputError
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+# What schema= takes: a JSON schema dict (or a {"name", "schema", "strict"} wrapper), a pydantic
+# model class, or None for RISK_SCHEMA.
+SchemaArg = Mapping[str, Any] | type["BaseModel"] | None
 
 __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
@@ -43,6 +53,7 @@ __all__ = [
     "build_requests",
     "custom_id_for",
     "is_reasoning_model",
+    "json_default",
     "retry_of_batches",
 ]
 
@@ -80,10 +91,6 @@ _RISK_SCHEMA_NAME = "position_risk"
 
 # OpenAI needs the /v1 prefix; Azure OpenAI's batch files use the bare path.
 SUPPORTED_ENDPOINTS = ("/v1/chat/completions", "/chat/completions")
-# retry_of: the batches a retry_failed() frame's results came from, which submit() never hands
-# back for it (a column, so that it survives pd.concat; see retry.py).
-RETRY_OF = "retry_of"
-_RESERVED = ("custom_id", "method", "url", "body", RETRY_OF)
 
 # Model families by name prefix (after any "openai/"), the longest matching prefix wins.
 # reasoning=True: the model thinks before answering, so on chat completions it takes
@@ -123,38 +130,23 @@ def is_reasoning_model(model: str) -> bool:
     return bool(MODEL_FAMILIES.get(best, False))
 
 
-# The columns aggregate_df / run_sync add beside the input's (docs/design.md, Results) and
-# merge_results' attempt count: an input column with one of these names, or a schema field's name,
-# would collide with them only after the batch is paid for, so build_requests refuses it up front.
-ANSWER_COLUMNS = (
-    "status",
-    "http_status",
-    "error_code",
-    "error_message",
-    "finish_reason",
-    "content",
-)
-USAGE_COLUMNS = (
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "cache_write_tokens",  # GPT-5.6+: prompt tokens written to the cache (billed at 1.25x input)
-    "reasoning_tokens",  # part of completion_tokens: billed as output, never on top of it
-    "cost_usd",
-    "batch_id",
-    "model",  # what answered: the response's model, or local:<engine> on the local server
-    "requested_model",
-)
-# The results frame is: custom_id, the input columns, ANSWER_COLUMNS, the schema's fields,
-# USAGE_COLUMNS (and merge_results' attempt).
-RESULT_COLUMNS = (*ANSWER_COLUMNS, *USAGE_COLUMNS, "attempt")
-_SAFE_ID = re.compile(r"[A-Za-z0-9._-]+")
-_MAX_ID_KEY = 64
+# custom_ids follow the strictest provider rule, Anthropic's ^[A-Za-z0-9_-]{1,64}$ (every other
+# backend takes those ids too). "-" separates the id's parts, so no part may contain one.
+_ID_PART = re.compile(r"[A-Za-z0-9_]+")
+_MAX_ID = 64
+_ID_HASH = 16  # hex digits of sha256(key): 64 bits, ~3e-8 chance of any clash among 1M keys
+_MAX_ID_PREFIX = 20  # leaves a hashed id >= 17 readable characters of its key
+_NOT_ID_CHAR = re.compile(r"[^A-Za-z0-9_]")
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
-def _json_default(value: Any) -> Any:
-    """orjson fallback for pandas / numpy / stdlib scalars found in a row."""
+def json_default(value: Any) -> Any:
+    """orjson's ``default=`` for the pandas / numpy / stdlib scalars found in a row (``to_jsonl``
+    serialises with it too).
+
+    >>> orjson.dumps({"when": pd.Timestamp("2026-01-02")}, default=json_default)
+    b'{"when":"2026-01-02T00:00:00"}'
+    """
     if isinstance(value, pd.Timestamp):
         return value.isoformat()
     if isinstance(value, pd.Timedelta):
@@ -183,21 +175,55 @@ def gc_paused() -> Iterator[None]:
 
 
 def custom_id_for(key_value: Any, prompt_version: str, *, prefix: str = "risk") -> str:
-    """The ``custom_id`` of a row: ``{prefix}-{escaped key}-{prompt_version}``.
+    """The ``custom_id`` of a row; it matches ``^[A-Za-z0-9_-]{1,64}$`` (Anthropic's rule, the
+    strictest of every backend's), whatever the key.
 
-    Characters outside ``A-Z a-z 0-9 . _ -`` are percent-escaped (UTF-8), so distinct keys always
-    give distinct ids; keys longer than 64 escaped characters keep 40 and add ``~`` and a hash.
+    - a key of letters, digits and ``_`` that fits is kept: ``{prefix}-{key}-{prompt_version}``;
+    - any other key (a ``.``, ``/``, ``-``, space or non-ASCII character, or too long) becomes
+      ``{prefix}-{readable}-{hash}-{prompt_version}``: ``readable`` is the key with accents
+      dropped and every other character outside ``A-Z a-z 0-9 _`` turned into ``_``, cut to
+      fit; ``hash`` is 16 hex digits of the SHA-256 of the exact key (UTF-8).
 
-        >>> custom_id_for("BRK/B", "3f9a1c2e")
-        'risk-BRK%2FB-3f9a1c2e'
+        >>> custom_id_for("AAPL", "3f9a1c2e")
+        'risk-AAPL-3f9a1c2e'
+        >>> custom_id_for("BRK.B", "3f9a1c2e")
+        'risk-BRK_B-0907abf5bc1da7c7-3f9a1c2e'
+
+    Distinct keys give distinct ids: a kept id has three ``-``-separated parts and a hashed one
+    four (prefix, prompt_version and the readable part never hold a ``-``), so the two forms never
+    meet, and two hashed ids are equal only if 64-bit hashes collide (``build_requests`` refuses
+    the frame then, naming both rows). Nothing parses an id back into its key: results join by the
+    whole ``custom_id`` (the requests frame's index). ``prompt_version`` (the run hash) is
+    always the LAST ``-`` part: recovery without a registry (``Backend.discover``) and reports
+    read it from there. Ids made before this rule (``risk-BRK.B-...``, ``risk-BRK%2FB-...``)
+    stay valid for the requests frames that hold them.
     """
+    if not (_ID_PART.fullmatch(prefix) and _ID_PART.fullmatch(prompt_version)):
+        raise InputError(
+            f"custom_id_for(prefix={prefix!r}, prompt_version={prompt_version!r}): both may only "
+            "use letters, digits and '_'"
+        )
     text = str(key_value)
-    if not _SAFE_ID.fullmatch(text):
-        text = quote(text, safe="").replace("~", "%7E")
-    if len(text) > _MAX_ID_KEY:
-        digest = hashlib.sha256(str(key_value).encode()).hexdigest()[:8]
-        text = f"{text[:40]}~{digest}"
-    return f"{prefix}-{text}-{prompt_version}"
+    room = _MAX_ID - len(prefix) - len(prompt_version) - 2
+    if len(text) <= room and _ID_PART.fullmatch(text):
+        return f"{prefix}-{text}-{prompt_version}"
+    room -= _ID_HASH + 1
+    if room < 1:
+        raise InputError(
+            f"custom_id_for: prefix {prefix!r} and prompt_version {prompt_version!r} leave no room "
+            f"for the key in a {_MAX_ID}-character custom_id; shorten the prefix"
+        )
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:_ID_HASH]
+    return f"{prefix}-{_readable(text)[:room]}-{digest}-{prompt_version}"
+
+
+def _readable(text: str) -> str:
+    """``text`` in id characters: accents dropped (``Ž`` -> ``Z``), anything else not in
+    ``A-Z a-z 0-9 _`` -> ``_``."""
+    if not text.isascii():
+        decomposed = unicodedata.normalize("NFKD", text)
+        text = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return _NOT_ID_CHAR.sub("_", text) or "_"
 
 
 def retry_of_batches(frame: pd.DataFrame) -> list[str]:
@@ -214,7 +240,7 @@ def retry_of_batches(frame: pd.DataFrame) -> list[str]:
     return sorted(ids)
 
 
-def _schema_from(schema: Any) -> tuple[str, dict[str, Any]]:
+def schema_from(schema: SchemaArg) -> tuple[str, dict[str, Any]]:
     """(name, JSON schema dict) from None, a pydantic model class, a json_schema wrapper or a dict."""
     if schema is None:
         return _RISK_SCHEMA_NAME, RISK_SCHEMA
@@ -295,39 +321,19 @@ def _row_label(df: pd.DataFrame, pos: int) -> str:
     return f"row {pos + df.attrs.get(_ROW_OFFSET, 0)} (index {label!r})"
 
 
-def _fragments(df: pd.DataFrame, column: Any) -> list[str]:
-    """``,"column":value`` for each row, or ``""`` where the value is missing (NaN/None/NA/NaT)."""
+def _fragments(df: pd.DataFrame, column: Any, lead: str = ",") -> list[str]:
+    """``,"column":value`` for each row, or ``""`` where the value is missing (NaN/None/NA/NaT);
+    ``lead`` instead of the comma (the first column's carries the text before the JSON object)."""
     series = df[column]
-    head = "," + orjson.dumps(str(column)).decode() + ":"
+    head = lead + orjson.dumps(str(column)).decode() + ":"
     if _mostly_repeated(series):
-        # Sectors, names, betas: serialise each distinct value once, then fan out by code.
-        codes, uniques = pd.factorize(series, use_na_sentinel=True)
-        if isinstance(uniques, pd.Categorical):
-            uniques = np.asarray(uniques, dtype=object)
-        try:
-            distinct = _fragments(pd.DataFrame({column: pd.Series(uniques)}), column)
-        except InputError:
-            pass  # the row-by-row path below names the right row
-        else:
-            table = np.asarray([*distinct, ""], dtype=object)  # code -1 (missing) -> ""
-            return table[codes].tolist()
+        fanned = _fanned_out(series, column, lead)
+        if fanned is not None:
+            return fanned
     missing = series.isna().to_numpy()
     dtype = series.dtype
     if isinstance(dtype, np.dtype) and dtype.kind in "biuf":
-        values = series.to_numpy()
-        if dtype.kind == "f" and np.isinf(values).any():
-            pos = int(np.flatnonzero(np.isinf(values))[0])
-            raise InputError(
-                f"{_row_label(df, pos)}, column {column!r}: {values[pos]} is not valid JSON; "
-                "replace infinite values (e.g. df.replace([np.inf, -np.inf], np.nan))"
-            )
-        # One orjson call per column; numbers contain no commas, so splitting is exact.
-        texts = orjson.dumps(values, option=_DUMPS_OPTIONS)[1:-1].decode().split(",")
-        if not len(values):
-            return []
-        if missing.any():
-            return [("" if m else head + t) for t, m in zip(texts, missing.tolist(), strict=True)]
-        return [head + t for t in texts]
+        return _number_fragments(df, column, head, missing)
     if _arrow_text_needing_no_escape(series):
         # orjson would write '"' + value + '"' for each: skip ~1M calls
         texts = series.tolist()
@@ -337,23 +343,61 @@ def _fragments(df: pd.DataFrame, column: Any) -> list[str]:
                 "" if m else f'{quoted}{t}"' for t, m in zip(texts, missing.tolist(), strict=True)
             ]
         return [f'{quoted}{t}"' for t in texts]
-    values = series.to_numpy(dtype=object)
+    return _json_fragments(df, column, head, missing)
+
+
+def _fanned_out(series: pd.Series, column: Any, lead: str) -> list[str] | None:
+    """Sectors, names, betas: serialise each distinct value once, then fan out by code (None
+    when a value cannot be serialised: the row-by-row path names its row)."""
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    if isinstance(uniques, pd.Categorical):
+        uniques = np.asarray(uniques, dtype=object)
+    try:
+        distinct = _fragments(pd.DataFrame({column: pd.Series(uniques)}), column, lead)
+    except InputError:
+        return None
+    table = np.asarray([*distinct, ""], dtype=object)  # code -1 (missing) -> ""
+    fragments: list[str] = table[codes].tolist()
+    return fragments
+
+
+def _number_fragments(df: pd.DataFrame, column: Any, head: str, missing: np.ndarray) -> list[str]:
+    values = np.ascontiguousarray(
+        df[column].to_numpy()
+    )  # orjson refuses strided views (df.iloc[::-1])
+    if values.dtype.kind == "f" and np.isinf(values).any():
+        pos = int(np.flatnonzero(np.isinf(values))[0])
+        raise InputError(
+            f"{_row_label(df, pos)}, column {column!r}: {values[pos]} is not valid JSON; "
+            "replace infinite values (e.g. df.replace([np.inf, -np.inf], np.nan))"
+        )
+    if not len(values):
+        return []
+    # One orjson call per column; numbers contain no commas, so splitting is exact.
+    texts = orjson.dumps(values, option=_DUMPS_OPTIONS)[1:-1].decode().split(",")
+    if missing.any():
+        return [("" if m else head + t) for t, m in zip(texts, missing.tolist(), strict=True)]
+    return [head + t for t in texts]
+
+
+def _json_fragments(df: pd.DataFrame, column: Any, head: str, missing: np.ndarray) -> list[str]:
+    values = df[column].to_numpy(dtype=object)
     dumps = orjson.dumps
     try:
         if not missing.any():
             return [
-                head + dumps(v, default=_json_default, option=_DUMPS_OPTIONS).decode()
+                head + dumps(v, default=json_default, option=_DUMPS_OPTIONS).decode()
                 for v in values
             ]
         return [
-            "" if m else head + dumps(v, default=_json_default, option=_DUMPS_OPTIONS).decode()
+            "" if m else head + dumps(v, default=json_default, option=_DUMPS_OPTIONS).decode()
             for v, m in zip(values, missing.tolist(), strict=True)
         ]
     except TypeError:
         pass
     for pos, value in enumerate(values):  # find the row to name in the error
         try:
-            dumps(value, default=_json_default, option=_DUMPS_OPTIONS)
+            dumps(value, default=json_default, option=_DUMPS_OPTIONS)
         except TypeError as exc:
             raise InputError(
                 f"{_row_label(df, pos)}, column {column!r}: {type(value).__name__} value {value!r} "
@@ -398,21 +442,23 @@ def _key_strings(df: pd.DataFrame, key: Any) -> list[str]:
     return keys
 
 
-_PLAIN_KEY = f"[A-Za-z0-9._-]{{1,{_MAX_ID_KEY}}}"
+def _plain_key(room: int) -> str:
+    """The regex of a key kept as it is in its custom_id (at most ``room`` characters)."""
+    return f"[A-Za-z0-9_]{{1,{room}}}"
 
 
-def _plain_arrow_keys(series: pd.Series) -> bool:
+def _plain_arrow_keys(series: pd.Series, room: int) -> bool:
     """Whether every key of a pyarrow string column is already a plain id part (one vectorised
-    regex, no NA): then the keys need no strip and no escaping."""
+    regex, no NA): then the keys need no strip and no hashing."""
     dtype = series.dtype
     if not (isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow") or series.empty:
         return False
-    return bool(series.str.fullmatch(_PLAIN_KEY).all()) and not series.isna().any()
+    return bool(series.str.fullmatch(_plain_key(room)).all()) and not series.isna().any()
 
 
-def _all_plain(joined: str, n: int) -> bool:
+def _all_plain(joined: str, n: int, room: int) -> bool:
     """Whether all ``n`` keys joined by newlines are plain: one regex over all of them at once."""
-    plain = re.compile(rf"(?m)^{_PLAIN_KEY}$")
+    plain = re.compile(rf"(?m)^{_plain_key(room)}$")
     return joined.count("\n") == n - 1 and len(plain.findall(joined)) == n
 
 
@@ -422,7 +468,7 @@ def build_requests(
     *,
     model: str = ...,
     prompt: str | Mapping[str, str] | None = ...,
-    schema: Any = ...,
+    schema: SchemaArg = ...,
     key: str = ...,
     max_tokens: int = ...,
     reasoning_effort: str | None = ...,
@@ -439,7 +485,7 @@ def build_requests(
     *,
     model: str = ...,
     prompt: str | Mapping[str, str] | None = ...,
-    schema: Any = ...,
+    schema: SchemaArg = ...,
     key: str = ...,
     max_tokens: int = ...,
     reasoning_effort: str | None = ...,
@@ -455,7 +501,7 @@ def build_requests(
     *,
     model: str = "gpt-4o-mini",
     prompt: str | Mapping[str, str] | None = None,
-    schema: Any = None,
+    schema: SchemaArg = None,
     key: str = "ticker",
     max_tokens: int = 400,
     reasoning_effort: str | None = None,
@@ -489,7 +535,9 @@ def build_requests(
         (2000, 'low', False)
 
     ``custom_id`` = ``{id_prefix}-{key}-{prompt_version}``, where ``prompt_version`` is a short hash
-    of prompt, schema and model: the same row gets the same id whatever its position.
+    of prompt, schema and model: the same row gets the same id whatever its position. A key that
+    is not all letters, digits and ``_`` (``BRK.B``) or is long gets a hash of itself too
+    (:func:`custom_id_for`), so every id fits every provider's ``^[A-Za-z0-9_-]{1,64}$``.
 
     ``chunksize=N`` returns an iterator of requests frames of ``N`` rows each instead, for
     :func:`~portfolio_batch.to_jsonl`, so that a million positions never exist as request bodies
@@ -515,6 +563,106 @@ def build_requests(
             endpoint=endpoint,
             id_prefix=id_prefix,
         )
+    return _prepare(
+        df,
+        model=model,
+        prompt=prompt,
+        schema=schema,
+        key=key,
+        max_tokens=max_tokens,
+        reasoning_effort=reasoning_effort,
+        reasoning=reasoning,
+        endpoint=endpoint,
+        id_prefix=id_prefix,
+    ).frame()
+
+
+def _prepare(
+    df: pd.DataFrame,
+    *,
+    model: str,
+    prompt: str | Mapping[str, str] | None,
+    schema: SchemaArg,
+    key: str,
+    max_tokens: int,
+    reasoning_effort: str | None,
+    reasoning: bool | None,
+    endpoint: str,
+    id_prefix: str,
+) -> PreparedRequests:
+    """Everything :func:`build_requests` does but make the bodies (options checked, custom_ids,
+    user messages)."""
+    _check_options(model=model, max_tokens=max_tokens, endpoint=endpoint)
+    thinks = _reasoning(model, reasoning, reasoning_effort)
+    _check_columns(df, key=key, id_prefix=id_prefix)
+    system_prompt, user_prompt = _prompts(prompt)
+    schema_name, schema_dict, strict = _checked_schema(df, schema)
+    placeholders = _placeholders(df, user_prompt)
+
+    json_schema = {"name": schema_name, "strict": strict, "schema": schema_dict}
+    version_src = [system_prompt, user_prompt, json_schema, model]
+    prompt_version = hashlib.sha256(
+        orjson.dumps(version_src, option=orjson.OPT_SORT_KEYS)
+    ).hexdigest()[:8]
+    ids = _custom_ids(df, key, id_prefix, prompt_version)
+    contents = _contents(df, key, user_prompt, placeholders)
+
+    limit = int(max_tokens)
+    return PreparedRequests(
+        df=df,
+        ids=ids,
+        contents=contents,
+        # One shared system message and response_format for every body (see module docstring).
+        body_options={
+            "model": model,
+            "system_message": {"role": "system", "content": system_prompt},
+            "response_format": {"type": "json_schema", "json_schema": json_schema},
+            "limit": limit,
+            "thinks": thinks,
+            "reasoning_effort": reasoning_effort,
+        },
+        attrs={
+            "model": model,
+            "endpoint": endpoint,
+            "key": key,
+            "prompt_version": prompt_version,
+            "schema": schema_dict,
+            "max_tokens": limit,
+            "reasoning": thinks,
+            "reasoning_effort": reasoning_effort,
+        },
+    )
+
+
+@dataclass
+class PreparedRequests:
+    """A requests frame before its bodies exist: its custom_ids and user messages. ``frame()``
+    makes it; ``to_jsonl`` writes the lines of the chunks a :class:`RequestChunks` hands it
+    straight from these, without a dict per body (no other code can see those chunks)."""
+
+    df: pd.DataFrame
+    ids: list[str]
+    contents: list[str]
+    body_options: dict[str, Any]
+    attrs: dict[Hashable, Any]
+
+    def bodies(self, contents: list[str]) -> list[dict[str, Any]]:
+        """The bodies of ``contents`` (some or all of this chunk's user messages)."""
+        return _bodies(contents, **self.body_options)
+
+    def frame(self) -> pd.DataFrame:
+        out = _requests_frame(
+            self.df,
+            self.attrs["key"],
+            self.ids,
+            self.bodies(self.contents),
+            self.attrs["endpoint"],
+        )
+        out.attrs = dict(self.attrs)  # replaced, not merged: nothing of df's attrs
+        return out
+
+
+def _check_options(*, model: str, max_tokens: int, endpoint: str) -> None:
     if endpoint not in SUPPORTED_ENDPOINTS:
         raise InputError(
             f"endpoint={endpoint!r} is not supported; use '/v1/chat/completions' (OpenAI) or "
@@ -530,19 +678,25 @@ def build_requests(
         raise InputError(
             f"max_tokens={max_tokens!r} must be a positive integer, e.g. max_tokens=400"
         )
-    thinks = _reasoning(model, reasoning, reasoning_effort)
-    if not re.fullmatch(r"[A-Za-z0-9_.]+", id_prefix):
-        raise InputError(f"id_prefix={id_prefix!r} may only use letters, digits, '_' and '.'")
+
+
+def _check_columns(df: pd.DataFrame, *, key: str, id_prefix: str) -> None:
+    if not re.fullmatch(rf"[A-Za-z0-9_]{{1,{_MAX_ID_PREFIX}}}", id_prefix):
+        raise InputError(
+            f"id_prefix={id_prefix!r} may only use letters, digits and '_', at most "
+            f"{_MAX_ID_PREFIX} of them (custom_ids must match ^[A-Za-z0-9_-]{{1,64}}$ on every "
+            "provider); e.g. id_prefix='risk_v2'"
+        )
     if key not in df.columns:
         hint = " It is the index: pass df.reset_index()." if key in (df.index.names or []) else ""
         raise InputError(
             f"The key column {key!r} is missing; the frame has columns {list(map(str, df.columns))}. "
             f"Pass key='<your id column>'.{hint}"
         )
-    clash = [c for c in df.columns if c in _RESERVED]
+    clash = [c for c in df.columns if c in NON_DATA_COLUMNS]
     if clash:
         raise InputError(
-            f"Input column(s) {clash} clash with the requests frame's own columns {list(_RESERVED)}; "
+            f"Input column(s) {clash} clash with the requests frame's own columns {list(NON_DATA_COLUMNS)}; "
             "rename them first, e.g. df.rename(columns={'url': 'source_url'})"
         )
     if df.columns.duplicated().any():
@@ -551,8 +705,11 @@ def build_requests(
             "rename them so each column has one name"
         )
 
-    system_prompt, user_prompt = _prompts(prompt)
-    schema_name, schema_dict = _schema_from(schema)
+
+def _checked_schema(df: pd.DataFrame, schema: SchemaArg) -> tuple[str, dict[str, Any], bool]:
+    """(name, a copy of the JSON schema, strict) for ``schema=``, refused up front if it is not a
+    valid (strict) schema or an answer field has the name of an input column."""
+    schema_name, schema_dict = schema_from(schema)
     answer_fields = list((schema_dict or {}).get("properties") or {})
     taken = [c for c in df.columns if c in RESULT_COLUMNS or c in answer_fields]
     if taken:
@@ -577,6 +734,11 @@ def build_requests(
             ) from None
     if strict:
         _check_strict(schema_dict, "$")
+    return schema_name, schema_dict, strict
+
+
+def _placeholders(df: pd.DataFrame, user_prompt: str) -> list[str]:
+    """The columns the user template names (``{ticker}``), each checked to exist."""
     placeholders = [f for _, f, _, _ in string.Formatter().parse(user_prompt) if f]
     unknown = [f for f in placeholders if f not in df.columns]
     if unknown:
@@ -584,24 +746,22 @@ def build_requests(
             f"The user prompt template uses {{{unknown[0]}}}, which is not a column; "
             f"columns are {list(map(str, df.columns))} (write literal braces as '{{{{' and '}}}}')"
         )
+    return placeholders
 
-    json_schema = {"name": schema_name, "strict": strict, "schema": schema_dict}
-    version_src = [system_prompt, user_prompt, json_schema, model]
-    prompt_version = hashlib.sha256(
-        orjson.dumps(version_src, option=orjson.OPT_SORT_KEYS)
-    ).hexdigest()[:8]
 
-    columns = [key, *[c for c in df.columns if c != key]]
-    if _plain_arrow_keys(df[key]):  # the common case, checked in C: no strip, no escaping
+def _custom_ids(df: pd.DataFrame, key: str, id_prefix: str, prompt_version: str) -> list[str]:
+    """Each row's ``custom_id`` (see :func:`custom_id_for`), refused if two rows share one."""
+    room = _MAX_ID - len(id_prefix) - len(prompt_version) - 2
+    if _plain_arrow_keys(df[key], room):  # the common case, checked in C: no strip, no hash
         keys = df[key].tolist()
         ids = [f"{id_prefix}-{k}-{prompt_version}" for k in keys]
-    elif (keys := _key_strings(df, key)) and _all_plain("\n".join(keys), len(keys)):
+    elif (keys := _key_strings(df, key)) and _all_plain("\n".join(keys), len(keys), room):
         ids = [f"{id_prefix}-{k}-{prompt_version}" for k in keys]
     else:
-        safe = _SAFE_ID.fullmatch
+        plain = _ID_PART.fullmatch
         ids = [
             f"{id_prefix}-{k}-{prompt_version}"
-            if len(k) <= _MAX_ID_KEY and safe(k)
+            if len(k) <= room and plain(k)
             else custom_id_for(k, prompt_version, prefix=id_prefix)
             for k in keys
         ]
@@ -610,62 +770,110 @@ def build_requests(
         for pos, cid in enumerate(ids):
             first = seen.setdefault(cid, pos)
             if first != pos:
-                raise InputError(
-                    f"{_row_label(df, first)} and {_row_label(df, pos)} have the same key "
-                    f"{keys[pos]!r} in column {key!r} (custom_id {cid!r}); keys must be unique: "
-                    "drop or merge the duplicate rows"
+                same = (
+                    f"have the same key {keys[pos]!r}"
+                    if keys[first] == keys[pos]
+                    else f"have keys {keys[first]!r} and {keys[pos]!r} whose hashes collide"
                 )
+                raise InputError(
+                    f"{_row_label(df, first)} and {_row_label(df, pos)} {same} in column "
+                    f"{key!r} (custom_id {cid!r}); keys must be unique: drop or merge the "
+                    "duplicate rows (or rename one of two colliding keys)"
+                )
+    return ids
 
-    frags = [_fragments(df, c) for c in columns]
-    join = "".join
-    # Each row's fragments start with ","; the first one is sliced off inside the braces.
+
+def _contents(df: pd.DataFrame, key: str, user_prompt: str, placeholders: list[str]) -> list[str]:
+    """Each row's user message: the (filled) user prompt, then the row as one JSON object, key
+    first, missing values dropped."""
+    others = [_fragments(df, c) for c in df.columns if c != key]
+    # The key's fragment carries the text before it instead of a comma, and "}" closes the
+    # object: one C-level join per row, no slicing.
     if placeholders:
         filled = _fill_template(df, user_prompt, placeholders)
-        contents = [
-            f"{head}\n{{{join(parts)[1:]}}}" for head, *parts in zip(filled, *frags, strict=True)
-        ]
+        rows = zip(filled, repeat("\n{"), _fragments(df, key, lead=""), *others, repeat("}"))
     else:
-        head = user_prompt + "\n{"
-        contents = [f"{head}{join(parts)[1:]}}}" for parts in zip(*frags, strict=True)]
-    del frags
+        rows = zip(_fragments(df, key, lead=user_prompt + "\n{"), *others, repeat("}"))
+    return list(map("".join, rows))
 
-    # One shared system message and response_format for every body (see module docstring).
-    system_message = {"role": "system", "content": system_prompt}
-    response_format = {"type": "json_schema", "json_schema": json_schema}
-    limit = int(max_tokens)
+
+def _bodies(
+    contents: list[str],
+    *,
+    model: str,
+    system_message: dict[str, str],
+    response_format: dict[str, Any],
+    limit: int,
+    thinks: bool,
+    reasoning_effort: str | None,
+) -> list[dict[str, Any]]:
+    """One body per user message; every body shares ``system_message`` and ``response_format``."""
     with gc_paused():
-        if not thinks:
-            bodies = [
-                {
-                    "model": model,
-                    "messages": [system_message, {"role": "user", "content": content}],
-                    "max_tokens": limit,
-                    "response_format": response_format,
-                }
-                for content in contents
-            ]
-        elif reasoning_effort is None:
-            bodies = [
-                {
-                    "model": model,
-                    "messages": [system_message, {"role": "user", "content": content}],
-                    "max_completion_tokens": limit,
-                    "response_format": response_format,
-                }
-                for content in contents
-            ]
-        else:
-            bodies = [
-                {
-                    "model": model,
-                    "messages": [system_message, {"role": "user", "content": content}],
-                    "max_completion_tokens": limit,
-                    "reasoning_effort": reasoning_effort,
-                    "response_format": response_format,
-                }
-                for content in contents
-            ]
+        bodies = _body_list(
+            contents,
+            model=model,
+            system_message=system_message,
+            response_format=response_format,
+            limit=limit,
+            thinks=thinks,
+            reasoning_effort=reasoning_effort,
+        )
+        if len(bodies) > 10_000:
+            # They form no cycles, yet the next young collection would walk every one of them
+            # (~0.3 s a million rows): file them, with every other live object, in the oldest
+            # generation (gc.unfreeze puts the frozen objects there) instead.
+            gc.freeze()
+            gc.unfreeze()
+    return bodies
 
+
+def _body_list(
+    contents: list[str],
+    *,
+    model: str,
+    system_message: dict[str, str],
+    response_format: dict[str, Any],
+    limit: int,
+    thinks: bool,
+    reasoning_effort: str | None,
+) -> list[dict[str, Any]]:
+    if not thinks:
+        return [
+            {
+                "model": model,
+                "messages": [system_message, {"role": "user", "content": content}],
+                "max_tokens": limit,
+                "response_format": response_format,
+            }
+            for content in contents
+        ]
+    if reasoning_effort is None:
+        return [
+            {
+                "model": model,
+                "messages": [system_message, {"role": "user", "content": content}],
+                "max_completion_tokens": limit,
+                "response_format": response_format,
+            }
+            for content in contents
+        ]
+    return [
+        {
+            "model": model,
+            "messages": [system_message, {"role": "user", "content": content}],
+            "max_completion_tokens": limit,
+            "reasoning_effort": reasoning_effort,
+            "response_format": response_format,
+        }
+        for content in contents
+    ]
+
+
+def _requests_frame(
+    df: pd.DataFrame, key: str, ids: list[str], bodies: list[dict[str, Any]], endpoint: str
+) -> pd.DataFrame:
+    """The requests frame: index ``custom_id``; custom_id, method, url, body, the input columns
+    (key first)."""
     index = pd.Index(ids, name="custom_id", dtype=object)
     frame: dict[Any, Any] = {
         "custom_id": pd.Series(ids, index=index, dtype=object),
@@ -673,20 +881,10 @@ def build_requests(
         "url": pd.Series([endpoint] * len(ids), index=index, dtype=object),
         "body": pd.Series(bodies, index=index, dtype=object),
     }
-    for column in columns:  # copy-on-write: the caller's frame is never touched
-        frame[column] = df[column].set_axis(index)
-    out = pd.DataFrame(frame, index=index)
-    out.attrs = {
-        "model": model,
-        "endpoint": endpoint,
-        "key": key,
-        "prompt_version": prompt_version,
-        "schema": schema_dict,
-        "max_tokens": limit,
-        "reasoning": thinks,
-        "reasoning_effort": reasoning_effort,
-    }
-    return out
+    for column in [key, *[c for c in df.columns if c != key]]:
+        frame[column] = df[column].set_axis(index)  # copy-on-write: the caller's frame is untouched
+    # copy=False: no copy of a million object pointers (copy-on-write keeps the frames apart)
+    return pd.DataFrame(frame, index=index, copy=False)
 
 
 def _reasoning(model: str, reasoning: bool | None, effort: str | None) -> bool:
@@ -714,24 +912,44 @@ def _reasoning(model: str, reasoning: bool | None, effort: str | None) -> bool:
 def _build_in_chunks(df: pd.DataFrame, chunksize: int, **options: Any) -> Iterator[pd.DataFrame]:
     if isinstance(chunksize, bool) or not isinstance(chunksize, (int, np.integer)) or chunksize < 1:
         raise InputError(f"chunksize={chunksize!r} must be a positive integer, e.g. 50_000")
-    # The first chunk is built now, so that bad options and columns are refused at the call.
-    return _chunks(df, int(chunksize), [_chunk(df, 0, chunksize, options)], options)
+    return RequestChunks(df, int(chunksize), options)
 
 
-def _chunk(df: pd.DataFrame, start: int, size: int, options: dict[str, Any]) -> pd.DataFrame:
+def _part(df: pd.DataFrame, start: int, size: int) -> pd.DataFrame:
     part = df.iloc[start : start + size]
     # A slice's positions start at 0 again: errors must name the row of the user's frame.
     part.attrs = {**part.attrs, _ROW_OFFSET: start}
-    return build_requests(part, **options)
+    return part
 
 
-def _chunks(
-    df: pd.DataFrame, chunksize: int, first: list[pd.DataFrame], options: dict[str, Any]
-) -> Iterator[pd.DataFrame]:
-    # popped, not kept: the generator must not hold one chunk while the next is built
-    yield first.pop()
-    for start in range(chunksize, len(df), chunksize):
-        yield _chunk(df, start, chunksize, options)
+class RequestChunks(Iterator[pd.DataFrame]):
+    """``build_requests(df, chunksize=N)``: the requests frames of ``N`` rows each, each built when
+    it is asked for. ``to_jsonl`` takes the chunks not built yet as :class:`PreparedRequests`
+    (:meth:`prepared`), so that their bodies never exist as dicts."""
+
+    def __init__(self, df: pd.DataFrame, chunksize: int, options: dict[str, Any]) -> None:
+        self._df, self._options = df, options
+        # The first chunk is built now, so that bad options and columns are refused at the call;
+        # popped, not kept: the iterator must not hold one chunk while the next is built.
+        self._first: list[pd.DataFrame] = [build_requests(_part(df, 0, chunksize), **options)]
+        self._starts = iter(range(chunksize, len(df), chunksize))
+        self._chunksize = chunksize
+
+    def __next__(self) -> pd.DataFrame:
+        if self._first:
+            return self._first.pop()
+        start = next(self._starts)
+        built: pd.DataFrame = build_requests(
+            _part(self._df, start, self._chunksize), **self._options
+        )
+        return built
+
+    def prepared(self) -> Iterator[pd.DataFrame | PreparedRequests]:
+        """The chunks left: the one built at the call as a frame, the others prepared."""
+        if self._first:
+            yield self._first.pop()
+        for start in self._starts:
+            yield _prepare(_part(self._df, start, self._chunksize), **self._options)
 
 
 def _fill_template(df: pd.DataFrame, template: str, fields: list[str]) -> list[str]:

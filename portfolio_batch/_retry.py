@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 
 from portfolio_batch._aggregate import custom_ids, need_columns
-from portfolio_batch._requests import RETRY_OF, retry_of_batches
+from portfolio_batch._contract import RETRY_OF
+from portfolio_batch._requests import retry_of_batches
 from portfolio_batch.errors import InputError
 
-__all__ = ["RETRY_OF", "merge_results", "retry_failed", "retry_of_batches"]
+__all__ = ["merge_results", "retry_failed", "retry_of_batches"]
 
 log = logging.getLogger(__name__)
 

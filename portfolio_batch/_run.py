@@ -30,16 +30,18 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack, cast
 
 import numpy as np
 import openai
 import orjson
 import pandas as pd
 
-from portfolio_batch._registry import TERMINAL, Registry, open_registry
+from portfolio_batch._contract import TERMINAL
+from portfolio_batch._cost import PricesArg
+from portfolio_batch._registry import Registry, open_registry
 from portfolio_batch.errors import (
     BatchFailedError,
     BudgetExceededError,
@@ -50,7 +52,27 @@ from portfolio_batch.errors import (
     SubmitError,
 )
 
+if TYPE_CHECKING:
+    from portfolio_batch._widgets import RunView
+
 __all__ = ["CanaryHeldError", "Run", "attach", "runs", "start"]
+
+
+class StartOptions(TypedDict, total=False):
+    """The options of ``start`` that ``Run.retry_failed`` passes on to the retry's run."""
+
+    budget_usd: float | None
+    canary: float | None
+    canary_max_failed: float
+    out_dir: str | Path | None
+    metadata: dict[str, Any] | None
+    max_enqueued_tokens: int | None
+    prices: PricesArg
+    title: str | None
+    display: bool | None
+    watch: bool | None
+    stall_after: float | None
+
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +144,7 @@ def _update_plan(run_id: str, change: Callable[[dict[str, Any]], Any]) -> dict[s
                 ).fetchone()
                 if row is None:
                     raise RegistryError(f"Run {run_id} has no plan in the job registry {reg.path}.")
-                plan = orjson.loads(row[0])
+                plan: dict[str, Any] = orjson.loads(row[0])
                 change(plan)
                 conn.execute(
                     "UPDATE run_plans SET plan = ?, updated_at = ? WHERE run_id = ?",
@@ -184,7 +206,8 @@ def requests_from_shards(paths: Iterable[str]) -> pd.DataFrame:
                 f"The shard file {path} is gone, so this run's requests cannot be read back; "
                 "pass them: run.results(requests=...)."
             )
-        rows.extend(iter_jsonl(path))
+        # to_jsonl wrote these: one request object a line
+        rows.extend(cast("Iterator[dict[str, Any]]", iter_jsonl(path)))
     if not rows:
         raise InputError(
             "No shard file of this run is known, so its requests cannot be read back; pass them: "
@@ -219,7 +242,7 @@ def _canary_rows(n: int, size: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, size).round().astype(int))
 
 
-def _with_costs(manifest: pd.DataFrame, prices: Any, *, required: bool) -> pd.DataFrame:
+def _with_costs(manifest: pd.DataFrame, prices: PricesArg, *, required: bool) -> pd.DataFrame:
     """The manifest with each shard's estimated batch cost (``est_cost_usd``), which ``submit``
     then takes as is: the watcher sends without needing ``prices=`` again."""
     from portfolio_batch._submit import _shard_costs
@@ -330,7 +353,8 @@ class Run:
     def plan(self) -> dict[str, Any]:
         """The run's plan as stored in the registry (a copy)."""
         with self._lock:
-            return orjson.loads(orjson.dumps(self._plan))
+            copy: dict[str, Any] = orjson.loads(orjson.dumps(self._plan))
+            return copy
 
     @property
     def keys(self) -> list[tuple[str, int]]:
@@ -744,7 +768,9 @@ class Run:
         self._after_action()
         return self
 
-    def retry_failed(self, *, max_tokens: int | None = None, **options: Any) -> Run:
+    def retry_failed(
+        self, *, max_tokens: int | None = None, **options: Unpack[StartOptions]
+    ) -> Run:
         """Start a run of the requests worth sending again (``pb.retry_failed``: expired,
         cancelled, missing, invalid_output, transient failures); its ``results()`` are this run's
         with the retried rows laid over them.
@@ -766,7 +792,7 @@ class Run:
             self._children.append(child)
         return child
 
-    def report(self, path: str | Path | None = None) -> Path:
+    def report(self, *, path: str | Path | None = None) -> Path:
         """Write the run's HTML report (``pb.report``), by default to ``reports/<run_id>.html``."""
         from portfolio_batch._report import report
 
@@ -782,7 +808,7 @@ class Run:
         self._render()
 
     # -- the card -------------------------------------------------------------------------------
-    def view(self) -> Any:
+    def view(self) -> RunView:
         """What the card shows now, as a ``widgets.RunView``."""
         from portfolio_batch._widgets import RunView, backend_banner
 
@@ -1079,7 +1105,7 @@ def start(
     out_dir: str | Path | None = None,
     metadata: dict[str, Any] | None = None,
     max_enqueued_tokens: int | None = None,
-    prices: Any = None,
+    prices: PricesArg = None,
     title: str | None = None,
     display: bool | None = None,
     watch: bool | None = None,
@@ -1106,7 +1132,7 @@ def start(
     from portfolio_batch._backend import client as default_client
     from portfolio_batch._home import cache_dir, writable_dir
     from portfolio_batch._jsonl import to_jsonl
-    from portfolio_batch._submit import _user_metadata, new_run_id
+    from portfolio_batch._submit import _provider, _user_metadata, new_run_id
     from portfolio_batch._widgets import in_notebook
 
     _user_metadata(metadata)  # bad keys are refused now, not by the watcher
@@ -1115,13 +1141,15 @@ def start(
             f"canary_max_failed={canary_max_failed!r} must be in [0, 1): the share of canary "
             "answers that may be unusable before the rest is held back."
         )
-    c = client if client is not None else default_client()
+    c = client
     run_id = new_run_id()
     base = writable_dir(
         Path(out_dir) if out_dir is not None else cache_dir("runs") / run_id,
         what="start(out_dir=...)",
     )
     requests, manifest = _split_input(requests_or_manifest, base / "shards")
+    if c is None:  # the provider of the model (claude-* on Anthropic, ...)
+        c = default_client(provider=_provider(manifest))
     parts: list[dict[str, Any]] = []
     canary_plan: dict[str, Any] | None = None
     if canary is not None:
@@ -1253,16 +1281,15 @@ def attach(
 
         >>> run = pb.attach(pb.runs()["run_id"].iloc[0])   # doctest: +SKIP
     """
-    from portfolio_batch._backend import backend_name
-    from portfolio_batch._backend import client as default_client
+    from portfolio_batch._backend import backend_name, client_for
     from portfolio_batch._submit import check_backend, job_keys, resume
     from portfolio_batch._widgets import in_notebook
 
     if not isinstance(run_id, str) or not run_id:
         raise InputError(f"attach() takes a run id (pb.runs() lists them), not {run_id!r}.")
-    c = client if client is not None else default_client()
     with open_registry() as reg:
         plan = _read_plan(reg, run_id)
+    c = client if client is not None else client_for(plan.get("backend") if plan else None)
     if plan is None:
         jobs = resume(run_id, client=c)
         plan = {

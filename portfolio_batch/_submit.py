@@ -12,9 +12,7 @@ under the shard's lock, after the server was seen to have none) is in ``create.p
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 import secrets
 import time
 from collections.abc import Sequence
@@ -24,11 +22,22 @@ from typing import Any
 import openai
 import pandas as pd
 
-from portfolio_batch._backend import backend_name
+from portfolio_batch._backend import backend_name, client_for
 from portfolio_batch._backend import client as default_client
-from portfolio_batch._create import DEAD, ServerIndex, _dump, cancel_batch, shard_lock, submit_ready
+from portfolio_batch._contract import CANCELLING, DEAD, MANIFEST_REQUIRED, TERMINAL
+from portfolio_batch._cost import PricesArg
+from portfolio_batch._create import (
+    ServerIndex,
+    adopt,
+    as_dict,
+    cancel_batch,
+    idempotency_key,
+    shard_lock,
+    shard_row,
+    submit_ready,
+)
 from portfolio_batch._download import is_cached
-from portfolio_batch._registry import TERMINAL, Registry, open_registry
+from portfolio_batch._registry import Registry, open_registry
 from portfolio_batch._requests import retry_of_batches
 from portfolio_batch._version import __version__
 from portfolio_batch.errors import (
@@ -44,26 +53,8 @@ __all__ = ["cancel", "idempotency_key", "resume", "submit"]
 
 log = logging.getLogger("portfolio_batch")
 
-MANIFEST_COLUMNS = (
-    "shard",
-    "path",
-    "n_requests",
-    "sha256",
-    "est_input_tokens",
-    "model",
-    "endpoint",
-)
 MAX_METADATA_KEYS = 16
 PB_KEYS = ("pb_sha256", "pb_version", "pb_run_id", "pb_shard")
-
-
-def idempotency_key(sha256: str, endpoint: str, model: str, backend: str) -> str:
-    """The key under which a shard is submitted at most once.
-
-    >>> idempotency_key("ab" * 32, "/v1/chat/completions", "gpt-4.1-mini", "openai")[:12]
-    '2938ea3f1693'
-    """
-    return hashlib.sha256(f"{sha256}\n{endpoint}\n{model}\n{backend}".encode()).hexdigest()
 
 
 def new_run_id() -> str:
@@ -82,10 +73,10 @@ def _as_manifest(data: pd.DataFrame, out_dir: str | Path | None) -> pd.DataFrame
 
         target = Path(out_dir) if out_dir is not None else _default_out_dir()
         data = to_jsonl(data, target)
-    missing = [c for c in MANIFEST_COLUMNS if c not in data.columns]
+    missing = [c for c in MANIFEST_REQUIRED if c not in data.columns]
     if missing:
         raise InputError(
-            f"submit() needs a manifest with columns {list(MANIFEST_COLUMNS)}; missing {missing}. "
+            f"submit() needs a manifest with columns {list(MANIFEST_REQUIRED)}; missing {missing}. "
             "Pass the frame to_jsonl() returns (or the requests frame itself)."
         )
     if data.empty:
@@ -144,7 +135,9 @@ def _user_metadata(metadata: dict[str, Any] | None) -> dict[str, str]:
     return out
 
 
-def _shard_costs(manifest: pd.DataFrame, prices: Any, *, required: bool) -> list[float | None]:
+def _shard_costs(
+    manifest: pd.DataFrame, prices: PricesArg, *, required: bool
+) -> list[float | None]:
     """Estimated batch cost per shard: the manifest's ``est_cost_usd`` if it has one, else its
     tokens at batch prices with every request using its whole ``max_tokens`` (an upper bound)."""
     if "est_cost_usd" in manifest.columns:
@@ -184,7 +177,7 @@ def submit(
     force: bool = False,
     max_enqueued_tokens: int | None = None,
     run_id: str | None = None,
-    prices: Any = None,
+    prices: PricesArg = None,
     out_dir: str | Path | None = None,
     exclude_batches: Sequence[str] | pd.Series | None = None,
 ) -> pd.DataFrame:
@@ -226,7 +219,7 @@ def submit(
                 "be enqueued. Make smaller shards: to_jsonl(requests, out_dir, "
                 f"max_input_tokens={max_enqueued_tokens})."
             )
-    c = client if client is not None else default_client()
+    c = client if client is not None else default_client(provider=_provider(manifest))
     backend = backend_name(c)
     run_id = run_id or new_run_id()
     index = ServerIndex(c)
@@ -252,7 +245,7 @@ def submit(
         for row, est in zip(records, costs, strict=True):
             shard_no = int(row["shard"])
             key = idempotency_key(row["sha256"], row["endpoint"], row["model"], backend)
-            shard_row = _shard_row(run_id, shard_no, row, est=est, key=key, backend=backend)
+            new_row = shard_row(run_id, shard_no, row, est=est, key=key, backend=backend)
             if not force:
                 # Under the shard's lock: of two submits of the same content at once (threads,
                 # processes), one registers the shard and the other finds it.
@@ -262,7 +255,7 @@ def submit(
                     )
                     if found is None:
                         reg.ensure_run(**run_row)
-                        reg.upsert_shard(shard_row)
+                        reg.upsert_shard(new_row)
                 if found is not None:
                     keys.append(found)
                     known = reg.shard(*found) or {}
@@ -271,7 +264,7 @@ def submit(
                     continue
             else:
                 reg.ensure_run(**run_row)
-                reg.upsert_shard(shard_row)
+                reg.upsert_shard(new_row)
             run_made = True
             keys.append((run_id, shard_no))
         if run_made:
@@ -320,7 +313,7 @@ def _existing(
     ]
     if not found:
         return None
-    return _adopt(reg, found[0], backend=backend, row=row, est=est, key=key)
+    return adopt(reg, found[0], backend=backend, row=row, est=est, key=key)
 
 
 # OpenAI ends every batch within its 24 h completion window; a registry entry older than that
@@ -337,7 +330,7 @@ def _results_gone(reg: Registry, client: Any, live: dict[str, Any]) -> str | Non
     if row is None:
         return None
     if row["status"] not in TERMINAL and time.time() - row["updated_at"] > _STALE_AFTER_S:
-        fresh = _dump(_retrieve_batch(client, row))
+        fresh = as_dict(_retrieve_batch(client, row))
         reg.update_batch(fresh)
         if fresh["status"] in DEAD:
             return f"it ended {fresh['status']} while nobody polled it"
@@ -396,83 +389,22 @@ def _check_failed(batch: dict[str, Any], exc: Exception) -> SubmitError:
     )
 
 
+def _provider(manifest: pd.DataFrame) -> str:
+    """The provider of the manifest's models (``claude-*`` anthropic, ...); one per submit."""
+    from portfolio_batch._providers import provider_of
+
+    found = {provider_of(str(m)): str(m) for m in manifest["model"].dropna().unique()}
+    if len(found) > 1:
+        raise InputError(
+            f"The manifest mixes models of several providers ({', '.join(found.values())}); "
+            "submit each provider's requests separately."
+        )
+    return next(iter(found), "openai")
+
+
 def _sum(costs: Sequence[float | None]) -> float | None:
     known = [c for c in costs if c is not None]
     return sum(known) if known else None
-
-
-def _shard_row(
-    run_id: str, shard: int, row: dict[str, Any], *, est: float | None, key: str, backend: str
-) -> dict[str, Any]:
-    max_out = row.get("max_output_tokens")
-    return {
-        "run_id": run_id,
-        "shard": shard,
-        "idem_key": key,
-        "sha256": row["sha256"],
-        "path": str(row["path"]),
-        "n_requests": int(row["n_requests"]),
-        "est_input_tokens": int(row["est_input_tokens"]),
-        "max_output_tokens": None if max_out is None or pd.isna(max_out) else int(max_out),
-        "est_cost_usd": None if est is None or math.isnan(est) else est,
-        "model": str(row["model"]),
-        "endpoint": str(row["endpoint"]),
-        "backend": backend,
-        "status": "queued",
-        "batch_id": None,
-        "input_file_id": None,
-    }
-
-
-def _adopt(
-    reg: Registry,
-    batch: dict[str, Any],
-    *,
-    backend: str,
-    row: dict[str, Any] | None = None,
-    est: float | None = None,
-    key: str | None = None,
-) -> tuple[str, int]:
-    """Record a batch found on the server (registry lost or never written) under the run and
-    shard its metadata names."""
-    md = batch.get("metadata") or {}
-    run_id = md.get("pb_run_id") or f"adopted-{batch['id']}"
-    shard_no = int(md.get("pb_shard") or 0)
-    counts = batch.get("request_counts") or {}
-    if row is None:
-        row = {
-            "sha256": md.get("pb_sha256") or "",
-            "path": "",
-            "n_requests": counts.get("total") or 0,
-            "est_input_tokens": 0,
-            "max_output_tokens": None,
-            "model": batch.get("model") or "",
-            "endpoint": batch.get("endpoint") or "",
-        }
-    key = key or idempotency_key(row["sha256"], row["endpoint"], row["model"], backend)
-    if reg.run(run_id) is None:
-        reg.ensure_run(
-            run_id,
-            backend=backend,
-            model=row["model"],
-            endpoint=row["endpoint"],
-            pb_version=md.get("pb_version") or __version__,
-            metadata={k: v for k, v in md.items() if not k.startswith("pb_")},
-            max_enqueued_tokens=None,
-            budget_usd=None,
-            est_cost_usd=None,
-        )
-    reg.upsert_shard(_shard_row(run_id, shard_no, row, est=est, key=key, backend=backend))
-    reg.record_batch(
-        batch,
-        backend=backend,
-        run_id=run_id,
-        shard=shard_no,
-        idem_key=key,
-        sha256=row["sha256"],
-    )
-    log.info("found batch %s on the server (run %s, shard %s)", batch["id"], run_id, shard_no)
-    return run_id, shard_no
 
 
 def job_keys(jobs: pd.DataFrame) -> list[tuple[str, int]]:
@@ -483,6 +415,13 @@ def job_keys(jobs: pd.DataFrame) -> list[tuple[str, int]]:
             f"batch_id, …); got {type(jobs).__name__}."
         )
     return [(str(r), int(s)) for r, s in zip(jobs["run_id"], jobs["shard"], strict=True)]
+
+
+def _backends(frame: pd.DataFrame) -> str | None:
+    """The jobs' ``backend`` names joined by ", " (what ``_backend.client_for`` takes)."""
+    if "backend" not in frame.columns:
+        return None
+    return ", ".join(sorted(frame["backend"].dropna().astype(str).unique())) or None
 
 
 def check_backend(frame: pd.DataFrame, c: openai.OpenAI) -> str:
@@ -527,14 +466,14 @@ def resume(
                     f"No run or batch {ident!r} in the job registry ({reg.path}) nor on the "
                     f"server ({backend_name(c)}). pb.jobs() lists the runs this home knows."
                 )
-            keys += [_adopt(reg, b, backend=backend_name(c)) for b in found]
+            keys += [adopt(reg, b, backend=backend_name(c)) for b in found]
         return reg.jobs_frame(keys=keys)
 
 
 def _server_lookup(c: openai.OpenAI, ident: str) -> list[dict[str, Any]]:
     if ident.startswith("batch"):
         try:
-            return [_dump(c.batches.retrieve(ident))]
+            return [as_dict(c.batches.retrieve(ident))]
         except openai.NotFoundError:
             return []
     found = [
@@ -555,14 +494,14 @@ def cancel(jobs: pd.DataFrame, *, client: openai.OpenAI | None = None) -> pd.Dat
     array(['cancelling'], dtype=object)
     """
     keys = job_keys(jobs)
-    c = client if client is not None else default_client()
     with open_registry() as reg:
         current = reg.jobs_frame(keys=keys)
+        c = client if client is not None else client_for(_backends(current))
         check_backend(current, c)
         for row in current.to_dict("records"):
             if row["status"] == "queued":
                 reg.update_shard(row["run_id"], row["shard"], status="cancelled")
-            elif row["batch_id"] and row["status"] not in TERMINAL | {"cancelling"}:
+            elif row["batch_id"] and row["status"] not in TERMINAL | CANCELLING:
                 try:
                     reg.update_batch(cancel_batch(c, row["batch_id"]))
                 except openai.APIError as exc:

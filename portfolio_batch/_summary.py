@@ -144,8 +144,8 @@ class Summary:
 
 def summarize(
     results: pd.DataFrame,
-    costs: pd.DataFrame | None = None,
     *,
+    costs: pd.DataFrame | None = None,
     requests: pd.DataFrame | None = None,
 ) -> Summary:
     """Successes, failures by status and code, estimated vs actual cost and the answer checks of

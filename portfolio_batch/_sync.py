@@ -17,6 +17,7 @@ import pandas as pd
 
 from portfolio_batch._aggregate import Collector
 from portfolio_batch._backend import backend_name
+from portfolio_batch._cost import PricesArg
 from portfolio_batch._decode import Line
 from portfolio_batch._requests import gc_paused
 from portfolio_batch.errors import InputError
@@ -29,9 +30,9 @@ log = logging.getLogger(__name__)
 def run_sync(
     requests: pd.DataFrame,
     *,
-    client: Any = None,
+    client: openai.OpenAI | None = None,
     concurrency: int = 8,
-    prices: Any = None,
+    prices: PricesArg = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Send every request with ``client.chat.completions.create(**body)`` (``/v1/responses``

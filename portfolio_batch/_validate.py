@@ -182,45 +182,42 @@ def _py_type(prop: Any) -> Any:
         if len(rest) != 1:
             return _UNSUPPORTED
         t = rest[0]
-    meta: dict[str, Any] = {}
-    if t in ("integer", "number"):
-        if keys - {"type", *_NUMERIC}:
-            return _UNSUPPORTED
-        base: Any = int if t == "integer" else float
-        meta = {_NUMERIC[k]: prop[k] for k in _NUMERIC if k in prop}
-    elif t == "string":
-        if keys - {"type", "minLength", "maxLength", "pattern"}:
-            return _UNSUPPORTED
-        base = str
-        meta = {
-            m: prop[k]
-            for k, m in (
-                ("minLength", "min_length"),
-                ("maxLength", "max_length"),
-                ("pattern", "pattern"),
-            )
-            if k in prop
-        }
-    elif t == "boolean":
-        if keys - {"type"}:
-            return _UNSUPPORTED
-        base = bool
-    elif t == "array":
-        if keys - {"type", "items", "minItems", "maxItems"} or "items" not in prop:
-            return _UNSUPPORTED
-        item = _py_type(prop["items"])
-        if item is _UNSUPPORTED:
-            return _UNSUPPORTED
-        base = list[item]  # type: ignore[valid-type]
-        meta = {
-            m: prop[k]
-            for k, m in (("minItems", "min_length"), ("maxItems", "max_length"))
-            if k in prop
-        }
-    else:
+    found = _base_type(t, prop, keys)
+    if found is None:
         return _UNSUPPORTED
+    base, meta = found
     typ = Annotated[base, msgspec.Meta(**meta)] if meta else base
     return typ | None if nullable else typ
+
+
+# the constraints msgspec checks, by their JSON schema and msgspec.Meta names
+_STRING_META = {"minLength": "min_length", "maxLength": "max_length", "pattern": "pattern"}
+_ARRAY_META = {"minItems": "min_length", "maxItems": "max_length"}
+
+
+def _base_type(t: Any, prop: dict[str, Any], keys: set[str]) -> tuple[Any, dict[str, Any]] | None:
+    """The Python type of a (non-null) JSON schema ``type`` and its ``msgspec.Meta``
+    constraints; None when ``prop`` uses a keyword msgspec would not check."""
+    if t in ("integer", "number"):
+        if keys - {"type", *_NUMERIC}:
+            return None
+        return (int if t == "integer" else float), {
+            _NUMERIC[k]: prop[k] for k in _NUMERIC if k in prop
+        }
+    if t == "string":
+        if keys - {"type", *_STRING_META}:
+            return None
+        return str, {m: prop[k] for k, m in _STRING_META.items() if k in prop}
+    if t == "boolean":
+        return None if keys - {"type"} else (bool, {})
+    if t == "array":
+        if keys - {"type", "items", *_ARRAY_META} or "items" not in prop:
+            return None
+        item = _py_type(prop["items"])
+        if item is _UNSUPPORTED:
+            return None
+        return list[item], {m: prop[k] for k, m in _ARRAY_META.items() if k in prop}  # type: ignore[valid-type]
+    return None
 
 
 def _dtype(prop: Any) -> str:

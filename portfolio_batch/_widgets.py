@@ -25,6 +25,16 @@ from typing import Any
 
 import pandas as pd
 
+from portfolio_batch._contract import (
+    JOBS_TABLE_COLUMNS,
+    LEVEL_COLORS,
+    OTHER_LEVEL_COLOR,
+    OTHER_STATUS_COLOR,
+    STATUS_COLORS,
+    TERMINAL,
+)
+from portfolio_batch._poll import Progress, TextProgress
+from portfolio_batch._registry import open_registry
 from portfolio_batch.errors import InputError, missing_extra
 
 __all__ = [
@@ -36,8 +46,10 @@ __all__ = [
     "RunsFrame",
     "backend_banner",
     "in_notebook",
+    "jobs",
     "jobs_table",
     "jobs_table_html",
+    "progress_display",
     "results_table_html",
     "run_card_html",
     "run_card_text",
@@ -45,22 +57,68 @@ __all__ = [
     "score_style",
 ]
 
-TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-
-# status -> (badge colour, IntProgress bar_style). Terminal states each get their own colour and
-# `finalizing` is distinct from `completed`: its counts are final but the output file is not ready.
-STATUS_STYLES: dict[str, tuple[str, str]] = {
-    "queued": ("#9e9e9e", ""),
-    "validating": ("#607d8b", ""),
-    "in_progress": ("#1e88e5", "info"),
-    "finalizing": ("#8e24aa", "info"),
-    "cancelling": ("#f57c00", "warning"),
-    "completed": ("#2e7d32", "success"),
-    "failed": ("#c62828", "danger"),
-    "expired": ("#ef6c00", "warning"),
-    "cancelled": ("#6d4c41", "danger"),
+# status -> ipywidgets IntProgress bar_style (the widget's own few styles; others get none)
+_BAR_STYLES = {
+    "in_progress": "info",
+    "finalizing": "info",
+    "cancelling": "warning",
+    "completed": "success",
+    "failed": "danger",
+    "expired": "warning",
+    "cancelled": "danger",
 }
-_UNKNOWN_STYLE = ("#757575", "")
+# status -> (badge colour, IntProgress bar_style); the colours are _contract's STATUS_COLORS
+STATUS_STYLES: dict[str, tuple[str, str]] = {
+    status: (colour, _BAR_STYLES.get(status, "")) for status, colour in STATUS_COLORS.items()
+}
+_UNKNOWN_STYLE = (OTHER_STATUS_COLOR, "")
+
+
+# -- the widgets the progress panel, the run card and the dashboard share ----------------------
+
+
+def _ipywidgets() -> Any:
+    """``ipywidgets``, or the error naming the ``notebook`` extra."""
+    try:
+        import ipywidgets
+    except ImportError as exc:
+        raise missing_extra("ipywidgets", "notebook") from exc
+    return ipywidgets
+
+
+def _card_layout(w: Any) -> Any:
+    """The frame around a panel, a run card or a dashboard."""
+    return w.Layout(border="1px solid #ddd", padding="6px")
+
+
+def _bar(w: Any, width: str) -> Any:
+    """An empty progress bar ``width`` wide."""
+    return w.IntProgress(min=0, max=1, value=0, layout=w.Layout(width=width))
+
+
+def _fill_bar(bar: Any, finished: int, total: int, status: str) -> None:
+    """Show ``finished`` of ``total`` requests in ``status``'s style."""
+    bar.max = max(total, 1)
+    bar.value = min(finished, bar.max)
+    bar.bar_style = STATUS_STYLES.get(status, _UNKNOWN_STYLE)[1]
+
+
+_Line = tuple[Any, Any, Any]  # a shard's (label, bar, counts) widgets
+
+
+def _shard_lines(
+    w: Any, box: Any, lines: dict[Any, _Line], keys: list[Any], label_width: str, bar_width: str
+) -> dict[Any, _Line]:
+    """The shards' lines: ``lines`` while the shards are the same, else new ones, shown in ``box``."""
+    if keys == list(lines):
+        return lines
+    lines = {
+        k: (w.HTML(layout=w.Layout(width=label_width)), _bar(w, bar_width), w.HTML()) for k in keys
+    }
+    box.children = [
+        w.HBox(list(line), layout=w.Layout(align_items="center")) for line in lines.values()
+    ]
+    return lines
 
 
 def in_notebook() -> bool:
@@ -194,7 +252,7 @@ class ProgressPanel:
     waits on the frontend.
 
         >>> panel = ProgressPanel(jobs, est_cost_usd=1.25)   # doctest: +SKIP
-        >>> panel.update(pb.jobs(run_id))                    # doctest: +SKIP
+        >>> panel.update(pb.jobs(run_id=run_id))                 # doctest: +SKIP
     """
 
     def __init__(
@@ -205,11 +263,7 @@ class ProgressPanel:
         display: bool = True,
         title: str = "Batch progress",
     ) -> None:
-        try:
-            import ipywidgets as w
-        except ImportError as exc:
-            raise missing_extra("ipywidgets", "notebook") from exc
-        self._w = w
+        w = self._w = _ipywidgets()
         self._title = title
         self._est_cost_usd = est_cost_usd
         self._started = time.monotonic()
@@ -220,7 +274,7 @@ class ProgressPanel:
         self._banner_text: str | None = None
         self._banner = w.HTML()
         self._header = w.HTML()
-        self._overall_bar = w.IntProgress(min=0, max=1, value=0, layout=w.Layout(width="320px"))
+        self._overall_bar = _bar(w, "320px")
         self._overall_text = w.HTML()
         self._shard_box = w.VBox()
         self._footer = w.HTML()
@@ -232,7 +286,7 @@ class ProgressPanel:
                 w.HBox([self._overall_bar, self._overall_text]),
                 self._footer,
             ],
-            layout=w.Layout(border="1px solid #ddd", padding="6px"),
+            layout=_card_layout(w),
         )
         self._handle: Any = None
         self._apply(jobs)
@@ -309,21 +363,16 @@ class ProgressPanel:
         self._rows = rows
         self._banner_text = backend_banner(jobs)
         self._banner.value = self._banner_html()
-        if [r["key"] for r in rows] != list(self._lines):
-            self._lines = {r["key"]: self._make_line() for r in rows}
-            self._shard_box.children = [
-                self._w.HBox(list(parts), layout=self._w.Layout(align_items="center"))
-                for parts in self._lines.values()
-            ]
+        self._lines = _shard_lines(
+            self._w, self._shard_box, self._lines, [r["key"] for r in rows], "420px", "220px"
+        )
         for row in rows:
             label, bar, counts = self._lines[row["key"]]
             label.value = (
                 f'<span style="font-family:monospace">shard {html.escape(row["shard"])} · '
                 f"{html.escape(row['batch_id'])}</span> {_badge(row['status'])}"
             )
-            bar.max = max(row["total"], 1)
-            bar.value = min(row["completed"] + row["failed"], bar.max)
-            bar.bar_style = STATUS_STYLES.get(row["status"], _UNKNOWN_STYLE)[1]
+            _fill_bar(bar, row["completed"] + row["failed"], row["total"], row["status"])
             counts.value = self._counts_html(row)
         if self.done and self._finished is None:
             self._finished = time.monotonic()
@@ -334,14 +383,6 @@ class ProgressPanel:
         if statuses != self._statuses:
             self._statuses = statuses
             self._refresh_output()
-
-    def _make_line(self) -> tuple[Any, Any, Any]:
-        w = self._w
-        return (
-            w.HTML(layout=w.Layout(width="420px")),
-            w.IntProgress(min=0, max=1, value=0, layout=w.Layout(width="220px")),
-            w.HTML(),
-        )
 
     @staticmethod
     def _counts_html(row: Mapping[str, Any]) -> str:
@@ -448,21 +489,23 @@ class ProgressPanel:
         return self.to_text()
 
 
-# -- jobs table -------------------------------------------------------------------------------
+def progress_display(jobs: pd.DataFrame) -> Progress:
+    """What ``poll(progress=True)`` shows (wired in ``portfolio_batch/__init__.py``): this panel in
+    a Jupyter kernel with ipywidgets, else the pipeline's text bar.
 
-_JOBS_COLUMNS = (
-    "run_id",
-    "shard",
-    "batch_id",
-    "status",
-    "completed",
-    "failed",
-    "n_requests",
-    "est_cost_usd",
-    "model",
-    "backend",
-    "created_at",
-)
+    >>> type(progress_display(jobs)).__name__            # doctest: +SKIP
+    'TextProgress'
+    """
+    if in_notebook():
+        est = jobs["est_cost_usd"].sum(min_count=1)
+        try:
+            return ProgressPanel(jobs, est_cost_usd=None if pd.isna(est) else float(est))
+        except ImportError:  # no ipywidgets: the text bar says the same, and tqdm says why
+            pass
+    return TextProgress(jobs)
+
+
+# -- jobs table -------------------------------------------------------------------------------
 
 
 def jobs_table_html(jobs: pd.DataFrame) -> str:
@@ -471,7 +514,7 @@ def jobs_table_html(jobs: pd.DataFrame) -> str:
     >>> "<table" in jobs_table_html(pd.DataFrame({"batch_id": ["batch_1"], "status": ["completed"]}))
     True
     """
-    columns = [c for c in _JOBS_COLUMNS if c in jobs.columns]
+    columns = [c for c in JOBS_TABLE_COLUMNS if c in jobs.columns]
     extra = [c for c in jobs.columns if c not in columns and c not in ("path", "sha256")]
     columns += [c for c in extra if c not in {"input_file_id", "output_file_id", "error_file_id"}]
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
@@ -524,6 +567,18 @@ class JobsFrame(pd.DataFrame):
         return jobs_table_html(pd.DataFrame(self))
 
 
+def jobs(*, run_id: str | None = None) -> JobsFrame:
+    """Every shard the job registry knows, newest first, or one run's shards in order. In a
+    notebook it displays as a rich table (status badges, counts), elsewhere as a plain DataFrame.
+
+    >>> import portfolio_batch as pb
+    >>> pb.jobs().columns[:4].tolist()
+    ['run_id', 'shard', 'batch_id', 'status']
+    """
+    with open_registry() as reg:
+        return JobsFrame(reg.jobs_frame(run_id=run_id))
+
+
 def jobs_table(jobs: pd.DataFrame) -> JobsFrame:
     """A copy of ``jobs`` that displays as a rich table (``_repr_html_``) in a notebook.
 
@@ -558,8 +613,6 @@ _LONG_TEXT = frozenset({"rationale", "drivers", "error_message", "notes", "conte
 
 
 def _cell(column: str, value: Any) -> str:
-    from portfolio_batch.charts import LEVEL_COLORS
-
     if column == "risk_score":
         text = _text(value, "–")
         if text != "–":
@@ -567,7 +620,7 @@ def _cell(column: str, value: Any) -> str:
         return f'<td style="{_TD};{score_style(value)};text-align:right">{html.escape(text)}</td>'
     if column == "risk_level":
         level = _text(value)
-        colour = LEVEL_COLORS.get(level.strip().lower(), "#757575") if level else None
+        colour = LEVEL_COLORS.get(level.strip().lower(), OTHER_LEVEL_COLOR) if level else None
         if colour is None:
             return f'<td style="{_TD}">–</td>'
         return (
@@ -800,17 +853,13 @@ class RunCard:
         on_retry: Callable[[], Any],
         on_report: Callable[[], Any],
     ) -> None:
-        try:
-            import ipywidgets as w
-        except ImportError as exc:
-            raise missing_extra("ipywidgets", "notebook") from exc
-        self._w = w
+        w = self._w = _ipywidgets()
         self.banner = w.HTML()
         self.header = w.HTML()
         self.flags = w.HTML()
         self.shard_box = w.VBox()
         self.lines: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
-        self.overall_bar = w.IntProgress(min=0, max=1, value=0, layout=w.Layout(width="320px"))
+        self.overall_bar = _bar(w, "320px")
         self.summary = w.HTML()
         self.message = w.HTML()
         self.cancel_button = w.Button(description="Cancel", icon="stop", button_style="danger")
@@ -836,7 +885,7 @@ class RunCard:
                 self.table,
                 self.children_box,
             ],
-            layout=w.Layout(border="1px solid #ddd", padding="6px"),
+            layout=_card_layout(w),
         )
         self.widget.add_class("pb-run-card")
 
@@ -852,25 +901,13 @@ class RunCard:
         self._set(self.header, _header_html(v))
         self._set(self.flags, _flag_html(v))
         keys = [(str(s["run_id"]), str(s["shard"])) for s in v.shards]
-        if keys != list(self.lines):
-            self.lines = {
-                k: (
-                    w.HTML(layout=w.Layout(width="460px")),
-                    w.IntProgress(min=0, max=1, value=0, layout=w.Layout(width="200px")),
-                    w.HTML(),
-                )
-                for k in keys
-            }
-            self.shard_box.children = [
-                w.HBox(list(parts), layout=w.Layout(align_items="center"))
-                for parts in self.lines.values()
-            ]
+        self.lines = _shard_lines(w, self.shard_box, self.lines, keys, "460px", "200px")
         for k, s in zip(keys, v.shards, strict=True):
             label, bar, counts = self.lines[k]
             self._set(label, _shard_label_html(s))
-            bar.max = max(int(s["total"]), 1)
-            bar.value = min(int(s["completed"]) + int(s["failed"]), bar.max)
-            bar.bar_style = STATUS_STYLES.get(str(s["status"]), _UNKNOWN_STYLE)[1]
+            _fill_bar(
+                bar, int(s["completed"]) + int(s["failed"]), int(s["total"]), str(s["status"])
+            )
             self._set(counts, _shard_counts_html(s))
         self.overall_bar.max = max(v.total, 1)
         self.overall_bar.value = min(v.finished, self.overall_bar.max)

@@ -18,16 +18,26 @@ shows it exactly once and nothing piles up across calls.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Hashable, Iterable, Sequence
+from functools import cache
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 
-from portfolio_batch.errors import InputError
+from portfolio_batch._contract import (
+    LEVEL_COLORS,
+    OTHER_LEVEL_COLOR,
+    RESULT_STATUSES,
+    STATUS_COLORS,
+    UNSCORED_COLOR,
+)
+from portfolio_batch.errors import InputError, missing_extra
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
 __all__ = [
     "LEVEL_COLORS",
@@ -43,30 +53,31 @@ __all__ = [
     "token_usage",
 ]
 
-STATUS_ORDER = ("succeeded", "failed", "expired", "cancelled", "invalid_output", "missing")
-STATUS_COLORS = {
-    "succeeded": "#2e7d32",
-    "failed": "#c62828",
-    "expired": "#ef6c00",
-    "cancelled": "#6d4c41",
-    "invalid_output": "#8e24aa",
-    "missing": "#9e9e9e",
-}
-LEVEL_COLORS = {
-    "low": "#2e7d32",
-    "medium": "#f9a825",
-    "moderate": "#f9a825",
-    "elevated": "#ef6c00",
-    "high": "#c62828",
-    "critical": "#6a1b9a",
-    "very high": "#6a1b9a",
-}
-OTHER_LEVEL_COLOR = "#1e88e5"
-UNSCORED_COLOR = "#bdbdbd"
+# The colours are the package's one table (_contract); results' statuses in the order bars show.
+STATUS_ORDER = RESULT_STATUSES
 UNSCORED_HATCH = "//"
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+class _Matplotlib(NamedTuple):
+    figure: type[Figure]
+    axes: type[Axes]
+    patch: type[Patch]
+
+
+@cache
+def _mpl() -> _Matplotlib:
+    """matplotlib's classes, imported on first draw: matplotlib is the ``report`` extra, and
+    ``import portfolio_batch`` must work without it."""
+    try:
+        from matplotlib.axes import Axes
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Patch
+    except ImportError as exc:
+        raise missing_extra("matplotlib", "report") from exc
+    return _Matplotlib(Figure, Axes, Patch)
 
 
 def _require(frame: Any, columns: Iterable[str], *, name: str, fn: str, hint: str) -> pd.DataFrame:
@@ -119,12 +130,12 @@ def _status_counts(statuses: pd.Series) -> str:
 
 
 def _new_figure(figsize: tuple[float, float] | None, default: tuple[float, float]) -> Figure:
-    return Figure(figsize=figsize or default, layout="constrained")
+    return _mpl().figure(figsize=figsize or default, layout="constrained")
 
 
 def _root(ax: Axes) -> Figure:
     fig = ax.get_figure(root=True)
-    if not isinstance(fig, Figure):
+    if not isinstance(fig, _mpl().figure):
         raise InputError("ax= must be an Axes placed in a Figure (fig.add_subplot()).")
     return fig
 
@@ -136,7 +147,7 @@ def _axes(
     if ax is None:
         fig = _new_figure(figsize, default)
         return fig, fig.add_subplot()
-    if not isinstance(ax, Axes):
+    if not isinstance(ax, _mpl().axes):
         raise InputError(f"ax= must be a matplotlib Axes, got {type(ax).__name__}.")
     return _root(ax), ax
 
@@ -153,10 +164,10 @@ def _axes_pair(
         fig = _new_figure(figsize, default)
         first, second = fig.subplots(1, 2, **subplots)
         return fig, first, second
-    if isinstance(ax, Axes):
+    if isinstance(ax, _mpl().axes):
         return _root(ax), ax, None
     pair = list(ax) if isinstance(ax, Sequence) else []
-    if len(pair) != 2 or not all(isinstance(a, Axes) for a in pair):
+    if len(pair) != 2 or not all(isinstance(a, _mpl().axes) for a in pair):
         raise InputError(
             "ax= takes one Axes (the first panel only) or a pair of Axes (both panels), "
             f"got {type(ax).__name__}."
@@ -232,10 +243,10 @@ def risk_by_position(
     title += f", {len(bad)} without a score)" if len(bad) else ")"
     ax.set_title(title)
     levels = [lv for lv in pd.unique(results.loc[order, "risk_level"].astype(str))]
-    handles = [Patch(color=_level_color(lv), label=lv) for lv in levels]
+    handles = [_mpl().patch(color=_level_color(lv), label=lv) for lv in levels]
     if len(bad):
         handles.append(
-            Patch(
+            _mpl().patch(
                 facecolor="none",
                 edgecolor=UNSCORED_COLOR,
                 hatch=UNSCORED_HATCH,
@@ -252,7 +263,7 @@ def risk_vs_weight(
     *,
     label: str | None = None,
     annotate: int = 8,
-    highlight: Any = None,
+    highlight: pd.Series | np.ndarray | Iterable[Hashable] | None = None,
     figsize: tuple[float, float] | None = None,
     ax: Axes | None = None,
 ) -> Figure:
@@ -363,7 +374,9 @@ def risk_vs_weight(
     return fig
 
 
-def _highlighted(results: pd.DataFrame, highlight: Any) -> pd.Series:
+def _highlighted(
+    results: pd.DataFrame, highlight: pd.Series | np.ndarray | Iterable[Hashable]
+) -> pd.Series:
     """``highlight`` as a boolean Series on ``results.index``."""
     if isinstance(highlight, pd.Series) and highlight.dtype == bool:
         return highlight.reindex(results.index, fill_value=False).astype(bool)
@@ -783,7 +796,7 @@ def risk_contributions(
         title += f" ({unscored} without a score)"
     ax.set_title(title, fontsize=10)
     handles = [
-        Patch(color=_level_color(lv), label=str(lv))
+        _mpl().patch(color=_level_color(lv), label=str(lv))
         for lv in _by_level(pd.Series(levels, dtype=object).astype(str))
     ]
     if handles:
@@ -820,7 +833,7 @@ def sector_view(
     y = np.arange(n)[::-1]
     has = table["weighted_score"].notna().to_numpy() if n else np.zeros(0, dtype=bool)
     scores = table["weighted_score"].to_numpy(dtype=float) if n else np.zeros(0)
-    colors = [_level_color(level_for(s, results)) for s in scores[has]]
+    colors = [_level_color(level_for(s, results=results)) for s in scores[has]]
     ax.barh(y[has], scores[has], color=colors, height=0.6, label="_weighted")
     if (~has).any():
         ax.barh(
@@ -860,7 +873,7 @@ def sector_view(
     ax.set_xticks([0, 25, 50, 75, 100])
     ax.set_xlabel("weighted risk score (by gross weight); | = highest score in the sector")
     ax.set_title("Sector view", fontsize=10)
-    handles = [Patch(color=LEVEL_COLORS[lv], label=lv) for lv in ("low", "medium", "high")]
+    handles = [_mpl().patch(color=LEVEL_COLORS[lv], label=lv) for lv in ("low", "medium", "high")]
     # below the axes: the text beside the bars fills the right-hand side
     ax.legend(
         handles=handles,

@@ -124,9 +124,20 @@ class SimulatedBackendWarning(UserWarning):
     """
 
 
-def missing_extra(module: str, extra: str) -> MissingDependencyError:
-    """The error for an optional import that failed, with the install command to fix it."""
+def missing_extra(module: str, extra: str, *, alternative: str = "") -> MissingDependencyError:
+    """The error for an optional import that failed, with the install command to fix it (and
+    ``alternative``, another way out, when there is one). Every extra's import raises through it.
+
+        >>> print(missing_extra("matplotlib", "report"))
+        'matplotlib' is not installed; it comes with the 'report' extra. Install it with: pip install 'portfolio_batch[report]'
+    """
+    fix = f"pip install 'portfolio_batch[{extra}]'"
     return MissingDependencyError(
         f"{module!r} is not installed; it comes with the {extra!r} extra. "
-        f"Install it with: pip install 'portfolio_batch[{extra}]'"
+        + (
+            f"{alternative}, or install it with: {fix}"
+            if alternative
+            else f"Install it with: {fix}"
+        ),
+        name=module,
     )

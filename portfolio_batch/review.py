@@ -117,18 +117,18 @@ def _sorted_levels(levels: Iterable[str]) -> list[str]:
 def level_bands(results: pd.DataFrame) -> list[tuple[str, float, float]]:
     """(level, from, to) of each risk level: read from the run's system prompt ("low below 34,
     medium 34-66, high above 66"), else the default prompt's bands."""
-    from portfolio_batch._quality import _bands
+    from portfolio_batch._quality import score_bands
     from portfolio_batch._requests import DEFAULT_SYSTEM_PROMPT
 
     texts = [str(results.attrs.get("system_prompt") or DEFAULT_SYSTEM_PROMPT)]
-    bands = _bands(["low", "medium", "high"], texts, 0.0, 100.0) or _bands(
+    bands = score_bands(["low", "medium", "high"], texts, 0.0, 100.0) or score_bands(
         ["low", "medium", "high"], [DEFAULT_SYSTEM_PROMPT], 0.0, 100.0
     )
     assert bands is not None  # the default prompt has its bands, and an even split exists
     return sorted(((k, lo, hi) for k, (lo, hi) in bands.items()), key=lambda b: b[1])
 
 
-def level_for(score: float | None, results: pd.DataFrame | None = None) -> str | None:
+def level_for(score: float | None, *, results: pd.DataFrame | None = None) -> str | None:
     """The level a score falls in by the run's bands (see ``level_bands``); None for no score.
 
     >>> level_for(70.0)
@@ -260,7 +260,7 @@ def sectors(results: pd.DataFrame) -> pd.DataFrame:
                 "weighted_score": wscore,
                 "max_score": float(top["score"]) if top is not None else None,
                 "max_position": str(top["label"]) if top is not None else None,
-                "level": level_for(wscore, results),
+                "level": level_for(wscore, results=results),
                 "contribution_share": float(part["ws"].sum()) / total if total > 0 else 0.0,
             }
         )
@@ -385,7 +385,7 @@ def quant_proxy(
     return frame
 
 
-def coverage(results: pd.DataFrame, flags: pd.DataFrame | None = None) -> pd.DataFrame:
+def coverage(results: pd.DataFrame, *, flags: pd.DataFrame | None = None) -> pd.DataFrame:
     """How much of the portfolio the review covers: one row per outcome, with ``positions``,
     ``gross_weight_share`` and ``reasons``.
 
@@ -444,10 +444,10 @@ def coverage(results: pd.DataFrame, flags: pd.DataFrame | None = None) -> pd.Dat
     return out
 
 
-def coverage_line(results: pd.DataFrame, flags: pd.DataFrame | None = None) -> str:
+def coverage_line(results: pd.DataFrame, *, flags: pd.DataFrame | None = None) -> str:
     """Coverage in one sentence: "38 of 40 positions reviewed (96.1% of gross weight); 1 failed
     (server_error); 1 missing; 0 not trusted by the answer checks"."""
-    table = coverage(results, flags)
+    table = coverage(results, flags=flags)
     reviewed = table.iloc[0]
     share = reviewed["gross_weight_share"]
     parts = [
@@ -529,7 +529,7 @@ def summary_line(
     if score is None:
         parts.append("No position has a score.")
     else:
-        parts.append(f"Weighted risk score {score:.1f}/100 ({level_for(score, results)}).")
+        parts.append(f"Weighted risk score {score:.1f}/100 ({level_for(score, results=results)}).")
         shares = level_shares(results)
         scored_levels = shares[shares["risk_level"] != NO_SCORE]
         if len(scored_levels):
@@ -545,7 +545,7 @@ def summary_line(
                 f"Top contributor: {contrib.iloc[0][key]} ({contrib.iloc[0]['share']:.1%} of the "
                 "risk contribution)."
             )
-    table = coverage(results, flags)
+    table = coverage(results, flags=flags)
     reviewed = int(table.iloc[0]["positions"])
     untrusted = int(table.iloc[1]["positions"])
     line = f"{reviewed} of {len(results)} reviewed"
@@ -572,7 +572,7 @@ def changes_line(changes: pd.DataFrame, *, since: str | None = None) -> str:
     return f"{n} position{'s' if n != 1 else ''} changed {since}: {names}."
 
 
-def frame_sha256(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> str:
+def frame_sha256(frame: pd.DataFrame, *, columns: Sequence[str] | None = None) -> str:
     """A stable hash of a frame's values (columns in order, as text): the identity of a set of
     positions when no input file is known."""
     cols = [c for c in (columns if columns is not None else frame.columns) if c in frame.columns]

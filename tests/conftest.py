@@ -26,6 +26,20 @@ _CREDENTIAL_VARS = (
     "AZURE_OPENAI_ENDPOINT",
     "OPENAI_API_VERSION",
     "PORTFOLIO_BATCH_ENGINE",
+    # other providers' keys: with one alone set, client() picks that provider
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_BASE_URL",
+    "GEMINI_API_KEY",
+    "GOOGLE_API_KEY",
+    # OpenAI-compatible providers (_providers/compatible.py): only provider= selects them
+    "GROQ_API_KEY",
+    "GROQ_BASE_URL",
+    "TOGETHER_API_KEY",
+    "TOGETHER_BASE_URL",
+    "MISTRAL_API_KEY",
+    "MISTRAL_BASE_URL",
+    "FIREWORKS_API_KEY",
+    "FIREWORKS_BASE_URL",
 )
 
 

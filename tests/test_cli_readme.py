@@ -8,7 +8,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from portfolio_batch.cli import app
+from portfolio_batch.cli._app import app
 from tests import readme
 
 COMMANDS = [

@@ -122,9 +122,11 @@ def test_the_sample_portfolio_run_twice_names_exactly_the_changed_positions(
     changed = {"AAPL", "JNJ", "XOM"}
 
     r1, c1, j1 = _run(first, openai_client, tmp_path, "one")
-    pb.report(r1, c1, path=tmp_path / "one.html", jobs=j1, portfolio="Sample")
+    pb.report(r1, costs=c1, path=tmp_path / "one.html", jobs=j1, portfolio="Sample")
     r2, c2, j2 = _run(second, openai_client, tmp_path, "two")
-    doc = pb.report(r2, c2, path=tmp_path / "two.html", jobs=j2, portfolio="Sample").read_text()
+    doc = pb.report(
+        r2, costs=c2, path=tmp_path / "two.html", jobs=j2, portfolio="Sample"
+    ).read_text()
 
     changes = pb.compare(r1, r2)
     assert set(changes["ticker"]) == changed

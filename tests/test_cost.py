@@ -19,7 +19,8 @@ from portfolio_batch import (
     estimate_cost,
     load_portfolio,
 )
-from portfolio_batch._cost import COST_COLUMNS, cost_usd, price_for
+from portfolio_batch._contract import COST_COLUMNS
+from portfolio_batch._cost import cost_usd, price_for
 from portfolio_batch._tokens import count_chat_tokens, response_format_tokens
 
 
@@ -38,7 +39,7 @@ def _frame(bodies: list[dict]) -> pd.DataFrame:
 
 def test_costs_frame_shape(requests: pd.DataFrame) -> None:
     costs = estimate_cost(requests)
-    assert list(costs.columns) == COST_COLUMNS
+    assert list(costs.columns) == list(COST_COLUMNS)
     assert costs.index.name == "custom_id"
     assert costs.index.tolist() == requests.index.tolist()
     assert set(costs.model) == {"gpt-4o-mini"}
@@ -173,16 +174,16 @@ def test_compare_models(requests: pd.DataFrame) -> None:
 def test_check_budget(requests: pd.DataFrame) -> None:
     costs = estimate_cost(requests)
     total = float(costs.batch_cost_usd.sum())
-    assert check_budget(costs, 1.0) == pytest.approx(total)
-    assert check_budget(0.5, None) == 0.5
+    assert check_budget(costs, budget_usd=1.0) == pytest.approx(total)
+    assert check_budget(0.5, budget_usd=None) == 0.5
     with pytest.raises(
         BudgetExceededError, match=r"over budget_usd=\$0\.0010; nothing was sent"
     ) as info:
-        check_budget(costs, 0.001)
+        check_budget(costs, budget_usd=0.001)
     assert info.value.estimate_usd == pytest.approx(total)
     assert info.value.budget_usd == 0.001
     with pytest.raises(InputError, match="budget_usd=-1"):
-        check_budget(costs, -1)
+        check_budget(costs, budget_usd=-1)
 
 
 def test_requests_frame_is_not_mutated(requests: pd.DataFrame) -> None:
@@ -217,4 +218,87 @@ def test_prices_50k_requests_in_under_3_seconds() -> None:
     assert len(costs) == n and costs.input_tokens.gt(200).all()
     assert elapsed < 3.0, (
         f"estimate_cost took {elapsed:.2f} CPU s ({wall:.2f} s wall) for {n} requests"
+    )
+
+
+# Anthropic's and Google's list prices, USD per million tokens (standard; batch is half), as in
+# genai-prices 0.2.3 and the providers' pricing pages:
+HAIKU_45 = {"input": 1.00, "output": 5.00, "cache_read": 0.10}
+SONNET_45 = {"input": 3.00, "output": 15.00}  # prompts up to 200k tokens
+FLASH_25 = {"input": 0.30, "output": 2.50}
+PRO_25 = {"input": 1.25, "output": 10.00}  # prompts up to 200k tokens
+
+
+def test_claude_and_gemini_are_priced_at_their_providers_batch_rates() -> None:
+    h = HAIKU_45
+    assert cost_usd("claude-haiku-4-5", 1000, 200) == pytest.approx(
+        (1000 * h["input"] + 200 * h["output"]) * 0.5 / 1e6
+    )
+    assert cost_usd("claude-haiku-4-5", 1000, 200, batch=False) == pytest.approx(
+        (1000 * h["input"] + 200 * h["output"]) / 1e6
+    )
+    # 400 of the 1,000 prompt tokens read from the cache
+    assert cost_usd("claude-haiku-4-5", 1000, 200, 400) == pytest.approx(
+        (600 * h["input"] + 400 * h["cache_read"] + 200 * h["output"]) * 0.5 / 1e6
+    )
+    # a dated snapshot, as Anthropic's responses name it, has the same price
+    assert cost_usd("claude-haiku-4-5-20251001", 1000, 200) == cost_usd(
+        "claude-haiku-4-5", 1000, 200
+    )
+    s, f, p = SONNET_45, FLASH_25, PRO_25
+    assert cost_usd("claude-sonnet-4-5", 1000, 200) == pytest.approx(
+        (1000 * s["input"] + 200 * s["output"]) * 0.5 / 1e6
+    )
+    assert cost_usd("gemini-2.5-flash", 1000, 200) == pytest.approx(
+        (1000 * f["input"] + 200 * f["output"]) * 0.5 / 1e6
+    )
+    assert cost_usd("models/gemini-2.5-flash", 1000, 200) == cost_usd("gemini-2.5-flash", 1000, 200)
+    # per-million rates of tiered models are the ordinary tier's, not the >200k-token prompt's
+    assert price_for("claude-sonnet-4-5").batch_input == s["input"] / 2
+    assert price_for("gemini-2.5-pro").batch_input == p["input"] / 2
+    assert price_for("claude-haiku-4-5").source == "genai-prices"
+
+
+def test_estimate_cost_of_a_claude_run_is_marked_approximate(requests: pd.DataFrame) -> None:
+    portfolio = requests.drop(columns=["custom_id", "method", "url", "body"]).reset_index(drop=True)
+    claude = build_requests(portfolio, model="claude-haiku-4-5")
+    costs = estimate_cost(claude)
+    h = HAIKU_45
+    expected = (costs.input_tokens * h["input"] + 400 * h["output"]) * 0.5 / 1e6
+    assert costs.batch_cost_usd.to_numpy() == pytest.approx(expected.to_numpy())
+    assert costs.attrs["token_count"] == "approx"
+    assert costs.attrs["token_count_error"] == "unmeasured"
+    assert costs.attrs["token_count_method"] == "o200k_base"
+    assert any("claude-haiku-4-5" in n and "approximate" in n for n in costs.attrs["notes"])
+    # the count is o200k's: the same prompt tokens as gpt-4o-mini's exact count
+    exact = estimate_cost(requests)
+    assert exact.attrs["token_count"] == "exact" and "token_count_error" not in exact.attrs
+    assert costs.input_tokens.tolist() == exact.input_tokens.tolist()
+
+
+def test_aggregate_prices_a_claude_answer_from_its_returned_usage(tmp_path: Path) -> None:
+    import orjson
+
+    import portfolio_batch as pb
+
+    claude = build_requests(
+        pd.DataFrame({"ticker": ["AAPL"], "weight": [1.0]}), model="claude-haiku-4-5"
+    )
+    answer = {"position_key": "AAPL", "risk_score": 10, "risk_level": "low", "drivers": [],
+              "rationale": "ok"}  # fmt: skip
+    body = {
+        "id": "msg_1", "object": "chat.completion", "model": "claude-haiku-4-5-20251001",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": orjson.dumps(answer).decode()}}],
+        "usage": {"prompt_tokens": 1000, "completion_tokens": 200, "total_tokens": 1200,
+                  "prompt_tokens_details": {"cached_tokens": 400}},
+    }  # fmt: skip
+    line = {"id": "r1", "custom_id": claude.index[0], "error": None,
+            "response": {"status_code": 200, "request_id": "q1", "body": body}}  # fmt: skip
+    path = tmp_path / "output.jsonl"
+    path.write_bytes(orjson.dumps(line) + b"\n")
+    results = pb.aggregate_df(None, claude, output_files=[path])
+    h = HAIKU_45
+    assert results["cost_usd"].iloc[0] == pytest.approx(
+        (600 * h["input"] + 400 * h["cache_read"] + 200 * h["output"]) * 0.5 / 1e6
     )

@@ -157,7 +157,7 @@ def test_killed_during_creation_then_resumed_while_listing_answers_429(
     client = local_server.client(max_retries=0)
     made = 1 if when == "after" else 0
     assert _batches_per_sha(client)[1] == made
-    assert pb.jobs("run-kill")["batch_id"].isna().all()  # nothing recorded
+    assert pb.jobs(run_id="run-kill")["batch_id"].isna().all()  # nothing recorded
 
     # The dead process's lock is free at once; the look-up fails, so nothing is created.
     local_server.configure(fault_rate_429=1.0, fault_endpoints=["batches.list"], retry_after=0.01)
@@ -292,7 +292,7 @@ def test_an_extra_copy_that_cannot_be_cancelled_is_named_with_the_way_out(
     with pytest.raises(pb.SubmitError, match="extra copies of shard 0 of run run-stuck") as err:
         pb.submit(manifest.iloc[:1], client=observer)
     assert f"client.batches.cancel('{newer}')" in str(err.value)
-    assert pb.jobs("run-stuck")["batch_id"].tolist() == [older]  # the shard has its batch
+    assert pb.jobs(run_id="run-stuck")["batch_id"].tolist() == [older]  # the shard has its batch
 
 
 def test_a_claim_left_in_an_old_registry_does_not_hold_the_shard(local_server, manifest) -> None:

@@ -117,7 +117,7 @@ def _need_chromium() -> None:
 def test_pdf_of_the_report(frames, tmp_path):
     _need_chromium()
     results, costs = frames
-    html = report(results, costs, path=tmp_path / "out" / "report.html", pdf=True)
+    html = report(results, costs=costs, path=tmp_path / "out" / "report.html", pdf=True)
     pdf = html.with_suffix(".pdf")
     data = pdf.read_bytes()
     assert data.startswith(b"%PDF-") and len(data) > 20_000

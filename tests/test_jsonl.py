@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from portfolio_batch import InputError, build_requests, estimate_cost, load_portfolio, to_jsonl
-from portfolio_batch._jsonl import MANIFEST_COLUMNS, iter_jsonl
+from portfolio_batch._contract import MANIFEST_COLUMNS
+from portfolio_batch._jsonl import iter_jsonl
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ def test_golden_bytes(requests: pd.DataFrame, testdata: Path, tmp_path: Path) ->
 
 def test_manifest_shape(requests: pd.DataFrame, tmp_path: Path) -> None:
     manifest = to_jsonl(requests, tmp_path / "out")
-    assert list(manifest.columns) == MANIFEST_COLUMNS
+    assert list(manifest.columns) == list(MANIFEST_COLUMNS)
     row = manifest.iloc[0]
     assert row["shard"] == 0
     assert Path(row["path"]) == tmp_path / "out" / "requests-00000.jsonl"
@@ -375,3 +376,103 @@ def test_build_requests_in_chunks_names_the_row_of_the_whole_frame(tmp_path: Pat
         to_jsonl(build_requests(dup, chunksize=4), tmp_path / "dup")
     assert "_pb_row_offset" not in df.attrs
     assert all("_pb_row_offset" not in f.attrs for f in build_requests(df, chunksize=4))
+
+
+def _wide_portfolio(n: int) -> pd.DataFrame:
+    """Values JSON must escape (quotes, backslashes, newlines), non-ASCII, missing values, a
+    repeated column and a unique one: every kind of fragment a user message is made of."""
+    rng = np.random.default_rng(3)
+    return pd.DataFrame(
+        {
+            "ticker": [f"T{i:05d}" for i in range(n)],
+            "name": rng.choice(['Say "hi"', "back\\slash", "line\nbreak", "Zürich AG"], n),
+            "weight": np.where(rng.random(n) < 0.1, np.nan, rng.random(n)),
+            "shares": rng.integers(0, 10_000, n),
+            "notes": [None if i % 5 == 0 else f'note "{i}"' for i in range(n)],
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"prompt": {"user": "Review {name} ({ticker}); weight {weight}."}}, {"model": "o3"}],
+)
+def test_streamed_chunks_write_what_their_frames_write(
+    options: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """to_jsonl(build_requests(df, chunksize=N)) writes the chunks it is handed straight from
+    their user messages, without a dict per body: the same bytes and manifest as the frames."""
+    from portfolio_batch._requests import PreparedRequests
+
+    df = _wide_portfolio(6000)
+    whole = to_jsonl(build_requests(df, **options), tmp_path / "whole", max_requests=2500)
+    chunks = build_requests(df, chunksize=1700, **options)  # the first chunk is built here
+    made = []
+    frame = PreparedRequests.frame
+    monkeypatch.setattr(PreparedRequests, "frame", lambda self: made.append(1) or frame(self))
+    streamed = to_jsonl(chunks, tmp_path / "streamed", max_requests=2500)
+    columns = [c for c in MANIFEST_COLUMNS if c != "path"]
+    pd.testing.assert_frame_equal(streamed[columns], whole[columns])
+    # reasoning bodies have no splicer: their chunks become frames, written the usual way
+    assert len(made) == (3 if options.get("model") == "o3" else 0)
+
+
+def test_chunk_at_once_path_writes_what_the_row_by_row_path_writes(
+    requests: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """_Splicer.chunk serialises a whole chunk of shared-object bodies at once, or hands it to
+    the row-by-row path: bytes and token estimates are the same either way."""
+    from portfolio_batch import _jsonl
+
+    frames = {"built": requests}
+    # a user message whose content is a list of parts: its estimate counts its JSON
+    parts = requests.copy()
+    body = parts.body.iloc[2]
+    parts["body"] = [
+        dict(b, messages=[b["messages"][0], {"role": "user", "content": [{"type": "text"}]}])
+        if i == 2
+        else b
+        for i, b in enumerate(parts.body)
+    ]
+    assert parts.body.iloc[2]["response_format"] is body["response_format"]
+    frames["content list"] = parts
+    # a numpy value orjson only writes with its numpy option: the row-by-row path writes it
+    numpy_value = requests.copy()
+    numpy_value["body"] = [
+        dict(
+            b,
+            messages=[
+                b["messages"][0],
+                {"role": "user", "content": np.str_("x"), "n": np.int64(1)},
+            ],
+        )
+        if i == 4
+        else b
+        for i, b in enumerate(numpy_value.body)
+    ]
+    frames["numpy value"] = numpy_value
+    # the same keys in another order: not spliced, so written in its own order
+    reordered = requests.copy()
+    reordered["body"] = [
+        {k: b[k] for k in reversed(list(b))} if i == 1 else b for i, b in enumerate(reordered.body)
+    ]
+    frames["key order"] = reordered
+    written = {name: to_jsonl(f, tmp_path / "chunk" / name) for name, f in frames.items()}
+    monkeypatch.setattr(_jsonl._Splicer, "chunk", lambda self, *a, **k: None)
+    for name, f in frames.items():
+        by_row = to_jsonl(f, tmp_path / "row" / name)
+        assert _lines(written[name]) == _lines(by_row), name
+        assert written[name].est_input_tokens.tolist() == by_row.est_input_tokens.tolist(), name
+    assert b'"n":1' in _lines(written["numpy value"])[4]
+    assert orjson.loads(_lines(written["key order"])[1])["body"].popitem()[0] == "model"
+
+
+def test_a_shard_fills_up_to_its_limits_exactly(requests: pd.DataFrame, tmp_path: Path) -> None:
+    """A line that lands a shard exactly on max_bytes / max_input_tokens still goes in it."""
+    sizes = [len(line) for line in _lines(to_jsonl(requests, tmp_path / "whole"))]
+    manifest = to_jsonl(requests, tmp_path / "bytes", max_bytes=sum(sizes[:5]))
+    assert manifest.n_requests.iloc[0] == 5 and manifest.n_bytes.iloc[0] == sum(sizes[:5])
+    costs = estimate_cost(requests)
+    limit = int(costs.input_tokens.iloc[:4].sum())
+    manifest = to_jsonl(requests, tmp_path / "tokens", costs=costs, max_input_tokens=limit)
+    assert manifest.n_requests.iloc[0] == 4 and manifest.est_input_tokens.iloc[0] == limit

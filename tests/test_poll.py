@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 import portfolio_batch as pb
+from portfolio_batch._contract import ACTIVE, TERMINAL
 from portfolio_batch._poll import progress_state
-from portfolio_batch._registry import TERMINAL, open_registry
+from portfolio_batch._registry import open_registry
 from portfolio_batch.errors import BatchFailedError, PollTimeoutError
 
 
@@ -91,7 +92,7 @@ def test_poll_runs_every_batch_to_completion(openai_client, manifest) -> None:
     assert final["output_file_id"].str.startswith("file").all()
     assert final["batch_id"].tolist() == jobs["batch_id"].tolist()
     # The registry holds the same final state.
-    stored = pb.jobs(jobs["run_id"].iloc[0])
+    stored = pb.jobs(run_id=jobs["run_id"].iloc[0])
     assert stored["status"].tolist() == ["completed"] * 3
     assert stored["output_file_id"].tolist() == final["output_file_id"].tolist()
     # Actual cost from each batch's usage at batch prices, next to the estimate.
@@ -173,7 +174,7 @@ def test_queue_aware_submission_completes_every_shard(
     assert final["completed"].sum() == len(requests)
     # Never more than one shard enqueued at a time.
     for snap in snapshots:
-        assert snap["status"].isin(["validating", "in_progress", "finalizing"]).sum() <= 1
+        assert snap["status"].isin(ACTIVE).sum() <= 1
     batches = list(openai_client.batches.list(limit=100))
     assert len(batches) == len(manifest)  # no failed attempts: each shard waited its turn
 

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 import pandas as pd
 import pytest
 
 import portfolio_batch as pb
-from portfolio_batch._registry import (
-    JOBS_COLUMNS,
-    MIGRATIONS,
-    open_registry,
-    registry_path,
-)
+from portfolio_batch._contract import JOBS_COLUMNS
+from portfolio_batch._registry import MIGRATIONS, open_registry, registry_path
 from portfolio_batch.errors import RegistryError
 
 
@@ -96,9 +93,32 @@ def test_many_processes_opening_a_new_registry_at_once_all_succeed(tmp_path) -> 
             assert reg.migrations() == [name for name, _ in MIGRATIONS]
 
 
+def test_the_switch_to_wal_waits_out_a_locked_database_but_not_other_errors() -> None:
+    # The race above, made certain: SQLite refuses the switch with "database is locked" at once
+    # (no busy timeout) while another opener holds the file; the switch is tried again.
+    from portfolio_batch._registry import _switch_to_wal
+
+    class Conn:
+        def __init__(self, failures: list[str]) -> None:
+            self.failures, self.calls = failures, 0
+
+        def execute(self, sql: str) -> Any:
+            self.calls += 1
+            if self.failures:
+                raise sqlite3.OperationalError(self.failures.pop(0))
+            return type("Cursor", (), {"fetchone": lambda self: ("wal",)})()
+
+    locked = Conn(["database is locked"] * 3)
+    assert _switch_to_wal(locked) == "wal" and locked.calls == 4
+    broken = Conn(["disk I/O error"])
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        _switch_to_wal(broken)
+    assert broken.calls == 1
+
+
 def test_jobs_empty_has_the_contract_columns() -> None:
     frame = pb.jobs()
-    assert list(frame.columns) == JOBS_COLUMNS
+    assert list(frame.columns) == list(JOBS_COLUMNS)
     assert frame.empty
 
 
@@ -136,7 +156,7 @@ def test_shard_and_batch_round_trip_into_the_jobs_frame() -> None:
         frame = reg.jobs_frame(run_id="run-a")
         assert reg.live_shard("key-run-a-0")["batch_id"] == "batch_1"
         assert reg.batch("batch_1")["actual_cost_usd"] == pytest.approx(0.005)
-    assert list(frame.columns) == JOBS_COLUMNS
+    assert list(frame.columns) == list(JOBS_COLUMNS)
     assert frame["shard"].tolist() == [0, 1]
     first, second = frame.iloc[0], frame.iloc[1]
     assert (first["batch_id"], first["status"], first["output_file_id"]) == (
@@ -178,7 +198,7 @@ def test_jobs_lists_newest_first_and_filters_by_run() -> None:
         _run(reg, "run-new")
         reg.upsert_shard(_shard("run-new", 0, created_at=2000.0))
     assert pb.jobs()["run_id"].tolist() == ["run-new", "run-old"]
-    assert pb.jobs("run-old")["run_id"].tolist() == ["run-old"]
+    assert pb.jobs(run_id="run-old")["run_id"].tolist() == ["run-old"]
 
 
 def test_a_failed_write_rolls_back_and_raises_registry_error() -> None:

@@ -161,7 +161,7 @@ def test_2_killed_while_polling_then_resumed(local_server, manifest, requests, t
             child.wait()
     assert child.returncode == -signal.SIGKILL
     client = local_server.client()
-    recorded = pb.jobs("run-child")
+    recorded = pb.jobs(run_id="run-child")
     assert recorded["batch_id"].notna().all()
     assert not recorded["status"].isin(["completed"]).all()  # killed before the end
 
@@ -222,7 +222,7 @@ def test_interrupted_between_create_and_record_adopts_the_batch(
         pb.submit(manifest, client=client, run_id="run-int")
     observer = local_server.client()
     assert len(list(observer.batches.list(limit=100))) == 1  # created, not recorded
-    assert pb.jobs("run-int")["batch_id"].isna().all()
+    assert pb.jobs(run_id="run-int")["batch_id"].isna().all()
     final = pb.poll(pb.resume("run-int", client=client), client=client, progress=False)
     assert final["status"].eq("completed").all()
     assert final["completed"].sum() == len(requests)

@@ -102,7 +102,7 @@ def section(doc: str, name: str) -> str:
 def test_report_is_one_self_contained_file_with_charts(frames, jobs, tmp_path):
     results, costs = frames
     before = (results.copy(), costs.copy(), jobs.copy())
-    out = report(results, costs, path=tmp_path / "out" / "report.html", jobs=jobs)
+    out = report(results, costs=costs, path=tmp_path / "out" / "report.html", jobs=jobs)
     assert out == tmp_path / "out" / "report.html"
     doc = out.read_text(encoding="utf-8")
     assert doc.startswith("<!DOCTYPE html>") and doc.rstrip().endswith("</html>")
@@ -130,7 +130,7 @@ def test_report_is_one_self_contained_file_with_charts(frames, jobs, tmp_path):
 
 def test_sections_in_the_issue_order_risk_charts_before_run_charts(frames, tmp_path):
     results, costs = frames
-    doc = report(results, costs, path=tmp_path / "r.html").read_text()
+    doc = report(results, costs=costs, path=tmp_path / "r.html").read_text()
     at = [doc.index(f'<section id="{name}">') for name in SECTIONS]
     assert SECTIONS == ("header", "summary", "charts", "positions", "appendix")
     assert at == sorted(at)
@@ -149,7 +149,7 @@ def test_header_has_portfolio_as_of_model_coverage_cost_and_disclaimer(frames, j
     results, costs = frames
     doc = report(
         results,
-        costs,
+        costs=costs,
         path=tmp_path / "r.html",
         jobs=jobs,
         portfolio="Core equity",
@@ -179,7 +179,7 @@ def test_a_local_run_starts_with_the_simulated_banner(openai_client, testdata, t
     jobs = pb.poll(pb.submit(manifest, client=openai_client), client=openai_client, progress=False)
     results = pb.aggregate_df(jobs, requests, client=openai_client)
     doc = report(
-        results, costs, path=tmp_path / "report.html", jobs=jobs, requests=requests
+        results, costs=costs, path=tmp_path / "report.html", jobs=jobs, requests=requests
     ).read_text()
     head = section(doc, "header")
     assert f'<p class="simulated" id="simulated">{SIMULATED}' in head
@@ -197,7 +197,7 @@ def test_a_local_run_starts_with_the_simulated_banner(openai_client, testdata, t
         prov["price table"] == costs.attrs["price_version"]
     )  # said once, not "genai-prices genai-prices"
     assert "max_tokens=400" in prov["parameters"]
-    assert prov["input sha256"] == review.frame_sha256(results, list(portfolio.columns))
+    assert prov["input sha256"] == review.frame_sha256(results, columns=list(portfolio.columns))
     assert "System prompt" in doc and "Answer schema" in doc
     rows = table(doc, "positions sortable")
     assert len(rows) == len(portfolio)
@@ -208,7 +208,7 @@ def test_a_local_run_starts_with_the_simulated_banner(openai_client, testdata, t
 
 def test_summary_figures_match_the_review_functions(frames, tmp_path):
     results, costs = frames
-    doc = report(results, costs, path=tmp_path / "r.html").read_text()
+    doc = report(results, costs=costs, path=tmp_path / "r.html").read_text()
     summary = section(doc, "summary")
     score = review.weighted_score(results)
     assert f'<span class="big level-medium">{score:.1f}</span>' in summary
@@ -226,7 +226,7 @@ def test_summary_figures_match_the_review_functions(frames, tmp_path):
 
 def test_positions_sorted_by_risk_sortable_with_unscored_last(frames, tmp_path):
     results, costs = frames
-    doc = report(results, costs, path=tmp_path / "r.html", charts=False).read_text()
+    doc = report(results, costs=costs, path=tmp_path / "r.html", charts=False).read_text()
     cols = header(doc, "positions sortable")
     assert cols[:2] == ["ticker", "sector"] and "rationale" in cols and "status" in cols
     rows = table(doc, "positions sortable")
@@ -247,7 +247,7 @@ def test_positions_sorted_by_risk_sortable_with_unscored_last(frames, tmp_path):
 
 def test_error_table_lists_every_row_that_did_not_succeed(frames, tmp_path):
     results, costs = frames
-    doc = report(results, costs, path=tmp_path / "r.html", charts=False).read_text()
+    doc = report(results, costs=costs, path=tmp_path / "r.html", charts=False).read_text()
     assert '<h3 id="errors">Errors (3)</h3>' in doc
     cols = header(doc, "errors")
     rows = table(doc, "errors")
@@ -258,7 +258,7 @@ def test_error_table_lists_every_row_that_did_not_succeed(frames, tmp_path):
 def test_all_succeeded_says_so_and_leaves_the_status_column_out(frames, tmp_path):
     results, costs = frames
     ok = results[results["status"] == "succeeded"]
-    doc = report(ok, costs.loc[ok.index], path=tmp_path / "r.html", charts=False).read_text()
+    doc = report(ok, costs=costs.loc[ok.index], path=tmp_path / "r.html", charts=False).read_text()
     assert '<h3 id="errors">Errors (0)</h3>\n<p>Every request succeeded.</p>' in doc
     assert "status" not in header(doc, "positions sortable")
 
@@ -274,7 +274,7 @@ def test_llm_text_is_escaped_and_keys_never_written(frames, tmp_path, monkeypatc
     results.loc[results.index[-1], "error_message"] = "<b>bad</b> request"
     doc = report(
         results,
-        costs,
+        costs=costs,
         path=tmp_path / "r.html",
         title="<i>t</i>",
         portfolio="<b>P</b>",
@@ -299,7 +299,9 @@ def test_report_without_costs_jobs_or_charts(frames, tmp_path):
 
 def test_chart_that_cannot_be_drawn_is_named_not_hidden(frames, tmp_path):
     results, costs = frames
-    doc = report(results.drop(columns=["sector"]), costs, path=tmp_path / "r.html").read_text()
+    doc = report(
+        results.drop(columns=["sector"]), costs=costs, path=tmp_path / "r.html"
+    ).read_text()
     assert (
         "Sector view: not drawn (sector_view(): the results frame has no column(s) &#39;sector&#39;"
         in doc
@@ -327,7 +329,7 @@ def test_report_overwrites_atomically(frames, tmp_path):
     results, costs = frames
     path = tmp_path / "r.html"
     path.write_text("old")
-    report(results, costs, path=path, charts=False)
+    report(results, costs=costs, path=path, charts=False)
     assert path.read_text().startswith("<!DOCTYPE html>")
     assert isinstance(report(results, path=str(path), charts=False), Path)
 
@@ -339,13 +341,27 @@ def test_the_previous_run_of_the_same_portfolio_is_found_in_the_registry(frames,
     results, costs = frames
     first = results.copy()
     first.attrs = {**results.attrs, "run_at": 1_700_000_000}
-    report(first, costs, path=tmp_path / "a.html", portfolio="Core", run_id="run-a", charts=False)
-    report(first, costs, path=tmp_path / "x.html", portfolio="Other", run_id="run-x", charts=False)
+    report(
+        first, costs=costs, path=tmp_path / "a.html", portfolio="Core", run_id="run-a", charts=False
+    )
+    report(
+        first,
+        costs=costs,
+        path=tmp_path / "x.html",
+        portfolio="Other",
+        run_id="run-x",
+        charts=False,
+    )
     second = results.copy()
     second.attrs = {**results.attrs, "run_at": 1_700_100_000}
     second.loc[second["ticker"] == "MSFT", "weight"] = 0.02
     doc = report(
-        second, costs, path=tmp_path / "b.html", portfolio="Core", run_id="run-b", charts=False
+        second,
+        costs=costs,
+        path=tmp_path / "b.html",
+        portfolio="Core",
+        run_id="run-b",
+        charts=False,
     ).read_text()
     assert "1 position changed since run run-a (2023-11-14): MSFT (reweighted)." in doc
     assert [r[0] for r in table(doc, "changes")] == ["MSFT"]
@@ -355,16 +371,26 @@ def test_the_previous_run_of_the_same_portfolio_is_found_in_the_registry(frames,
     assert msft[cols.index("Δ weight")] == "−4.60 pp" and msft[cols.index("change")] == "reweighted"
     # reporting run-b again compares with run-a still, not with itself
     again = report(
-        second, costs, path=tmp_path / "b.html", portfolio="Core", run_id="run-b", charts=False
+        second,
+        costs=costs,
+        path=tmp_path / "b.html",
+        portfolio="Core",
+        run_id="run-b",
+        charts=False,
     )
     assert "since run run-a" in again.read_text()
     # previous=False: no comparison; another portfolio's runs are never taken
     none = report(
-        second, costs, path=tmp_path / "c.html", portfolio="Core", previous=False, charts=False
+        second,
+        costs=costs,
+        path=tmp_path / "c.html",
+        portfolio="Core",
+        previous=False,
+        charts=False,
     )
     assert "No previous run of this portfolio is recorded" in none.read_text()
     new = report(
-        second, costs, path=tmp_path / "d.html", portfolio="New", run_id="run-n", charts=False
+        second, costs=costs, path=tmp_path / "d.html", portfolio="New", run_id="run-n", charts=False
     )
     assert "No previous run of this portfolio is recorded" in new.read_text()
 
@@ -373,7 +399,7 @@ def test_costs_in_another_currency_print_the_rate_and_its_date(frames, tmp_path)
     results, costs = frames
     doc = report(
         results,
-        costs,
+        costs=costs,
         path=tmp_path / "r.html",
         currency="EUR",
         fx_rate=0.5,
@@ -505,7 +531,7 @@ def test_readme_report_example_runs(frames, jobs, tmp_path, monkeypatch):
 def test_a_simulated_report_says_no_llm_and_what_the_run_would_cost(frames, tmp_path):
     results, costs = frames
     results.attrs.update(simulated=True, engine="rules", mode="batch")
-    head = section(report(results, costs, path=tmp_path / "r.html").read_text(), "header")
+    head = section(report(results, costs=costs, path=tmp_path / "r.html").read_text(), "header")
     # no "LLM opinion" badge right above the "not an LLM" banner
     assert "LLM opinion, not investment advice." not in head
     assert "Simulated answers, not an LLM's opinion; not investment advice." in head
@@ -518,7 +544,7 @@ def test_a_simulated_report_says_no_llm_and_what_the_run_would_cost(frames, tmp_
 def test_degenerate_answers_grey_the_score_and_level_shares(frames, tmp_path):
     results, costs = frames
     bad = degenerate(results)
-    doc = report(bad, costs, path=tmp_path / "r.html").read_text()
+    doc = report(bad, costs=costs, path=tmp_path / "r.html").read_text()
     assert "The answers look degenerate" in section(doc, "header")
     summary = section(doc, "summary")
     # no green "0.0 (low)" or 100 % green bar that reads as a safe portfolio
@@ -530,13 +556,13 @@ def test_degenerate_answers_grey_the_score_and_level_shares(frames, tmp_path):
     headline = re.search(r'id="headline">(.*?)</p>', summary).group(1)
     assert "Top contributor" not in headline and "not trusted" in headline
     # trusted answers keep their colours
-    good = section(report(results, costs, path=tmp_path / "g.html").read_text(), "summary")
+    good = section(report(results, costs=costs, path=tmp_path / "g.html").read_text(), "summary")
     assert "not trusted: see Answer checks" not in good and "level-bg-low" in good
 
 
 def test_contribution_total_has_the_headline_precision(frames, tmp_path):
     results, costs = frames
-    doc = report(results, costs, path=tmp_path / "r.html", charts=False).read_text()
+    doc = report(results, costs=costs, path=tmp_path / "r.html", charts=False).read_text()
     total = review.contributions(results, top=10).attrs["total"]
     caption = re.search(r"<caption>(.*?)</caption>", section(doc, "summary")).group(1)
     assert f"of the total contribution ({total:.1f}) in these 10" in caption

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import re
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pandas as pd
 import pytest
 from pydantic import BaseModel
 
+import portfolio_batch as pb
 from portfolio_batch import RISK_SCHEMA, InputError, build_requests, load_portfolio
 from portfolio_batch._requests import DEFAULT_SYSTEM_PROMPT, custom_id_for
 from tests import readme
@@ -127,21 +129,86 @@ def test_prompt_version_follows_prompt_schema_and_model(portfolio: pd.DataFrame)
     assert build_requests(portfolio, schema=schema).attrs["prompt_version"] != base
 
 
-def test_unsafe_characters_are_escaped_and_ids_stay_unique() -> None:
-    keys = ["BRK/B", "BRK%2FB", "A B", "Société", "x~y", "K" * 100, "K" * 99 + "L"]
-    df = pd.DataFrame({"ticker": keys, "weight": 1 / len(keys)})
-    ids = build_requests(df)["custom_id"].tolist()
-    version = build_requests(df).attrs["prompt_version"]
-    assert ids[0] == f"risk-BRK%2FB-{version}"
-    assert ids[1] == f"risk-BRK%252FB-{version}"
-    assert ids[2] == f"risk-A%20B-{version}"
-    assert ids[3] == f"risk-Soci%C3%A9t%C3%A9-{version}"
-    assert ids[4] == f"risk-x%7Ey-{version}"
+PORTABLE_ID = r"[A-Za-z0-9_-]{1,64}"
+# The issue's keys and their near neighbours: one punctuation mark apart, a non-ASCII letter,
+# keys that differ only past the characters an id can show, keys that look like hashed ids.
+AWKWARD_KEYS = [
+    "BRK.B", "BRK/B", "BRK-B", "BRK_B", "BRKB", "BRK B", "BRK%2FB", "BRK%252FB", "ŽIL", "ZIL",
+    "Société", "中国平安", "x~y", "A\nB", "K" * 100, "K" * 99 + "L", "K" * 40 + "x" * 60,
+    "K" * 40 + "y" * 60, "K" * 50, "K" * 51, "BRK_B-0907abf5bc1da7c7", "risk-AAPL",
+]  # fmt: skip
+
+
+def test_every_id_is_portable_unique_and_joins_back_by_key(tmp_path: Path) -> None:
+    df = pd.DataFrame({"ticker": ["AAPL", *AWKWARD_KEYS]})
+    df["weight"] = 1 / len(df)
+    requests = build_requests(df)
+    version = requests.attrs["prompt_version"]
+    ids = requests["custom_id"].tolist()
+    assert all(re.fullmatch(PORTABLE_ID, cid) for cid in ids), ids
     assert len(set(ids)) == len(ids)
-    for cid in ids:
-        assert re.fullmatch(r"risk-[A-Za-z0-9._%~-]+-[0-9a-f]{8}", cid)
-        assert len(cid) <= 4 + 1 + 49 + 1 + 8
-    assert custom_id_for("BRK/B", "0" * 8, prefix="x") == "x-BRK%2FB-00000000"
+    assert {cid.rsplit("-", 1)[-1] for cid in ids} == {version}  # the run hash stays last
+    # readable where the key already fits; hashed (a 4th part) where it does not
+    assert ids[0] == f"risk-AAPL-{version}"
+    assert ids[1] == f"risk-BRK_B-{hashlib.sha256(b'BRK.B').hexdigest()[:16]}-{version}"
+    assert ids[4] == f"risk-BRK_B-{version}" and ids[5] == f"risk-BRKB-{version}"
+    assert ids[9].startswith("risk-ZIL-") and ids[10] == f"risk-ZIL-{version}"
+    assert ids[df.ticker.tolist().index("K" * 50)] == f"risk-{'K' * 50}-{version}"  # fits: kept
+    assert ids[df.ticker.tolist().index("K" * 51)].count("-") == 3  # one too long: hashed
+    # the same frame gives the same ids, whatever the row order or the string storage
+    again = build_requests(df.iloc[::-1].astype({"ticker": "string[pyarrow]"}))
+    assert again["custom_id"].tolist() == ids[::-1]
+    # results join back by key: each result row carries its own request's key
+    results = pb.aggregate_df(None, requests, output_files=[_answers_file(requests, tmp_path)])
+    assert results["ticker"].tolist() == df["ticker"].tolist()
+    assert (results["status"] == "succeeded").all()
+    assert results["position_key"].tolist() == df["ticker"].tolist()
+
+
+def _answers_file(requests: pd.DataFrame, where: Path) -> Path:
+    """An OpenAI batch output file answering every request (in reverse order), echoing its key."""
+    path = where / "output.jsonl"
+    lines = []
+    pairs = zip(requests["custom_id"][::-1], requests["ticker"][::-1], strict=True)
+    for n, (cid, key) in enumerate(pairs):
+        answer = {"position_key": key, "risk_score": 10, "risk_level": "low", "drivers": [],
+                  "rationale": "ok"}  # fmt: skip
+        body = {
+            "id": f"chatcmpl-{n}", "object": "chat.completion", "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": orjson.dumps(answer).decode()}}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+        }  # fmt: skip
+        lines.append({"id": f"batch_req_{n}", "custom_id": cid, "error": None,
+                      "response": {"status_code": 200, "request_id": f"req_{n}", "body": body}})  # fmt: skip
+    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    return path
+
+
+def test_custom_id_for_hashes_the_exact_key_and_checks_its_parts() -> None:
+    assert custom_id_for("BRK/B", "0" * 8, prefix="x") == (
+        "x-BRK_B-" + hashlib.sha256(b"BRK/B").hexdigest()[:16] + "-00000000"
+    )
+    assert custom_id_for("NVDA", "0" * 8, prefix="x") == "x-NVDA-00000000"
+    with pytest.raises(InputError, match="letters, digits and '_'"):
+        custom_id_for("NVDA", "0" * 8, prefix="a-b")
+    with pytest.raises(InputError, match=r"id_prefix='risk\.v2'.*letters, digits and '_'"):
+        build_requests(pd.DataFrame({"ticker": ["A"]}), id_prefix="risk.v2")
+
+
+def test_old_style_ids_still_aggregate_with_their_requests_frame(tmp_path: Path) -> None:
+    """A run made before portable ids (``risk-BRK.B-...``, ``risk-BRK%2FB-...``) re-aggregated:
+    its stored requests frame and its results files carry the old ids, and they join as before."""
+    requests = build_requests(pd.DataFrame({"ticker": ["BRK.B", "BRK/B", "AAPL"], "weight": 0.3}))
+    old = [f"risk-BRK.B-{requests.attrs['prompt_version']}", "risk-BRK%2FB-3eb420ac",
+           f"risk-AAPL-{requests.attrs['prompt_version']}"]  # fmt: skip
+    requests.index = pd.Index(old, name="custom_id")
+    requests["custom_id"] = old
+    results = pb.aggregate_df(None, requests, output_files=[_answers_file(requests, tmp_path)])
+    assert results.index.tolist() == old
+    assert results["ticker"].tolist() == ["BRK.B", "BRK/B", "AAPL"]
+    assert (results["status"] == "succeeded").all()
+    assert results["position_key"].tolist() == ["BRK.B", "BRK/B", "AAPL"]
 
 
 def test_duplicate_keys_name_both_rows() -> None:
@@ -336,7 +403,8 @@ def test_a_key_with_a_newline_cannot_hide_an_unsafe_key() -> None:
     ids = build_requests(pd.DataFrame({"ticker": ["A\nB", "C/D"], "weight": [0.5, 0.5]}))[
         "custom_id"
     ]
-    assert ids.str.startswith(("risk-A%0AB-", "risk-C%2FD-")).all()
+    assert ids.str.startswith(("risk-A_B-", "risk-C_D-")).all()
+    assert ids.str.count("-").eq(3).all()  # both hashed, although "A_B" would be plain
 
 
 @pytest.mark.parametrize("storage", ["pyarrow", "python"])
@@ -359,6 +427,6 @@ def test_text_columns_serialise_like_orjson_whatever_the_string_storage(storage:
             row["notes"] = "ok"
         assert body["messages"][1]["content"].split("\n")[-1] == orjson.dumps(row).decode()
     assert requests.custom_id.iloc[-2].startswith("risk-padded-")
-    assert requests.custom_id.iloc[-1].startswith("risk-BRK%2FB-")
+    assert requests.custom_id.iloc[-1].startswith("risk-BRK_B-")
     plain = build_requests(df.iloc[:8])
     assert plain.custom_id.str.fullmatch(r"risk-K\d-[0-9a-f]{8}").all()

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 import portfolio_batch as pb
+from portfolio_batch._contract import JOBS_COLUMNS
 from portfolio_batch._download import download_file
 from portfolio_batch._home import home
-from portfolio_batch._registry import JOBS_COLUMNS, open_registry, registry_path
+from portfolio_batch._registry import open_registry, registry_path
 from portfolio_batch.errors import BudgetExceededError, InputError, RegistryError, SubmitError
 from tests import readme
 
@@ -36,7 +37,7 @@ def test_submit_returns_one_row_per_shard_with_metadata(openai_client, manifest)
     before = manifest.copy(deep=True)
     jobs = pb.submit(manifest, client=openai_client, metadata={"desk": "equities"}, run_id="run-1")
     pd.testing.assert_frame_equal(manifest, before)  # the caller's frame is untouched
-    assert list(jobs.columns) == JOBS_COLUMNS
+    assert list(jobs.columns) == list(JOBS_COLUMNS)
     assert jobs["shard"].tolist() == [0, 1, 2]
     assert jobs["n_requests"].tolist() == [4, 4, 4]
     assert jobs["batch_id"].str.startswith("batch").all()
@@ -55,7 +56,7 @@ def test_submit_returns_one_row_per_shard_with_metadata(openai_client, manifest)
         }
         assert batch.input_file_id == row.input_file_id
         assert batch.endpoint == "/v1/chat/completions"
-    assert pb.jobs("run-1")["batch_id"].tolist() == jobs["batch_id"].tolist()
+    assert pb.jobs(run_id="run-1")["batch_id"].tolist() == jobs["batch_id"].tolist()
 
 
 def test_resubmitting_the_same_manifest_returns_the_same_batches(openai_client, manifest) -> None:

@@ -9,57 +9,26 @@ Commands import pandas, openai and the pipeline only when they run, so ``--help`
 from __future__ import annotations
 
 import sys
-from typing import Annotated, NoReturn
+from typing import NoReturn
 
-import typer
+from portfolio_batch.errors import missing_extra
 
-from portfolio_batch._version import __version__
-from portfolio_batch.cli import analyze, estimate, jobs, report, serve
-from portfolio_batch.cli._console import run_app, setup_logging
+__all__ = ["main"]
 
-__all__ = ["app", "main"]
-
-app = typer.Typer(
-    name="portfolio-batch",
-    help="LLM risk review of every position of a portfolio through the OpenAI Batch API.\n\n"
-    "With no API key it runs offline on an embedded OpenAI-compatible server.\n\n"
-    "Example:\n\n    portfolio-batch analyze-risk testdata/portfolio.csv --batch --yes --out demo-out/",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="markdown",
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"portfolio-batch {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _main_options(
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Log what the library does (stderr).")
-    ] = False,
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version", help="Print the version and exit.", callback=_version, is_eager=True
-        ),
-    ] = False,
-) -> None:
-    """Errors are one line; set PORTFOLIO_BATCH_DEBUG=1 for full tracebacks."""
-    setup_logging(verbose=verbose)
-
-
-app.command("analyze-risk")(analyze.analyze_risk)
-app.command("estimate")(estimate.estimate)
-app.command("report")(report.report)
-app.add_typer(jobs.app, name="jobs")
-app.command("serve")(serve.serve)
+# What the ``cli`` extra installs (pyproject.toml); click comes with typer.
+_EXTRA_MODULES = frozenset({"typer", "click", "rich"})
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
-    """Run the CLI and exit with its code (0 ok, 3 partial, 2 usage/input, 1 unexpected)."""
-    sys.exit(run_app(typer.main.get_command(app), argv))
+    """Run the CLI and exit with its code (0 ok, 3 partial, 2 usage/input, 1 unexpected).
+
+    Without the ``cli`` extra it prints which ``pip install`` adds it and exits 2.
+    """
+    try:
+        from portfolio_batch.cli._app import run
+    except ModuleNotFoundError as exc:
+        if not exc.name or exc.name.partition(".")[0] not in _EXTRA_MODULES:
+            raise
+        print(f"Error: {missing_extra(exc.name, 'cli')}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(run(argv))

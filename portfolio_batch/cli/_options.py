@@ -3,11 +3,57 @@ date (shown in the report, and how its previous run is found)."""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
 
-__all__ = ["AsOf", "Currency", "FxDate", "FxRate", "Name", "money_options"]
+__all__ = [
+    "AsOf",
+    "Currency",
+    "FxDate",
+    "FxRate",
+    "Name",
+    "Provider",
+    "ProviderOption",
+    "money_options",
+    "provider_for",
+]
+
+
+class Provider(StrEnum):
+    openai = "openai"
+    azure = "azure"
+    anthropic = "anthropic"
+    gemini = "gemini"
+    groq = "groq"
+
+
+ProviderOption = Annotated[
+    Provider | None,
+    typer.Option(
+        "--provider",
+        help="Where the model runs and whose batch prices apply [default: from the model name: "
+        "claude-* anthropic, gemini-* gemini, else openai (azure when AZURE_OPENAI_* is set); groq "
+        "only when given (GROQ_API_KEY)].",
+        show_default=False,
+        case_sensitive=False,
+    ),
+]
+
+
+def provider_for(flag: Provider | str | None, model: str) -> str:
+    """``--provider`` as given, else the provider the model name belongs to.
+
+    >>> provider_for(None, "claude-haiku-4-5"), provider_for("azure", "my-deployment")
+    ('anthropic', 'azure')
+    """
+    if flag is not None:
+        return Provider(flag).value
+    from portfolio_batch._providers import provider_of
+
+    return provider_of(model)
+
 
 Currency = Annotated[
     str,

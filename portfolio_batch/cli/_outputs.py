@@ -99,7 +99,7 @@ def finish(
     options["previous"] = found.previous if found.previous is not None else False
     written = write_results(results, out_dir)
     report_path = out_dir / "report.html"
-    pb.report(results, costs, path=report_path, **options)
+    pb.report(results, costs=costs, path=report_path, **options)
     written.append(report_path)
     try:
         options.pop("summary")

@@ -47,11 +47,27 @@ def engine_of(jobs: pd.DataFrame) -> str | None:
     return None
 
 
-def make_client(engine: str | None, *, default_engine: str | None = None) -> Any:
+def make_client(
+    engine: str | None, *, default_engine: str | None = None, provider: str | None = None
+) -> Any:
     """``pb.client()``; ``--engine`` only picks the embedded server's engine, so with a key it is
-    ignored (and we say so). ``default_engine`` is the engine of the run being resumed."""
+    ignored (and we say so). ``default_engine`` is the engine of the run being resumed.
+    ``provider`` (``--provider``, else from ``--model``): ``anthropic``/``gemini`` run on that
+    provider with its key, else on the embedded server's routes for it; ``azure`` needs Azure
+    configured."""
     import portfolio_batch as pb
+    from portfolio_batch._backend import PROVIDER_KEYS, configured_backend
 
+    if provider in PROVIDER_KEYS:
+        return _provider_client(provider, engine, default_engine)
+    if provider == "groq":  # OpenAI's batch API at Groq; needs GROQ_API_KEY (an InputError if not)
+        return pb.client(provider=provider)
+    if provider == "azure" and configured_backend() != "azure":
+        raise InputError(
+            "--provider azure needs Azure OpenAI configured: set AZURE_OPENAI_ENDPOINT, "
+            "AZURE_OPENAI_API_KEY and OPENAI_API_VERSION (and leave OPENAI_API_KEY unset, which "
+            "would select OpenAI)"
+        )
     if has_api_key():
         if engine is not None:
             err.print(
@@ -80,6 +96,32 @@ def make_client(engine: str | None, *, default_engine: str | None = None) -> Any
     with warnings.catch_warnings():  # the line above says it; no Python warning text as well
         warnings.simplefilter("ignore", SimulatedBackendWarning)
         return pb.client(engine=engine) if engine else pb.client()
+
+
+def _provider_client(provider: str, engine: str | None, default_engine: str | None) -> Any:
+    """``pb.client(provider=...)`` for Anthropic or Gemini, saying when answers are simulated."""
+    import portfolio_batch as pb
+    from portfolio_batch._backend import PROVIDER_KEYS, simulated_notice
+
+    names = PROVIDER_KEYS[provider]
+    if any(os.environ.get(v) for v in names):
+        if engine is not None:
+            err.print(
+                Text(
+                    f"--engine {engine} is ignored: {names[0]} is set, so requests go to "
+                    f"{provider}, not the embedded server.",
+                    style="yellow",
+                )
+            )
+        return pb.client(provider=provider)
+    engine = engine or default_engine
+    if engine is None and has_api_key():  # OpenAI/Azure keyed: pb.client names the missing key
+        return pb.client(provider=provider)
+    name = engine or os.environ.get("PORTFOLIO_BATCH_ENGINE") or "rules"
+    err.print(Text(simulated_notice(name), style="bold yellow"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SimulatedBackendWarning)
+        return pb.client(provider=provider, engine=engine)
 
 
 def client_for_run(jobs: pd.DataFrame, engine: str | None) -> Any:

@@ -13,6 +13,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from portfolio_batch._contract import LEVEL_COLORS, STATUS_COLORS
 from portfolio_batch._currency import money_from_attrs
 
 if TYPE_CHECKING:
@@ -29,21 +30,10 @@ __all__ = [
     "summary_table",
 ]
 
-_LEVEL_STYLE = {"high": "bold red", "medium": "yellow", "low": "green"}
-_STATUS_STYLE = {
-    "succeeded": "green",
-    "completed": "green",
-    "finalizing": "bold cyan",
-    "in_progress": "cyan",
-    "validating": "cyan",
-    "queued": "dim",
-    "failed": "bold red",
-    "invalid_output": "red",
-    "expired": "magenta",
-    "cancelled": "magenta",
-    "cancelling": "magenta",
-    "missing": "red",
-}
+# status / risk level -> rich style: _contract's colour, bold where the eye must stop
+_BOLD = frozenset({"failed", "finalizing", "high"})
+_STATUS_STYLE = {s: f"bold {c}" if s in _BOLD else c for s, c in STATUS_COLORS.items()}
+_LEVEL_STYLE = {lv: f"bold {c}" if lv in _BOLD else c for lv, c in LEVEL_COLORS.items()}
 
 
 def usd(value: Any) -> str:
@@ -87,7 +77,10 @@ def estimate_table(costs: pd.DataFrame, manifest: pd.DataFrame | None = None) ->
     table.add_column("", justify="right")
     table.add_row("Model", models)
     table.add_row("Requests", _int(len(costs)))
-    table.add_row("Input tokens", _int(costs["input_tokens"].sum()))
+    approx = costs.attrs.get("token_count") == "approx"  # Claude/Gemini: o200k's count
+    table.add_row(
+        f"Input tokens{' (approx.)' if approx else ''}", _int(costs["input_tokens"].sum())
+    )
     mode = costs.attrs.get("output_tokens", "max")
     if costs.attrs.get("output_includes_reasoning"):
         mode = f"{mode}, reasoning included"  # reasoning tokens are billed as output
@@ -164,6 +157,13 @@ def compare_table(comparison: pd.DataFrame) -> Table:
         caption += (
             f"\nOut tokens of {names} include reasoning tokens (billed as output; "
             "--max-tokens bounds reasoning and answer together)."
+        )
+    counts = comparison.get("token_count")
+    if counts is not None and bool((counts == "approx").any()):
+        names = ", ".join(comparison.loc[counts == "approx", "model"].astype(str))
+        caption += (
+            f"\nIn tokens of {names} are approximate (OpenAI's o200k tokenizer; no offline "
+            "tokenizer exists for them, error unmeasured)."
         )
     table = Table(
         title="Batch vs sync, per model",

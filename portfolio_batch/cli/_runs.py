@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from portfolio_batch._contract import REQUEST_COLUMNS
 from portfolio_batch.errors import InputError
 
 if TYPE_CHECKING:
@@ -39,7 +40,6 @@ __all__ = [
 ]
 
 RUN_FILE = "run.json"
-_REQUEST_COLUMNS = ("custom_id", "method", "url", "body")
 _CHUNK = 1 << 20
 
 
@@ -140,7 +140,7 @@ def write_run_info(
     ``review`` holds what its report needs later: the portfolio's ``name``, ``as_of``, the
     input file's ``portfolio_sha256`` (the file may change before the report is rebuilt) and the
     ``currency`` / ``fx_rate`` / ``fx_date`` to show costs in."""
-    data_columns = [c for c in requests.columns if c not in _REQUEST_COLUMNS]
+    data_columns = [c for c in requests.columns if c not in REQUEST_COLUMNS]
     attrs = requests.attrs
     info = {
         "run_id": run_id,
@@ -250,7 +250,7 @@ def requests_from_shards(paths: list[str], *, info: dict[str, Any] | None = None
                     item = orjson.loads(line)
                 except orjson.JSONDecodeError as exc:
                     raise InputError(f"{path} line {number} is not valid JSON: {exc}") from exc
-                records.append({name: item.get(name) for name in _REQUEST_COLUMNS})
+                records.append({name: item.get(name) for name in REQUEST_COLUMNS})
                 fields.append(_row_fields(item.get("body") or {}))
     if not records:
         raise InputError(f"the request shards {paths} hold no requests.")

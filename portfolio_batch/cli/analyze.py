@@ -10,7 +10,15 @@ import typer
 from rich.text import Text
 
 from portfolio_batch.cli._console import confirm, err
-from portfolio_batch.cli._options import AsOf, Currency, FxDate, FxRate, Name
+from portfolio_batch.cli._options import (
+    AsOf,
+    Currency,
+    FxDate,
+    FxRate,
+    Name,
+    ProviderOption,
+    provider_for,
+)
 from portfolio_batch.errors import BudgetExceededError, InputError
 
 __all__ = ["Engine", "analyze_risk", "engine_option"]
@@ -38,7 +46,7 @@ def _check_budget(costs: Any, budget: float, *, mode: str) -> None:
     import portfolio_batch as pb
 
     try:
-        pb.check_budget(costs, budget)
+        pb.check_budget(costs, budget_usd=budget)
     except BudgetExceededError as exc:
         raise BudgetExceededError(
             f"the estimated {mode} cost ${exc.estimate_usd:,.4f} is over --budget "
@@ -66,6 +74,7 @@ def analyze_risk(
         ),
     ] = True,
     model: Annotated[str, typer.Option("--model", "-m", help="The model to ask.")] = "gpt-4o-mini",
+    provider: ProviderOption = None,
     budget: Annotated[
         float | None,
         typer.Option(
@@ -125,6 +134,7 @@ def analyze_risk(
     Example:
 
         portfolio-batch analyze-risk testdata/portfolio.csv --batch --yes --out demo-out/
+        portfolio-batch analyze-risk testdata/portfolio.csv --model claude-haiku-4-5 --yes
     """
     import portfolio_batch as pb
     from portfolio_batch._history import file_sha256
@@ -138,6 +148,12 @@ def analyze_risk(
     from portfolio_batch.cli._runs import load_portfolio_file, shard_dir, write_run_info
 
     engine_name = engine
+    provider_name = provider_for(provider, model)
+    if not batch and provider_name in ("anthropic", "gemini"):
+        raise InputError(
+            f"--sync sends OpenAI chat completions; --model {model} runs on {provider_name}, "
+            "whose requests this tool sends as batches only: use --batch (half price)"
+        )
     money = money_options(currency, fx_rate, fx_date)  # a bad rate is exit 2 before any work
     if as_of is not None:
         _as_of(as_of, 0.0)  # checked now, not after the run
@@ -152,7 +168,7 @@ def analyze_risk(
     # Before the work and the money: a --out that is a file or read-only is one line, exit 2.
     out_dir = writable_dir(out_dir, what="--out").resolve()
     requests = pb.build_requests(frame, model=model, max_tokens=max_tokens)
-    costs = pb.estimate_cost(requests, **money)
+    costs = pb.estimate_cost(requests, provider=provider_name, **money)
     # The run id is chosen here so the shards go to their own directory: a later run into the
     # same --out must not rewrite the files this run's results are matched against.
     run_id = new_run_id() if batch else "sync-" + new_run_id().removeprefix("run-")
@@ -169,7 +185,7 @@ def analyze_risk(
         yes=yes,
     )
 
-    client = make_client(engine_name)
+    client = make_client(engine_name, provider=provider_name)
     key = requests.attrs.get("key")
     info = {"portfolio": str(portfolio), **review}
     if not batch:

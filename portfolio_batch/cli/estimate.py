@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from portfolio_batch.cli._console import out
-from portfolio_batch.cli._options import Currency, FxDate, FxRate
+from portfolio_batch.cli._options import Currency, FxDate, FxRate, Provider, ProviderOption
 from portfolio_batch.errors import InputError
 
 __all__ = ["estimate"]
@@ -44,6 +44,7 @@ def estimate(
             "--max-tokens", help="Most output tokens per answer, as in analyze-risk.", min=1
         ),
     ] = 400,
+    provider: ProviderOption = None,
     fmt: Annotated[
         Format, typer.Option("--format", help="table (for people), csv or json (for pipes).")
     ] = Format.table,
@@ -56,6 +57,7 @@ def estimate(
     Example:
 
         portfolio-batch estimate testdata/portfolio.csv --model gpt-4o-mini,gpt-4.1-mini,gpt-4.1
+        portfolio-batch estimate testdata/portfolio.csv --model claude-haiku-4-5,gemini-2.5-flash
     """
     import portfolio_batch as pb
     from portfolio_batch._currency import fx
@@ -71,7 +73,9 @@ def estimate(
         )
     frame = load_portfolio_file(portfolio)
     requests = pb.build_requests(frame, model=names[0], max_tokens=max_tokens)
-    comparison = pb.compare_models(requests, models=names)
+    comparison = pb.compare_models(
+        requests, models=names, provider=None if provider is None else Provider(provider).value
+    )
     if money.converted:  # beside the USD columns, with the rate and its date
         for col in ("batch_cost_usd", "sync_cost_usd", "savings_usd"):
             if col in comparison.columns:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
+from portfolio_batch._contract import TERMINAL
 from portfolio_batch.cli._console import err, out
 from portfolio_batch.cli.analyze import Engine
 
@@ -21,7 +22,6 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 
-_FINISHED = ["completed", "failed", "expired", "cancelled"]
 _Ident = Annotated[
     str,
     typer.Argument(
@@ -75,7 +75,7 @@ def list_jobs(
         err.print("No runs yet. Start one with `portfolio-batch analyze-risk PORTFOLIO`.")
         return
     if running:
-        jobs = jobs[~jobs["status"].isin(_FINISHED)]
+        jobs = jobs[~jobs["status"].isin(TERMINAL)]
     # newest run first (as the registry lists them), each run's batches in shard order
     first = {run: i for i, run in enumerate(dict.fromkeys(jobs["run_id"]))}
     jobs = jobs.assign(_run=jobs["run_id"].map(first)).sort_values(["_run", "shard"], kind="stable")
@@ -174,7 +174,7 @@ def results(
     run_id = str(found["run_id"].iloc[0])
     client = client_for_run(found, engine.value if engine else None)
     jobs = pb.resume(run_id, client=client)
-    running = jobs[~jobs["status"].isin(_FINISHED)]
+    running = jobs[~jobs["status"].isin(TERMINAL)]
     if len(running):
         raise InputError(
             f"run {run_id} is not finished ({len(running)} of {len(jobs)} batches still "
@@ -214,7 +214,7 @@ def cancel(ident: _Ident, engine: _Engine = None) -> None:
     run_id = str(found["run_id"].iloc[0])
     client = client_for_run(found, engine.value if engine else None)
     current = pb.resume(run_id, client=client)
-    running = current[~current["status"].isin(_FINISHED)]
+    running = current[~current["status"].isin(TERMINAL)]
     if not len(running):
         out.print(jobs_table(current, title=f"Run {run_id}"))
         err.print(

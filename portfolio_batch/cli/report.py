@@ -54,7 +54,7 @@ def _load(
     from portfolio_batch import _history as history
     from portfolio_batch.cli._runs import load_run_info
 
-    jobs = pb.jobs(run_id)
+    jobs: pd.DataFrame = pb.jobs(run_id=run_id)
     info: dict[str, Any] = {}
     if len(jobs) and jobs["path"].notna().any():
         info = load_run_info(Path(str(jobs["path"].dropna().iloc[0])).parent)
@@ -173,7 +173,7 @@ def report(
         options["previous"] = previous_id
     found = gather(results, costs, **options)
     options["previous"] = found.previous if found.previous is not None else False
-    written = [pb.report(results, costs, path=target / "report.html", **options)]
+    written = [pb.report(results, costs=costs, path=target / "report.html", **options)]
     if pdf:
         written.append(to_pdf(written[0], target / "report.pdf"))
     try:
@@ -198,7 +198,7 @@ def report(
             )
         )
     else:
-        out.print(Text(rv.coverage_line(results, found.flags) + "."))
+        out.print(Text(rv.coverage_line(results, flags=found.flags) + "."))
     if found.changes is not None:
         # an empty comparison is already "No change since ..." in the summary line
         if len(found.changes) or not said:

@@ -62,9 +62,12 @@ def serve(
     """
     from portfolio_batch import local
     from portfolio_batch._home import writable_dir
+
+    # first through the package: without the local extra this names it (exit 2), not a traceback
+    run = local.run
     from portfolio_batch.local.server import read_api_key
 
     if data_dir is not None:
         data_dir = writable_dir(data_dir, what="--data-dir")
     key = read_api_key(prompt=api_key, key_file=api_key_file)
-    local.run(host=host, port=port, engine=engine, data_dir=data_dir, api_key=key)
+    run(host=host, port=port, engine=engine, data_dir=data_dir, api_key=key)

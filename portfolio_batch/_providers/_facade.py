@@ -1,0 +1,372 @@
+"""``BatchClient``: a ``Backend`` dressed as the part of ``openai.OpenAI`` the pipeline uses, so
+``submit``, ``poll``, ``aggregate_df``, ``retry_failed``, ``resume``, ``cancel`` and ``start``
+run unchanged on any provider.
+
+What a provider does not keep, the facade keeps in the home, under
+``home()/providers/<name>/files/`` (files 0600):
+
+- uploaded input files, streamed to ``<sha256>.jsonl`` and keyed by their content
+  (``file-<sha256>``), with a ``.json`` record of their name and size;
+- one ``batch-<id>.json`` record per batch: its input file, endpoint, model and metadata (which
+  Anthropic has no room for), so the creation rule's look-up by ``pb_sha256`` works there too;
+- the result files, made from ``Backend.results`` on the first download: the answers to
+  ``file-out-<batch id>``, everything else (errored, expired, cancelled) to
+  ``file-err-<batch id>``, as OpenAI splits them.
+
+    >>> from portfolio_batch._providers.anthropic import backend
+    >>> c = BatchClient(backend(api_key="...", base_url="http://127.0.0.1:8000"))  # doctest: +SKIP
+    >>> pb.submit(manifest, client=c)                                             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import httpx2
+import orjson
+from openai.types import Batch, BatchRequestCounts, FileObject
+
+from portfolio_batch._contract import TERMINAL
+from portfolio_batch._home import home
+from portfolio_batch._providers._protocol import Backend, BatchState, status_error
+from portfolio_batch.errors import InputError
+
+__all__ = ["BatchClient"]
+
+_CHUNK = 1 << 20
+_lock = threading.Lock()
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole (a temporary file renamed), mode 0600."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+class _Store:
+    """The facade's directory: input files, batch records, result files."""
+
+    def __init__(self, name: str, root: Path | None = None) -> None:
+        self.dir = (root or home() / "providers" / name / "files").resolve()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+
+    def data(self, file_id: str) -> Path:
+        return self.dir / f"{file_id}.jsonl"
+
+    def meta(self, file_id: str) -> Path:
+        return self.dir / f"{file_id}.json"
+
+    def record(self, batch_id: str) -> dict[str, Any] | None:
+        try:
+            value = orjson.loads((self.dir / f"batch-{_safe(batch_id)}.json").read_bytes())
+        except FileNotFoundError:
+            return None
+        return value if isinstance(value, dict) else None
+
+    def save_record(self, batch_id: str, record: dict[str, Any]) -> None:
+        _write_private(self.dir / f"batch-{_safe(batch_id)}.json", orjson.dumps(record))
+
+
+def _safe(ident: str) -> str:
+    if not ident or "/" in ident or ident.startswith(".") or "\x00" in ident:
+        raise status_error(404, f"No such id {ident!r}.")
+    return ident
+
+
+class _StreamedContent:
+    """What ``files.with_streaming_response.content`` yields: a status and the bytes."""
+
+    def __init__(self, path: Path, start: int) -> None:
+        self._path, self._start = path, start
+        self.status_code = 206 if start else 200
+
+    def iter_bytes(self, chunk_size: int | None = None) -> Iterator[bytes]:
+        with self._path.open("rb") as fh:
+            fh.seek(self._start)
+            while block := fh.read(chunk_size or _CHUNK):
+                yield block
+
+
+class _Streaming:
+    def __init__(self, files: _Files) -> None:
+        self._files = files
+
+    @contextmanager
+    def content(
+        self, file_id: str, *, extra_headers: dict[str, str] | None = None, **_: Any
+    ) -> Iterator[_StreamedContent]:
+        path = self._files.path_of(file_id)
+        start = 0
+        rng = (extra_headers or {}).get("Range", "")
+        if rng.startswith("bytes=") and rng.endswith("-"):
+            start = min(int(rng[6:-1] or 0), path.stat().st_size)
+        yield _StreamedContent(path, start)
+
+
+class _Files:
+    """``client.files``: uploads kept in the home, result files made from the backend."""
+
+    def __init__(self, owner: BatchClient) -> None:
+        self._c = owner
+        self.with_streaming_response = _Streaming(self)
+
+    def create(self, *, file: tuple[str, IO[bytes]] | Any, purpose: str, **_: Any) -> FileObject:
+        name, fh = file if isinstance(file, tuple) else (getattr(file, "name", "upload"), file)
+        store = self._c._store
+        digest, size = hashlib.sha256(), 0
+        tmp = store.dir / f".upload-{secrets.token_hex(6)}.tmp"
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+            while block := fh.read(_CHUNK):
+                digest.update(block)
+                size += len(block)
+                out.write(block)
+        file_id = f"file-{digest.hexdigest()}"
+        os.replace(tmp, store.data(file_id))
+        meta = {
+            "id": file_id,
+            "object": "file",
+            "bytes": size,
+            "created_at": int(time.time()),
+            "filename": os.path.basename(str(name)),
+            "purpose": purpose,
+            "status": "processed",
+        }
+        _write_private(store.meta(file_id), orjson.dumps(meta))
+        return FileObject.model_validate(meta)
+
+    def retrieve(self, file_id: str, **_: Any) -> FileObject:
+        path = self.path_of(file_id)
+        meta_path = self._c._store.meta(file_id)
+        if meta_path.exists():
+            return FileObject.model_validate(orjson.loads(meta_path.read_bytes()))
+        return FileObject(
+            id=file_id,
+            object="file",
+            bytes=path.stat().st_size,
+            created_at=int(path.stat().st_mtime),
+            filename=path.name,
+            purpose="batch_output",
+            status="processed",
+        )
+
+    def list(self, *, purpose: str | None = None, **_: Any) -> list[FileObject]:
+        out = []
+        for meta in sorted(self._c._store.dir.glob("file-*.json")):
+            obj = orjson.loads(meta.read_bytes())
+            if purpose is None or obj.get("purpose") == purpose:
+                out.append(FileObject.model_validate(obj))
+        return sorted(out, key=lambda f: -f.created_at)
+
+    def path_of(self, file_id: str) -> Path:
+        """The file's data on disk; a result file is made from the backend's results first."""
+        store = self._c._store
+        path = store.data(_safe(file_id))
+        if path.exists():
+            return path
+        for prefix in ("file-out-", "file-err-"):
+            if file_id.startswith(prefix):
+                self._c._materialise(file_id[len(prefix) :])
+                if path.exists():
+                    return path
+        raise status_error(404, f"No such File object: {file_id}")
+
+
+class _Batches:
+    """``client.batches`` over the backend."""
+
+    def __init__(self, owner: BatchClient) -> None:
+        self._c = owner
+
+    def create(
+        self,
+        *,
+        input_file_id: str,
+        endpoint: str,
+        completion_window: str = "24h",
+        metadata: dict[str, str] | None = None,
+        **_: Any,
+    ) -> Batch:
+        c = self._c
+        path = c.files.path_of(input_file_id)
+        meta = c.files.retrieve(input_file_id)
+        requests, model, size = [], None, 0
+        limits = c.backend.limits
+        id_rule = re.compile(limits.id_pattern)
+        with path.open("rb") as fh:
+            for raw in fh:
+                if not raw.strip():
+                    continue
+                size += len(raw)
+                line = orjson.loads(raw)
+                cid = line.get("custom_id")
+                if not isinstance(cid, str) or not id_rule.fullmatch(cid):
+                    raise InputError(
+                        f"custom_id {cid!r} ({meta.filename}) does not match {c.backend.name}'s "
+                        f"rule {limits.id_pattern}; nothing was sent. Build the requests with "
+                        "this version's build_requests (its ids fit every provider)."
+                    )
+                model = model or (line.get("body") or {}).get("model")
+                requests.append(c.backend.prepare(line))
+        if len(requests) > limits.max_requests or size > limits.max_bytes:
+            raise status_error(
+                400,
+                f"{meta.filename} has {len(requests):,} requests ({size:,} bytes); a "
+                f"{c.backend.name} batch takes at most {limits.max_requests:,} requests and "
+                f"{limits.max_bytes:,} bytes. Make smaller shards with to_jsonl(..., "
+                f"max_requests={limits.max_requests}).",
+            )
+        state = c.backend.submit(requests, display_name=meta.filename)
+        record = {
+            "id": state.id,
+            "input_file_id": input_file_id,
+            "endpoint": endpoint,
+            "model": model,
+            "metadata": dict(metadata or {}),
+            "completion_window": completion_window,
+            "cancel_requested": False,
+        }
+        c._store.save_record(state.id, record)
+        return c._batch(state, record)
+
+    def retrieve(self, batch_id: str, **_: Any) -> Batch:
+        c = self._c
+        return c._batch(c.backend.status(batch_id), c._store.record(batch_id))
+
+    def list(self, *, limit: int | None = None, **_: Any) -> Iterator[Batch]:
+        c = self._c
+        for state in c.backend.list():
+            yield c._batch(state, c._store.record(state.id))
+
+    def cancel(self, batch_id: str, **_: Any) -> Batch:
+        c = self._c
+        record = c._store.record(batch_id)
+        if record is not None:
+            c._store.save_record(batch_id, {**record, "cancel_requested": True})
+        state = c.backend.cancel(batch_id)
+        return c._batch(state, c._store.record(batch_id))
+
+
+class BatchClient:
+    """The subset of ``openai.OpenAI`` the pipeline calls, over a ``Backend``.
+
+    ``label`` is the backend's name in the registry and idempotency key (``_backend.backend_name``);
+    ``simulated_engine`` names the local engine when the backend is the embedded local server,
+    so its answers are marked simulated like every local answer.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        label: str | None = None,
+        simulated_engine: str | None = None,
+        store_dir: Path | None = None,
+    ) -> None:
+        self.backend = backend
+        self.label = label or backend.name
+        self.simulated_engine = simulated_engine
+        self.base_url = httpx2.URL(backend.base_url.rstrip("/") + "/")
+        self.max_retries = backend.max_retries
+        self._store = _Store(backend.name, store_dir)
+        self.files = _Files(self)
+        self.batches = _Batches(self)
+
+    def __repr__(self) -> str:
+        return f"<BatchClient {self.label} at {self.base_url}>"
+
+    def with_options(
+        self, *, max_retries: int | None = None, timeout: float | None = None, **_: Any
+    ) -> BatchClient:
+        return BatchClient(
+            self.backend.with_options(max_retries=max_retries, timeout=timeout),
+            label=self.label,
+            simulated_engine=self.simulated_engine,
+            store_dir=self._store.dir,
+        )
+
+    def discover(self, run_hash: str) -> list[str]:
+        """The provider's batches whose custom_ids carry ``run_hash`` (no local record needed)."""
+        return self.backend.discover(run_hash)
+
+    # -- mapping --------------------------------------------------------------------------------
+    def _batch(self, state: BatchState, record: dict[str, Any] | None) -> Batch:
+        """A ``BatchState`` (and the facade's record of the batch) as an OpenAI ``Batch``."""
+        rec = record or {}
+        ended = state.status in TERMINAL
+        when = state.ended_at if ended else None
+        return Batch(
+            id=state.id,
+            object="batch",
+            endpoint=rec.get("endpoint") or "/v1/chat/completions",
+            model=rec.get("model"),
+            input_file_id=rec.get("input_file_id") or "",
+            completion_window=rec.get("completion_window") or "24h",
+            status=state.status,  # type: ignore[arg-type]
+            created_at=state.created_at,
+            in_progress_at=state.created_at,
+            expires_at=state.expires_at,
+            cancelling_at=None if not state.cancel_requested else (state.ended_at or None),
+            completed_at=when if state.status == "completed" else None,
+            expired_at=when if state.status == "expired" else None,
+            cancelled_at=when if state.status == "cancelled" else None,
+            failed_at=when if state.status == "failed" else None,
+            output_file_id=f"file-out-{state.id}" if ended and state.succeeded else None,
+            error_file_id=f"file-err-{state.id}" if ended and state.failed else None,
+            metadata=rec.get("metadata") or None,
+            request_counts=BatchRequestCounts(
+                total=state.total, completed=state.succeeded, failed=state.failed
+            ),
+        )
+
+    def _materialise(self, batch_id: str) -> None:
+        """Write the ended batch's result files from ``Backend.results``, streamed (once: a
+        marker file says both were written)."""
+        store = self._store
+        done = store.dir / f"batch-{_safe(batch_id)}.results"
+        ids = (f"file-out-{batch_id}", f"file-err-{batch_id}")
+        with _lock:
+            if done.exists():
+                return
+            state = self.backend.status(batch_id)
+            if state.status not in TERMINAL:
+                raise status_error(
+                    404, f"Batch {batch_id} is still {state.status}: no result files yet."
+                )
+            fingerprint = f"fp_local_{self.simulated_engine}" if self.simulated_engine else None
+            tmps = [store.dir / f".{i}.{secrets.token_hex(4)}.tmp" for i in ids]
+            outs = [
+                os.fdopen(os.open(t, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+                for t in tmps
+            ]
+            counts = [0, 0]
+            try:
+                for line in self.backend.results(batch_id):
+                    resp = line.get("response") or {}
+                    ok = resp.get("status_code") == 200
+                    body = resp.get("body")
+                    if ok and fingerprint is not None and isinstance(body, dict):
+                        body["system_fingerprint"] = fingerprint
+                    outs[0 if ok else 1].write(orjson.dumps(line) + b"\n")
+                    counts[0 if ok else 1] += 1
+            finally:
+                for fh in outs:
+                    fh.close()
+            for tmp, file_id, n in zip(tmps, ids, counts, strict=True):
+                if n:
+                    os.replace(tmp, store.data(file_id))
+                else:
+                    tmp.unlink()
+            _write_private(done, b"")
