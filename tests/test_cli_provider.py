@@ -1,0 +1,89 @@
+"""``--provider`` (analyze-risk, estimate): the provider follows the model name unless given, and
+a claude model runs end to end on Anthropic's batch API (the local server's Anthropic routes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_cli import N_POSITIONS, PORTFOLIO, cli_env, error_lines, read_results, run_cli
+
+
+@pytest.mark.slow
+def test_a_claude_model_runs_on_anthropic_end_to_end(tmp_path: Path, local_server: Any) -> None:
+    """ANTHROPIC_API_KEY / ANTHROPIC_BASE_URL set (at the local server): --model claude-* picks
+    Anthropic, and the run writes the same results and report as the OpenAI path. A Gemini key
+    is set too, so the key alone does not decide: the model name does."""
+    out = tmp_path / "out"
+    env = cli_env(
+        ANTHROPIC_API_KEY=local_server.api_key,
+        ANTHROPIC_BASE_URL=local_server.base_url.removesuffix("/v1"),
+        GEMINI_API_KEY="never-used",
+    )
+    proc = run_cli(
+        "analyze-risk", PORTFOLIO, "--batch", "--model", "claude-haiku-4-5", "--yes",
+        "--out", out, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "Input tokens (approx.)" in proc.stderr  # no offline Claude tokenizer
+    csv = read_results(out / "results.csv")
+    assert len(csv) == N_POSITIONS and set(csv["status"]) == {"succeeded"}
+    assert csv["custom_id"].str.fullmatch(r"[A-Za-z0-9_-]{1,64}").all()  # Anthropic's id rule
+    assert "BRK.B" in set(csv["ticker"])  # joined back by key although its id is hashed
+    assert csv["risk_score"].between(0, 100).all()
+    assert csv["cost_usd"].gt(0).all()
+    assert (out / "report.html").is_file() and "Summary" in proc.stdout
+
+    import portfolio_batch as pb
+
+    jobs = pb.jobs()
+    assert len(jobs) == 1 and str(jobs["backend"].iloc[0]).startswith("anthropic")
+
+
+def test_provider_flag_is_checked_and_sync_is_batch_only_for_claude(tmp_path: Path) -> None:
+    sync = run_cli(
+        "analyze-risk", PORTFOLIO, "--sync", "--model", "claude-haiku-4-5", "--yes", cwd=tmp_path
+    )
+    assert sync.returncode == 2
+    assert "--sync" in sync.stderr and "anthropic" in sync.stderr and "--batch" in sync.stderr
+    bad = run_cli("analyze-risk", PORTFOLIO, "--provider", "cohere", "--yes", cwd=tmp_path)
+    assert bad.returncode == 2 and "--provider" in bad.stderr
+    azure = run_cli(
+        "analyze-risk", PORTFOLIO, "--provider", "azure", "--yes", "--out", tmp_path / "out",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert azure.returncode == 2, azure.stderr
+    assert "--provider azure" in error_lines(azure.stderr)[-1]
+    assert "AZURE_OPENAI_ENDPOINT" in error_lines(azure.stderr)[-1]
+
+
+def test_estimate_prices_each_provider_and_marks_approximate_counts(tmp_path: Path) -> None:
+    proc = run_cli(
+        "estimate", PORTFOLIO, "--model", "gpt-4o-mini,claude-haiku-4-5,gemini-2.5-flash",
+        "--format", "json", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["model"]: r for r in json.loads(proc.stdout)}
+    assert rows["gpt-4o-mini"]["token_count"] == "exact"
+    assert rows["claude-haiku-4-5"]["token_count"] == "approx"
+    assert rows["gemini-2.5-flash"]["token_count"] == "approx"
+    tokens, out = rows["claude-haiku-4-5"]["input_tokens"], N_POSITIONS * 400
+    # claude-haiku-4-5: $1 in / $5 out per million, half at batch
+    assert rows["claude-haiku-4-5"]["batch_cost_usd"] == pytest.approx(
+        (tokens * 1.00 + out * 5.00) * 0.5 / 1e6
+    )
+    # gemini-2.5-flash: $0.30 in / $2.50 out per million, half at batch
+    assert rows["gemini-2.5-flash"]["batch_cost_usd"] == pytest.approx(
+        (tokens * 0.30 + out * 2.50) * 0.5 / 1e6
+    )
+    table = run_cli("estimate", PORTFOLIO, "--model", "claude-haiku-4-5", cwd=tmp_path)
+    assert table.returncode == 0 and "approximate" in table.stdout
+    # --provider overrides the model name: OpenAI has no price for a claude model
+    wrong = run_cli(
+        "estimate", PORTFOLIO, "--model", "claude-haiku-4-5", "--provider", "openai",
+        cwd=tmp_path, env=cli_env(),
+    )  # fmt: skip
+    assert wrong.returncode == 2 and "claude-haiku-4-5" in wrong.stderr and "openai" in wrong.stderr

@@ -1,0 +1,120 @@
+"""OpenAI-compatible batch providers (``_providers/compatible.py``): Groq through
+``openai.OpenAI(base_url=...)`` with ``GROQ_API_KEY`` / ``GROQ_BASE_URL`` pointed at the local
+server (which speaks OpenAI's Files + Batches API, as Groq does); the providers whose batch API
+is not OpenAI's refuse with what is missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+import portfolio_batch as pb
+from portfolio_batch._backend import backend_name
+from portfolio_batch._providers import provider_of
+from portfolio_batch.errors import InputError
+
+MODEL = "llama-3.3-70b-versatile"
+
+
+@pytest.fixture
+def portfolio(testdata: Path) -> pd.DataFrame:
+    return pd.read_csv(testdata / "portfolio.csv").head(6)
+
+
+@pytest.fixture
+def on_groq(local_server: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Groq's key and base URL pointed at the local server; OpenAI's key set too, to show that
+    provider= decides, not the keys present. Returns the base URL."""
+    monkeypatch.setenv("GROQ_API_KEY", local_server.api_key)
+    monkeypatch.setenv("GROQ_BASE_URL", local_server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-this-one")
+    return str(local_server.base_url).rstrip("/")
+
+
+def test_groq_run_end_to_end(
+    on_groq: str, openai_client: Any, portfolio: pd.DataFrame, tmp_path: Path
+) -> None:
+    requests = pb.build_requests(portfolio, model=MODEL)
+    manifest = pb.to_jsonl(requests, tmp_path / "groq", max_requests=4)
+    c = pb.client(provider="groq")
+    assert str(c.base_url).rstrip("/") == on_groq
+    jobs = pb.submit(manifest, client=c)
+    # another endpoint than api.groq.com: its url is in the name (part of the idempotency key)
+    assert jobs["backend"].eq(f"groq:{on_groq}").all() and len(jobs) == 2
+    # poll and aggregate find Groq again from the recorded backend, without a client
+    jobs = pb.poll(jobs, timeout=60)
+    assert jobs["status"].eq("completed").all()
+    out = pb.aggregate_df(jobs, requests)
+    assert out["status"].eq("succeeded").all() and len(out) == len(portfolio)
+    assert sorted(out["ticker"]) == sorted(portfolio["ticker"])
+    # the batches are on the server the base URL names, with our metadata (creation rule)
+    on_server = {b.id: b for b in openai_client.batches.list(limit=100)}
+    assert set(jobs["batch_id"]) <= set(on_server)
+    assert all((on_server[b].metadata or {}).get("pb_sha256") for b in jobs["batch_id"])
+    # submitting again creates nothing: the same backend name finds the same batches
+    again = pb.submit(manifest, client=pb.client(provider="groq"))
+    assert sorted(again["batch_id"]) == sorted(jobs["batch_id"])
+    assert len(list(openai_client.batches.list(limit=100))) == len(on_server)
+
+
+def test_groq_backend_name_is_stable_and_distinct(
+    local_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GROQ_API_KEY", "gsk-secret-value")
+    c = pb.client(provider="groq", max_retries=5)
+    assert str(c.base_url) == "https://api.groq.com/openai/v1/" and c.max_retries == 5
+    assert backend_name(c) == "groq"
+    # creates go out on a copy with max_retries=0: it must name the same backend
+    assert backend_name(c.with_options(max_retries=0)) == "groq"
+    # never the key
+    assert "gsk-secret-value" not in backend_name(c)
+    # the same url reached as plain OpenAI is another backend
+    monkeypatch.setenv("GROQ_BASE_URL", local_server.base_url)
+    groq = backend_name(pb.client(provider="groq"))
+    assert groq.startswith("groq:") and groq != backend_name(local_server.client())
+
+
+def test_groq_is_never_guessed_from_the_model_name() -> None:
+    assert provider_of(MODEL) == "openai"
+    assert provider_of("meta-llama/Llama-3.3-70B-Instruct-Turbo") == "openai"
+
+
+def test_missing_groq_key_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    # OpenAI configured: provider="groq" must not fall back to it
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-other")
+    with pytest.raises(InputError, match="provider='groq' needs GROQ_API_KEY, which is not set"):
+        pb.client(provider="groq")
+
+
+def test_engine_with_groq_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GROQ_API_KEY", "gsk-x")
+    with pytest.raises(InputError, match="engine='rules' selects the embedded local server"):
+        pb.client(provider="groq", engine="rules")
+
+
+@pytest.mark.parametrize(
+    ("provider", "missing"),
+    [
+        ("mistral", "/v1/batch/jobs"),
+        ("together", "carry no metadata"),
+        ("fireworks", "JOB_STATE_"),
+    ],
+)
+def test_providers_without_openais_batch_api_say_what_is_missing(
+    provider: str, missing: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # even with their key set: the API, not the key, is what is missing
+    monkeypatch.setenv(f"{provider.upper()}_API_KEY", "k")
+    with pytest.raises(InputError) as info:
+        pb.client(provider=provider)
+    text = str(info.value)
+    assert f"provider={provider!r}" in text and "batch API is not OpenAI's" in text
+    assert missing in text and "'groq'" in text
+
+
+def test_unknown_provider_lists_the_compatible_ones() -> None:
+    with pytest.raises(InputError, match=r"not known; use one of openai, .*groq, together"):
+        pb.client(provider="grok")
