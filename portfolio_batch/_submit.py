@@ -13,6 +13,7 @@ under the shard's lock, after the server was seen to have none) is in ``create.p
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -441,7 +442,9 @@ def resume(
     run_or_batch_ids: str | Sequence[str], *, client: openai.OpenAI | None = None
 ) -> pd.DataFrame:
     """Rebuild the jobs frame of runs or batches after a restart (registry first, then the
-    server's batch metadata), e.g. ``poll(resume("run-…"))``.
+    server's batch metadata), e.g. ``poll(resume("run-…"))``. On a provider that keeps no
+    metadata (Anthropic) and with this home's records of it gone, pass the run hash
+    (``requests.attrs["prompt_version"]``): its ended batches are found by their custom_ids.
 
     >>> jobs = resume("run-20261115-103000-ab12cd")      # doctest: +SKIP
     """
@@ -465,13 +468,14 @@ def resume(
                 raise RegistryError(
                     f"No run or batch {ident!r} in the job registry ({reg.path}) nor on the "
                     f"server ({backend_name(c)}). pb.jobs() lists the runs this home knows."
+                    + _no_metadata_hint(c)
                 )
             keys += [adopt(reg, b, backend=backend_name(c)) for b in found]
         return reg.jobs_frame(keys=keys)
 
 
 def _server_lookup(c: openai.OpenAI, ident: str) -> list[dict[str, Any]]:
-    if ident.startswith("batch"):
+    if ident.startswith(("batch", "msgbatch_")):  # OpenAI's, Anthropic's batch ids
         try:
             return [as_dict(c.batches.retrieve(ident))]
         except openai.NotFoundError:
@@ -479,11 +483,35 @@ def _server_lookup(c: openai.OpenAI, ident: str) -> list[dict[str, Any]]:
     found = [
         b for b in ServerIndex(c).batches() if (b.get("metadata") or {}).get("pb_run_id") == ident
     ]
+    recover = getattr(c, "recover", None)
+    if not found and recover is not None and _RUN_HASH.fullmatch(ident):
+        # A provider with no batch metadata (Anthropic) and no record of it in this home: the
+        # run's batches are those whose custom_ids end in "-<ident>" (_facade.BatchClient.recover)
+        found = [as_dict(b) for b in recover(ident)]
     # One batch per shard: the newest reusable one wins over failed/cancelled attempts.
     by_shard: dict[str, dict[str, Any]] = {}
     for b in sorted(found, key=lambda b: (b["status"] not in DEAD, b.get("created_at") or 0)):
         by_shard[(b.get("metadata") or {}).get("pb_shard", "0")] = b
     return list(by_shard.values())
+
+
+# A run hash (requests.attrs["prompt_version"], the last "-" part of every custom_id): id
+# characters without "-", so never a run id new_run_id() makes.
+_RUN_HASH = re.compile(r"[A-Za-z0-9_]{1,64}")
+
+
+def _no_metadata_hint(c: Any) -> str:
+    """What to pass ``resume`` on a provider that keeps no batch metadata (empty otherwise)."""
+    if getattr(c, "recover", None) is None:
+        return ""
+    name = getattr(getattr(c, "backend", None), "name", "this provider")
+    return (
+        f" {name} keeps no run id: without this home's records (providers/{name}/) a run is "
+        "found by its run hash, the last '-' part of every custom_id "
+        "(requests.attrs['prompt_version']), e.g. pb.resume('3eb420ac'), or by its batch ids. "
+        "Anthropic shows a batch's custom_ids only once it has ended: a batch still in progress "
+        "is found by its batch id only."
+    )
 
 
 def cancel(jobs: pd.DataFrame, *, client: openai.OpenAI | None = None) -> pd.DataFrame:

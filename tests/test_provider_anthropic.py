@@ -4,6 +4,7 @@ by the real ``anthropic`` SDK through the facade (``portfolio_batch._providers``
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,10 @@ import pandas as pd
 import pytest
 
 import portfolio_batch as pb
+from portfolio_batch._home import home
 from portfolio_batch._providers.anthropic import batch_status, chat_completion
 from portfolio_batch._registry import registry_path
-from portfolio_batch.errors import InputError, SimulatedBackendWarning
+from portfolio_batch.errors import InputError, RegistryError, SimulatedBackendWarning
 
 anthropic = pytest.importorskip("anthropic")
 
@@ -123,6 +125,51 @@ def test_resume_finds_a_runs_batches_without_the_registry(
     assert sorted(found["shard"]) == [0, 1]
     results = pb.aggregate_df(pb.poll(found, timeout=60), requests)
     assert results["status"].eq("succeeded").all()
+
+
+def _lose_the_home(home: Path) -> None:
+    """Another machine, a deleted home: no registry and no facade records of the batches."""
+    registry_path().unlink()
+    shutil.rmtree(home / "providers" / "anthropic")
+
+
+def test_resume_by_run_hash_recovers_a_run_with_no_local_record_at_all(
+    on_anthropic: Any, portfolio: pd.DataFrame, tmp_path: Path
+) -> None:
+    requests = pb.build_requests(portfolio, model=MODEL)
+    jobs = pb.poll(pb.submit(pb.to_jsonl(requests, tmp_path / "r", max_requests=4)), timeout=60)
+    # another run on the same key, with another run hash (another model), must stay out
+    other = pb.build_requests(portfolio.head(3), model="claude-sonnet-4-5")
+    other_jobs = pb.poll(pb.submit(pb.to_jsonl(other, tmp_path / "o")), timeout=60)
+    run_hash = requests.attrs["prompt_version"]
+    assert run_hash != other.attrs["prompt_version"]
+    assert requests.index.str.endswith(f"-{run_hash}").all()
+    _lose_the_home(home())
+
+    found = pb.resume(run_hash)
+    assert sorted(found["batch_id"]) == sorted(jobs["batch_id"])
+    assert not set(found["batch_id"]) & set(other_jobs["batch_id"])
+    # shards numbered in creation order, as submit made them; the run id is the hash
+    assert found.sort_values("shard")["batch_id"].tolist() == jobs["batch_id"].tolist()
+    assert found["run_id"].eq(run_hash).all()
+    assert found["n_requests"].tolist() == jobs["n_requests"].tolist()
+    results = pb.aggregate_df(pb.poll(found, timeout=60), requests)
+    assert results["status"].eq("succeeded").all()
+    assert sorted(results.index) == sorted(requests.index)
+    # the next resume finds the recovered run in the registry
+    assert sorted(pb.resume(run_hash)["batch_id"]) == sorted(jobs["batch_id"])
+
+
+def test_resume_by_run_hash_says_a_batch_in_progress_cannot_be_found(
+    on_anthropic: Any, local_server: Any, portfolio: pd.DataFrame, tmp_path: Path
+) -> None:
+    requests = pb.build_requests(portfolio, model=MODEL)
+    local_server.configure(request_delay=2.0)
+    pb.submit(pb.to_jsonl(requests, tmp_path / "p"))
+    _lose_the_home(home())
+    # Anthropic shows custom_ids only in an ended batch's results: said, not guessed at
+    with pytest.raises(RegistryError, match="only once it has ended"):
+        pb.resume(requests.attrs["prompt_version"])
 
 
 def test_cancel_shows_cancelling_then_cancelled_rows(

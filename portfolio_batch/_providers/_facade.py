@@ -301,6 +301,68 @@ class BatchClient:
         """The provider's batches whose custom_ids carry ``run_hash`` (no local record needed)."""
         return self.backend.discover(run_hash)
 
+    def recover(self, run_hash: str) -> list[Batch]:
+        """The batches of the run whose custom_ids end in ``-{run_hash}``, found on the provider
+        (``Backend.discover``) when this home has no record of them (another machine, a deleted
+        home): ``_submit.resume`` calls it with a run hash.
+
+        A batch without a record gets one rebuilt from what the provider still has, marked
+        ``"recovered"``: endpoint ``/v1/chat/completions`` (the only one these providers take),
+        the answering model, the number of requests and the first and last custom_id, read
+        from its results (written to the result files on the way, so ``aggregate_df`` reads
+        them without a second download). The run id becomes the run hash and the shards are
+        numbered in the order the batches were created. Not recoverable: the run id, the
+        user's metadata, the input file and its sha256 (so ``submit`` of the same manifest
+        cannot prove it is the same content and sends it again). Anthropic shows no custom_ids
+        before a batch ends, so a batch still in progress is not found (``discover`` logs it).
+
+            >>> jobs = pb.resume(requests.attrs["prompt_version"])   # doctest: +SKIP
+        """
+        # discover lists newest first, finer than created_at's seconds: reversed, oldest first
+        found = reversed(list(dict.fromkeys(self.backend.discover(run_hash))))
+        states = sorted((self.backend.status(i) for i in found), key=lambda st: st.created_at)
+        out = []
+        for shard, state in enumerate(states):
+            record = self._store.record(state.id)
+            if record is None:
+                record = self._rebuilt_record(state, run_hash, shard)
+                self._store.save_record(state.id, record)
+            out.append(self._batch(state, record))
+        return out
+
+    def _rebuilt_record(self, state: BatchState, run_hash: str, shard: int) -> dict[str, Any]:
+        """The record of a batch found by ``discover`` (see ``recover``)."""
+        ids: list[str] = []
+        model = None
+        if state.status in TERMINAL:
+            self._materialise(state.id)
+            for file_id in (f"file-out-{state.id}", f"file-err-{state.id}"):
+                path = self._store.data(file_id)
+                if not path.exists():
+                    continue
+                with path.open("rb") as fh:
+                    for raw in fh:
+                        line = orjson.loads(raw)
+                        ids.append(line["custom_id"])
+                        body = (line.get("response") or {}).get("body") or {}
+                        model = model or body.get("model")
+        return {
+            "id": state.id,
+            "input_file_id": "",
+            "endpoint": "/v1/chat/completions",
+            "model": model,
+            "metadata": {"pb_run_id": run_hash, "pb_shard": str(shard)},
+            "completion_window": "24h",
+            "cancel_requested": state.cancel_requested,
+            "recovered": {
+                "by": "discover",
+                "run_hash": run_hash,
+                "n_requests": state.total,
+                "first_custom_id": min(ids) if ids else None,
+                "last_custom_id": max(ids) if ids else None,
+            },
+        }
+
     # -- mapping --------------------------------------------------------------------------------
     def _batch(self, state: BatchState, record: dict[str, Any] | None) -> Batch:
         """A ``BatchState`` (and the facade's record of the batch) as an OpenAI ``Batch``."""

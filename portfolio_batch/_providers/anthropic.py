@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import builtins
 import json
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
+
+import openai
 
 from portfolio_batch._providers._protocol import (
     PORTABLE_ID,
@@ -37,6 +40,7 @@ __all__ = ["BASE_URL_VAR", "DEFAULT_BASE_URL", "KEY_VARS", "AnthropicBackend", "
 KEY_VARS = ("ANTHROPIC_API_KEY",)
 BASE_URL_VAR = "ANTHROPIC_BASE_URL"
 DEFAULT_BASE_URL = "https://api.anthropic.com"
+log = logging.getLogger("portfolio_batch")
 LIMITS = Limits(max_requests=100_000, max_bytes=256 * 1024 * 1024, id_pattern=PORTABLE_ID)
 
 # OpenAI chat parameters carried over as they are (same name, same meaning)
@@ -213,18 +217,50 @@ class AnthropicBackend:
             yield result_line(item.model_dump(mode="json"), batch_id)
 
     def discover(self, run_hash: str) -> builtins.list[str]:
-        """Ended batches whose first result's custom_id carries ``run_hash``, newest first
-        (Anthropic shows a batch's custom_ids only in its results, once it has ended)."""
-        found = []
+        """Ended batches whose custom_ids end in ``-{run_hash}`` (judged by the first result),
+        newest first.
+
+        Anthropic keeps no metadata and shows a batch's custom_ids only in its results, once it
+        has ended: a batch still in progress cannot be told apart, and is logged (with its id)
+        rather than guessed at; so is an ended one whose results Anthropic no longer has (it
+        keeps them 29 days). One results request per ended batch of the key.
+        """
+        found, waiting, gone = [], [], []
         for state in self.list():
             if state.ended_at is None:
+                waiting.append(state.id)
                 continue
-            first = next(
-                iter(self._call(lambda s=state: self._client.messages.batches.results(s.id))), None
-            )
-            if first is not None and run_hash in first.custom_id:
+            try:
+                first = self._first_result(state.id)
+            except openai.NotFoundError:
+                gone.append(state.id)
+                continue
+            # the run hash is the id's LAST "-" part (_requests.custom_id_for), never a substring
+            if first is not None and first.custom_id.rsplit("-", 1)[-1] == run_hash:
                 found.append(state.id)
+        if waiting:
+            log.warning(
+                "%d Anthropic batch(es) still in progress were not looked at for run hash %s "
+                "(%s): Anthropic shows a batch's custom_ids only once it has ended. Resume "
+                "again after they end, or pass their batch ids.",
+                len(waiting),
+                run_hash,
+                ", ".join(waiting[:5]) + (", ..." if len(waiting) > 5 else ""),
+            )
+        if gone:
+            log.warning(
+                "%d ended Anthropic batch(es) have no results any more (%s): not looked at",
+                len(gone),
+                ", ".join(gone[:5]) + (", ..." if len(gone) > 5 else ""),
+            )
         return found
+
+    def _first_result(self, batch_id: str) -> Any:
+        stream = self._call(lambda: self._client.messages.batches.results(batch_id))
+        try:
+            return next(iter(stream), None)
+        finally:
+            stream.close()
 
     # -- helpers -------------------------------------------------------------------------------
     def _state(self, b: Any) -> BatchState:
