@@ -112,36 +112,60 @@ def key_typos(environ: Mapping[str, str] | None = None) -> list[str]:
     )
 
 
-def simulated_notice(engine: str, *, reason: str | None = None) -> str:
+# provider -> (its name as shown, the variable of its key): what a simulated run tells the user
+_PROVIDER_SHOWN = {
+    "openai": ("OpenAI", "OPENAI_API_KEY"),
+    "anthropic": ("Anthropic", "ANTHROPIC_API_KEY"),
+    "gemini": ("Gemini", "GEMINI_API_KEY"),
+}
+
+
+def provider_shown(provider: str | None) -> tuple[str, str]:
+    """(name, key variable) of a provider for the simulated notices; OpenAI's for any other.
+
+    >>> provider_shown("anthropic")
+    ('Anthropic', 'ANTHROPIC_API_KEY')
+    """
+    return _PROVIDER_SHOWN.get(provider or "openai", _PROVIDER_SHOWN["openai"])
+
+
+def simulated_notice(engine: str, *, reason: str | None = None, provider: str | None = None) -> str:
     """What picking the embedded server means, in one or two sentences (the warning's and the
     CLI's text), naming a likely typo of the key variable.
 
     >>> print(simulated_notice("rules"))  # doctest: +ELLIPSIS
     No API key found: running offline on the local server (engine rules); answers are simulated, ...
+    >>> simulated_notice("rules", provider="anthropic").endswith("Set ANTHROPIC_API_KEY to use Anthropic.")
+    True
     """
+    name, key = provider_shown(provider)
     what = "not an LLM's judgement" if engine == "rules" else "not the requested model's"
     text = (
         f"{reason or 'No API key found'}: running offline on the local server (engine {engine}); "
-        f"answers are simulated, {what}. Set OPENAI_API_KEY to use OpenAI."
+        f"answers are simulated, {what}. Set {key} to use {name}."
     )
-    typos = key_typos()
+    typos = key_typos() if key == "OPENAI_API_KEY" else []
     if typos:
         text += f" Found {', '.join(typos)}: did you mean OPENAI_API_KEY?"
     return text
 
 
-def simulated_banner(engine: str | None, *, mode: str = "batch") -> str:
+def simulated_banner(
+    engine: str | None, *, mode: str = "batch", provider: str | None = None
+) -> str:
     """The line a simulated run's report, CSV, summary and notebook panel start with.
 
     >>> simulated_banner("rules")
     'Simulated: answers from the offline local rules engine, not an LLM. Costs show what this run would cost at OpenAI batch prices.'
+    >>> simulated_banner("rules", provider="gemini").endswith("at Gemini batch prices.")
+    True
     """
     source = f"the offline local {engine} engine" if engine else "an offline local server"
     what = "an LLM" if engine == "rules" else "the requested model"
     prices = "synchronous" if mode == "sync" else "batch"
     return (
         f"Simulated: answers from {source}, not {what}. "
-        f"Costs show what this run would cost at OpenAI {prices} prices."
+        f"Costs show what this run would cost at {provider_shown(provider)[0]} {prices} prices."
     )
 
 

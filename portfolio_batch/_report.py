@@ -251,8 +251,11 @@ def cost_figures(
     label = "Cost, estimated vs actual"
     parts = [f"estimated {money.format(est)}" if est is not None else "no estimate"]
     if simulated:
-        # nothing was paid: the tokens used, priced as OpenAI would have
-        prices = f"OpenAI {'synchronous' if sync else 'batch'} prices"
+        # nothing was paid: the tokens used, priced as the provider would have
+        from portfolio_batch._backend import provider_of_backend, provider_shown
+
+        name = provider_shown(provider_of_backend(results.attrs.get("backend")))[0]
+        prices = f"{name} {'synchronous' if sync else 'batch'} prices"
         label = f"Cost at {prices}"
         parts.append(
             f"this run would cost {money.format(actual)} at {prices}"
@@ -274,7 +277,7 @@ def _header(
     run_id: str | None,
     money: Money,
 ) -> dict[str, Any]:
-    from portfolio_batch._backend import simulated_banner
+    from portfolio_batch._backend import provider_of_backend, simulated_banner
 
     simulated = bool(results.attrs.get("simulated"))
     engine = results.attrs.get("engine")
@@ -317,7 +320,11 @@ def _header(
         "portfolio": portfolio or "Unnamed portfolio",
         "as_of": as_of,
         "run_id": run_id or "not recorded",
-        "simulated": simulated_banner(engine, mode=results.attrs.get("mode", "batch"))
+        "simulated": simulated_banner(
+            engine,
+            mode=results.attrs.get("mode", "batch"),
+            provider=provider_of_backend(results.attrs.get("backend")),
+        )
         if simulated
         else "",
         "degenerate": headline(flags) or "",

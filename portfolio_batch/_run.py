@@ -885,6 +885,7 @@ class Run:
                 est_cost_usd=est,
                 billed_usd=billed,
                 simulated=simulated,
+                prices_of=_prices_of(frame),
                 as_of=self._as_of,
                 stalled=not done and quiet > self.stall_after,
                 quiet_s=quiet,
@@ -1069,6 +1070,14 @@ def _reasons(bad: pd.DataFrame | None) -> str:
     ]
     counts = pd.Series(labels).value_counts()
     return ", ".join(f"{k} {int(v)}" for k, v in counts.items())
+
+
+def _prices_of(jobs: pd.DataFrame) -> str:
+    """Whose prices a simulated run's cost is at: the provider its batches were sent to."""
+    from portfolio_batch._backend import provider_of_backend, provider_shown
+
+    names = jobs["backend"].dropna() if "backend" in jobs.columns else pd.Series(dtype=object)
+    return provider_shown(provider_of_backend(str(names.iloc[0]) if len(names) else None))[0]
 
 
 def _reviewed(

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from portfolio_batch._aggregate import need_columns
+from portfolio_batch._backend import provider_of_backend
 from portfolio_batch._quality import check_answers
 
 __all__ = ["Summary", "summarize"]
@@ -48,6 +49,7 @@ class Summary:
     simulated: bool = False  # the answers came from the offline local server (attrs["simulated"])
     engine: str | None = None
     mode: str = "batch"
+    provider: str | None = None  # anthropic, gemini, ...; None for OpenAI and its local server
 
     @property
     def banner(self) -> str | None:
@@ -55,13 +57,19 @@ class Summary:
         local rules engine, ..."); None for answers from a real API."""
         from portfolio_batch._backend import simulated_banner
 
-        return simulated_banner(self.engine, mode=self.mode) if self.simulated else None
+        if not self.simulated:
+            return None
+        return simulated_banner(self.engine, mode=self.mode, provider=self.provider)
 
     @property
     def cost_label(self) -> str:
-        """What ``actual_cost_usd`` is: paid, or for a simulated run the OpenAI price of it."""
+        """What ``actual_cost_usd`` is: paid, or for a simulated run the provider's price of it."""
         prices = "synchronous" if self.mode == "sync" else "batch"
-        return f"cost at OpenAI {prices} prices" if self.simulated else "actual cost"
+        if not self.simulated:
+            return "actual cost"
+        from portfolio_batch._backend import provider_shown
+
+        return f"cost at {provider_shown(self.provider)[0]} {prices} prices"
 
     @property
     def headline(self) -> str | None:
@@ -201,6 +209,7 @@ def summarize(
         simulated=bool(results.attrs.get("simulated")),
         engine=results.attrs.get("engine"),
         mode=str(results.attrs.get("mode") or "batch"),
+        provider=provider_of_backend(results.attrs.get("backend")),
     )
 
 

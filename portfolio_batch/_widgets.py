@@ -187,17 +187,18 @@ def backend_banner(jobs: pd.DataFrame) -> str | None:
     >>> print(backend_banner(pd.DataFrame({"backend": ["local:embedded:rules"]})))  # doctest: +ELLIPSIS
     Simulated: these batches run on the offline local server (engine rules); answers are ...
     """
-    from portfolio_batch._backend import engine_of
+    from portfolio_batch._backend import engine_of, provider_of_backend, provider_shown
 
     if "backend" not in jobs.columns:
         return None
     names = [str(b) for b in pd.unique(jobs["backend"].dropna())]
     engines = [e for e in map(engine_of, names) if e is not None]
     if engines:
+        name, key = provider_shown(provider_of_backend(names[0]))
         return (
             f"Simulated: these batches run on the offline local server (engine "
             f"{', '.join(engines)}); answers are simulated, not an LLM's judgement. Set "
-            "OPENAI_API_KEY to use OpenAI."
+            f"{key} to use {name}."
         )
     others = [b.removeprefix("local:") for b in names if b.startswith("local:")]
     if others:
@@ -705,6 +706,7 @@ class RunView:
     message: str | None
     watching: bool
     can_retry: bool
+    prices_of: str = "OpenAI"  # whose prices a simulated run's cost is at (Anthropic, Gemini...)
 
     def as_of_text(self) -> str:
         if self.as_of is None:
@@ -715,7 +717,7 @@ class RunView:
         est = f"${self.est_cost_usd:,.4f}" if self.est_cost_usd is not None else "–"
         billed = f"${self.billed_usd:,.4f}" if self.billed_usd is not None else "$0"
         if self.simulated:  # nothing is billed: what OpenAI would charge for the answers so far
-            return f"estimated {est} · so far {billed} at OpenAI batch prices (simulated)"
+            return f"estimated {est} · so far {billed} at {self.prices_of} batch prices (simulated)"
         return f"estimated {est} · billed so far {billed}"
 
     def progress_text(self) -> str:

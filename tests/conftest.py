@@ -31,6 +31,7 @@ _CREDENTIAL_VARS = (
     "ANTHROPIC_BASE_URL",
     "GEMINI_API_KEY",
     "GOOGLE_API_KEY",
+    "GOOGLE_GEMINI_BASE_URL",
     # OpenAI-compatible providers (_providers/compatible.py): only provider= selects them
     "GROQ_API_KEY",
     "GROQ_BASE_URL",

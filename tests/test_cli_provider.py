@@ -7,8 +7,32 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from test_cli import N_POSITIONS, PORTFOLIO, cli_env, error_lines, read_results, run_cli
+
+
+def answers(out: Path) -> pd.DataFrame:
+    """What a reader compares between providers: each ticker's status, score and level."""
+    csv = read_results(out / "results.csv")
+    return csv.set_index("ticker")[["status", "risk_score", "risk_level"]].sort_index()
+
+
+def openai_answers(tmp_path: Path, server: Any) -> pd.DataFrame:
+    """The same portfolio through the OpenAI path (``--model gpt-4o-mini``) on the same local
+    server, in a home of its own so the provider's registry holds only the provider's run."""
+    out = tmp_path / "openai-out"
+    env = cli_env(
+        OPENAI_API_KEY=server.api_key,
+        OPENAI_BASE_URL=server.base_url,
+        PORTFOLIO_BATCH_HOME=str(tmp_path / "openai-home"),
+    )
+    proc = run_cli(
+        "analyze-risk", PORTFOLIO, "--batch", "--model", "gpt-4o-mini", "--yes",
+        "--out", out, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return answers(out)
 
 
 @pytest.mark.slow
@@ -41,6 +65,42 @@ def test_a_claude_model_runs_on_anthropic_end_to_end(tmp_path: Path, local_serve
 
     jobs = pb.jobs()
     assert len(jobs) == 1 and str(jobs["backend"].iloc[0]).startswith("anthropic")
+    pd.testing.assert_frame_equal(answers(out), openai_answers(tmp_path, local_server))
+
+
+@pytest.mark.slow
+def test_a_gemini_model_runs_on_gemini_end_to_end(tmp_path: Path, local_server: Any) -> None:
+    """Only GEMINI_API_KEY / GOOGLE_GEMINI_BASE_URL set (at the local server): --model gemini-*
+    runs on Gemini's batch API (file mode) and writes the same results and report as the OpenAI
+    path on the same server."""
+    out = tmp_path / "out"
+    env = cli_env(
+        GEMINI_API_KEY=local_server.api_key,
+        GOOGLE_GEMINI_BASE_URL=local_server.base_url.removesuffix("/v1"),
+    )
+    proc = run_cli(
+        "analyze-risk", PORTFOLIO, "--batch", "--model", "gemini-2.5-flash", "--yes",
+        "--out", out, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "Input tokens (approx.)" in proc.stderr  # no offline Gemini tokenizer
+    csv = read_results(out / "results.csv")
+    assert len(csv) == N_POSITIONS and set(csv["status"]) == {"succeeded"}
+    assert csv["custom_id"].str.fullmatch(r"[A-Za-z0-9_-]{1,64}").all()
+    assert "BRK.B" in set(csv["ticker"])  # joined back by key
+    assert csv["risk_score"].between(0, 100).all()
+    assert csv["cost_usd"].gt(0).all()
+    assert (out / "report.html").is_file() and "Summary" in proc.stdout
+
+    import portfolio_batch as pb
+
+    jobs = pb.jobs()
+    assert len(jobs) == 1 and str(jobs["backend"].iloc[0]).startswith("gemini")
+    # simulated answers are priced, and said to be priced, at the provider's rates, not OpenAI's
+    report = (out / "report.html").read_text()
+    assert "at Gemini batch prices" in report and "at OpenAI batch prices" not in report
+    pd.testing.assert_frame_equal(answers(out), openai_answers(tmp_path, local_server))
 
 
 def test_provider_flag_is_checked_and_sync_is_batch_only_for_claude(tmp_path: Path) -> None:

@@ -135,6 +135,41 @@ def test_quickstart_runs_with_papermill_parameters(workdir: Path) -> None:
     assert batch_id.startswith("batch_") and batch_id in report.read_text(encoding="utf-8")
 
 
+@pytest.mark.parametrize(
+    ("model", "provider", "key_var"),
+    [
+        ("claude-haiku-4-5", "anthropic", "ANTHROPIC_API_KEY"),
+        ("gemini-2.5-flash", "gemini", "GEMINI_API_KEY"),
+    ],
+    ids=["anthropic", "gemini"],
+)
+def test_quickstart_runs_on_the_provider_its_model_names(
+    workdir: Path, model: str, provider: str, key_var: str
+) -> None:
+    """model=claude-*/gemini-* with no key: the same notebook runs on the embedded server's
+    Anthropic/Gemini batch routes, simulated, and shows every position reviewed."""
+    out_dir = workdir / "my-report"
+    nb, seconds = execute(
+        workdir, "01_quickstart", model=model, engine="rules", budget_usd=0.5, out_dir=str(out_dir)
+    )
+    no_errors(nb)
+    assert seconds < BUDGET_S, f"{seconds:.0f} s"
+    text = text_of(nb)
+    assert "40 requests" in text
+    assert f"No {key_var} found" in text  # the simulated notice names the provider's key
+    (card,) = find(nb, "text/html", "pb-run-card")
+    plain = card["data"]["text/plain"]
+    assert f"40 requests on {model} [completed]" in plain and "Simulated" in plain
+    assert "40 of 40 reviewed" in card["data"]["text/html"]
+    (summary,) = find(nb, "text/html", "portfolio_batch summary")
+    assert re.search(r"<td>successes</td>\s*<td>40</td>", summary["data"]["text/html"])
+    # the report records the batch on the provider's backend, and names the card's batch
+    html = (out_dir / "report.html").read_text(encoding="utf-8")
+    assert f"<td>{provider}:local:embedded:rules</td>" in html
+    batch_id = plain.split("shard 0  ")[1].split()[0]
+    assert batch_id in html
+
+
 def test_risk_dashboard_starts_with_a_canary_lists_runs_and_shows_the_dashboard(
     workdir: Path,
 ) -> None:

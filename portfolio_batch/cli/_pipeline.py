@@ -118,7 +118,7 @@ def _provider_client(provider: str, engine: str | None, default_engine: str | No
     if engine is None and has_api_key():  # OpenAI/Azure keyed: pb.client names the missing key
         return pb.client(provider=provider)
     name = engine or os.environ.get("PORTFOLIO_BATCH_ENGINE") or "rules"
-    err.print(Text(simulated_notice(name), style="bold yellow"))
+    err.print(Text(simulated_notice(name, provider=provider), style="bold yellow"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SimulatedBackendWarning)
         return pb.client(provider=provider, engine=engine)
