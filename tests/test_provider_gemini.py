@@ -170,7 +170,9 @@ def test_submit_status_results_join_every_key_out_of_order(
     prepared = [backend.prepare(x) for x in lines_of(requests)]
     bad = {"key": "risk-BAD-0", "model": MODEL, "request": {"contents": []}}
     state = backend.submit([*prepared, bad], display_name="pb-test.jsonl")
-    assert state.status in ("validating", "in_progress") and "/" not in state.id
+    # the local worker may finish 41 requests before the create's answer is read: any live state
+    assert state.status in ("validating", "in_progress", "finalizing", "completed")
+    assert "/" not in state.id
     assert state.total == len(prepared) + 1
 
     state = wait_ended(backend, state.id)
