@@ -164,15 +164,14 @@ def test_output_lines_map_usage_finish_and_statuses(
 def test_submit_status_results_join_every_key_out_of_order(
     local_server: Any, portfolio: pd.DataFrame, tmp_path: Path
 ) -> None:
-    local_server.configure(gemini_shuffle_results=True, seed=11)
+    # a small delay per request, so the job cannot end before the create's answer is read
+    local_server.configure(gemini_shuffle_results=True, seed=11, request_delay=0.02)
     backend = backend_for(local_server, tmp_path)
     requests = pb.build_requests(portfolio, model=MODEL)
     prepared = [backend.prepare(x) for x in lines_of(requests)]
     bad = {"key": "risk-BAD-0", "model": MODEL, "request": {"contents": []}}
     state = backend.submit([*prepared, bad], display_name="pb-test.jsonl")
-    # the local worker may finish 41 requests before the create's answer is read: any live state
-    assert state.status in ("validating", "in_progress", "finalizing", "completed")
-    assert "/" not in state.id
+    assert state.status in ("validating", "in_progress") and "/" not in state.id
     assert state.total == len(prepared) + 1
 
     state = wait_ended(backend, state.id)
