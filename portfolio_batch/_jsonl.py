@@ -31,6 +31,7 @@ import pandas as pd
 
 from portfolio_batch._contract import MANIFEST_COLUMNS
 from portfolio_batch._home import writable_dir
+from portfolio_batch._providers.openai import MAX_BYTES, MAX_REQUESTS  # OpenAI's, per file
 from portfolio_batch._requests import (
     PreparedRequests,
     RequestChunks,
@@ -307,8 +308,8 @@ def to_jsonl(
     requests: pd.DataFrame | Iterable[pd.DataFrame],
     out_dir: str | os.PathLike[str],
     *,
-    max_requests: int = 50_000,
-    max_bytes: int = 200 * 2**20,
+    max_requests: int = MAX_REQUESTS,
+    max_bytes: int = MAX_BYTES,
     max_input_tokens: int | None = None,
     costs: pd.DataFrame | None = None,
     prefix: str = "requests",

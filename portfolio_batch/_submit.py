@@ -13,7 +13,6 @@ under the shard's lock, after the server was seen to have none) is in ``create.p
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -38,6 +37,8 @@ from portfolio_batch._create import (
     submit_ready,
 )
 from portfolio_batch._download import is_cached
+from portfolio_batch._providers import backend_of
+from portfolio_batch._providers.openai import RUN_HASH, in_run
 from portfolio_batch._registry import Registry, open_registry
 from portfolio_batch._requests import retry_of_batches
 from portfolio_batch._version import __version__
@@ -480,14 +481,24 @@ def _server_lookup(c: openai.OpenAI, ident: str) -> list[dict[str, Any]]:
             return [as_dict(c.batches.retrieve(ident))]
         except openai.NotFoundError:
             return []
-    found = [
-        b for b in ServerIndex(c).batches() if (b.get("metadata") or {}).get("pb_run_id") == ident
-    ]
     recover = getattr(c, "recover", None)
-    if not found and recover is not None and _RUN_HASH.fullmatch(ident):
-        # A provider with no batch metadata (Anthropic) and no record of it in this home: the
-        # run's batches are those whose custom_ids end in "-<ident>" (_facade.BatchClient.recover)
-        found = [as_dict(b) for b in recover(ident)]
+    if recover is None:
+        # OpenAI, Azure, Groq, the local server: the run's batch ids are the Backend's
+        # (OpenAIBackend.discover: the run named in each batch's metadata, in_run)
+        try:
+            found = [as_dict(c.batches.retrieve(i)) for i in backend_of(c).discover(ident)]
+        except openai.APIError as exc:
+            raise SubmitError(
+                f"Looking on the server for the batches of run {ident!r} failed "
+                f"({type(exc).__name__}: {exc}); nothing was changed. Run resume() again."
+            ) from exc
+    else:
+        # A facade keeps the run id in this home's records of its batches (in_run); with them
+        # gone, the run's batches are those the Backend discovers by the run hash in their
+        # custom_ids (_facade.BatchClient.recover calls Backend.discover)
+        found = [b for b in ServerIndex(c).batches() if in_run(b, ident)]
+        if not found and _RUN_HASH.fullmatch(ident):
+            found = [as_dict(b) for b in recover(ident)]
     # One batch per shard: the newest reusable one wins over failed/cancelled attempts.
     by_shard: dict[str, dict[str, Any]] = {}
     for b in sorted(found, key=lambda b: (b["status"] not in DEAD, b.get("created_at") or 0)):
@@ -495,9 +506,8 @@ def _server_lookup(c: openai.OpenAI, ident: str) -> list[dict[str, Any]]:
     return list(by_shard.values())
 
 
-# A run hash (requests.attrs["prompt_version"], the last "-" part of every custom_id): id
-# characters without "-", so never a run id new_run_id() makes.
-_RUN_HASH = re.compile(r"[A-Za-z0-9_]{1,64}")
+# A run hash (requests.attrs["prompt_version"], the last "-" part of every custom_id)
+_RUN_HASH = RUN_HASH
 
 
 def _no_metadata_hint(c: Any) -> str:

@@ -3,7 +3,10 @@
 A backend speaks its provider's own API and answers in OUR vocabulary: batch statuses from
 ``_contract.BATCH_STATUSES``, five request counts, and result lines in OpenAI's batch output
 format, so ``_decode.row_of`` reads every provider's results unchanged. ``_facade.BatchClient``
-turns a backend into the subset of ``openai.OpenAI`` the pipeline uses.
+turns a backend into the subset of ``openai.OpenAI`` the pipeline uses. OpenAI's own API (and
+Azure's, Groq's, the local server's) is ``openai.OpenAIBackend`` over the ``openai`` client the
+pipeline already holds; ``backend_of(client)`` (in ``_providers``) is the backend behind any
+client. ``tests/test_backend_protocol.py`` checks every backend against this protocol.
 
     >>> state = BatchState(id="b1", status="in_progress", provider_status="in_progress",
     ...                    succeeded=1, errored=0, expired=0, cancelled=0, processing=2,
@@ -52,7 +55,8 @@ class BatchState:
     word (``"canceling"``, ``"JOB_STATE_RUNNING"``). The five counts add up to the batch's
     requests (a provider that reports fewer counts puts the unknown ones in ``processing``).
     ``cancel_requested`` is True once a cancel was asked (by us or on the provider's side), so an
-    ended batch maps to ``cancelled``. Times are Unix seconds.
+    ended batch maps to ``cancelled``. Times are Unix seconds. ``display_name`` is the name the
+    provider shows for the batch (Gemini's ``displayName``), None where it keeps none (Anthropic).
     """
 
     id: str
@@ -67,6 +71,7 @@ class BatchState:
     ended_at: int | None = None
     expires_at: int | None = None
     cancel_requested: bool = False
+    display_name: str | None = None
 
     @property
     def total(self) -> int:
@@ -90,7 +95,9 @@ class Backend(Protocol):
     ``KEY_VARS`` (the environment variables of its key, first found wins), ``BASE_URL_VAR``
     and ``def backend(*, api_key: str, base_url: str | None = None, max_retries: int = 2,
     timeout: float | None = None) -> Backend``; ``_backend.client(provider=<name>)`` calls it
-    (with the embedded local server's root url and key when no key is set).
+    (with the embedded local server's root url and key when no key is set). ``openai.py`` has
+    them too (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``), though ``_backend.client`` builds the
+    ``openai`` client itself for OpenAI and Azure.
 
     ``results`` yields, in any order, one OpenAI batch OUTPUT line per request::
 
@@ -141,8 +148,9 @@ class Backend(Protocol):
         ...
 
     def discover(self, run_hash: str) -> builtins.list[str]:
-        """Ids of the batches whose custom_ids carry ``run_hash`` (recovery without a local
-        record); newest first."""
+        """Ids of the batches of the run ``run_hash`` (recovery without a local record); newest
+        first. Where batches keep metadata (OpenAI) the run named there (the pipeline's run id;
+        the run hash for a batch ``submit`` made); elsewhere the run hash their custom_ids carry."""
         ...
 
 
