@@ -9,6 +9,13 @@ What a provider does not keep, the facade keeps in the home, under
   (``file-<sha256>``), with a ``.json`` record of their name and size;
 - one ``batch-<id>.json`` record per batch: its input file, endpoint, model and metadata (which
   Anthropic has no room for), so the creation rule's look-up by ``pb_sha256`` works there too;
+- one ``intent-<id>.json`` per create in flight, written before it is sent (input file, sha256,
+  request count, display name, metadata, model, endpoint, time sent) and removed once its batch
+  is recorded: when the create's answer is lost but the provider made the batch, ``list``
+  recognises that batch by it (``BatchClient._adopt_lost``: Gemini by its exact display name,
+  Anthropic by request count and creation time) and records it, so the creation rule adopts it
+  instead of sending (and paying) again; several Anthropic candidates raise a ``SubmitError``
+  naming them;
 - the result files, made from ``Backend.results`` on the first download: the answers to
   ``file-out-<batch id>``, everything else (errored, expired, cancelled) to
   ``file-err-<batch id>``, as OpenAI splits them.
@@ -21,6 +28,8 @@ What a provider does not keep, the facade keeps in the home, under
 from __future__ import annotations
 
 import hashlib
+import itertools
+import logging
 import os
 import re
 import secrets
@@ -32,18 +41,35 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx2
+import openai
 import orjson
 from openai.types import Batch, BatchRequestCounts, FileObject
 
-from portfolio_batch._contract import TERMINAL
+from portfolio_batch._contract import DEAD, TERMINAL
 from portfolio_batch._home import home
 from portfolio_batch._providers._protocol import Backend, BatchState, status_error
-from portfolio_batch.errors import InputError
+from portfolio_batch.errors import InputError, SubmitError
 
 __all__ = ["BatchClient"]
 
+log = logging.getLogger("portfolio_batch")
+
 _CHUNK = 1 << 20
 _lock = threading.Lock()
+
+# A create whose answer was lost (a timeout, a connection cut after sending, a 5xx) may have
+# made its batch all the same. Its intent (written before sending) is matched to a listed batch
+# that has no record and was created, by the provider's clock, from INTENT_BEFORE_SECONDS before
+# the send by ours (our clock ahead of the provider's: NTP keeps them within a second, a minute
+# covers a badly set machine) to INTENT_AFTER_SECONDS after it (a 256 MB create still uploading,
+# a provider acting on a request late, our clock behind). Wider would only make more ambiguous
+# candidates, never a wrong adoption: several candidates raise rather than guess.
+INTENT_BEFORE_SECONDS = 60
+INTENT_AFTER_SECONDS = 15 * 60
+# An intent with no candidate this long after its window ended (a listing that lags) made
+# nothing: it is removed, so it never matches a later batch.
+INTENT_LIST_LAG_SECONDS = 60
+INTENT_MAX_AGE_SECONDS = 30 * 24 * 3600
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -78,6 +104,86 @@ class _Store:
 
     def save_record(self, batch_id: str, record: dict[str, Any]) -> None:
         _write_private(self.dir / f"batch-{_safe(batch_id)}.json", orjson.dumps(record))
+
+    # A create's intent: written before the create is sent, removed once its answer is recorded.
+    def _intent_path(self, intent_id: str) -> Path:
+        return self.dir / f"intent-{_safe(intent_id)}.json"
+
+    def save_intent(self, intent: dict[str, Any]) -> None:
+        _write_private(self._intent_path(intent["id"]), orjson.dumps(intent))
+
+    def drop_intent(self, intent_id: str) -> None:
+        self._intent_path(intent_id).unlink(missing_ok=True)
+
+    def intents(self) -> list[dict[str, Any]]:
+        """The intents still open, oldest first (one older than ``INTENT_MAX_AGE_SECONDS`` is
+        removed: no batch that old is looked for)."""
+        out = []
+        for path in self.dir.glob("intent-*.json"):
+            try:
+                value = orjson.loads(path.read_bytes())
+            except FileNotFoundError:  # removed meanwhile (its batch was recorded)
+                continue
+            if not isinstance(value, dict):
+                continue
+            if float(value.get("sent_at") or 0) < time.time() - INTENT_MAX_AGE_SECONDS:
+                path.unlink(missing_ok=True)
+                continue
+            out.append(value)
+        return sorted(out, key=lambda i: (i.get("sent_at") or 0, i.get("id") or ""))
+
+
+def _made_nothing(exc: BaseException) -> bool:
+    """Whether a failed create surely made no batch: refused (a 4xx, a rate limit included),
+    or a connection that could not even be made; not a timeout, a cut connection or a 5xx."""
+    if isinstance(exc, InputError):
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return 400 <= exc.status_code < 500
+    return isinstance(exc, openai.APIConnectionError) and isinstance(
+        exc.__cause__, (httpx2.ConnectError, httpx2.ConnectTimeout)
+    )
+
+
+def _in_window(intent: dict[str, Any], state: BatchState) -> bool:
+    sent = float(intent.get("sent_at") or 0)
+    return sent - INTENT_BEFORE_SECONDS <= state.created_at <= sent + INTENT_AFTER_SECONDS
+
+
+def _nearest(intents: list[dict[str, Any]], state: BatchState) -> dict[str, Any]:
+    """Of the intents claiming a batch, the one sent closest to its creation."""
+    return min(intents, key=lambda i: abs(state.created_at - float(i.get("sent_at") or 0)))
+
+
+def _ambiguous(
+    intent: dict[str, Any],
+    found: list[BatchState],
+    claimed_by: dict[str, list[dict[str, Any]]],
+    provider: str,
+) -> SubmitError:
+    ids = ", ".join(s.id for s in found)
+    others = sorted(
+        {str(i.get("display_name")) for s in found for i in claimed_by[s.id] if i is not intent}
+    )
+    sent = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(intent.get("sent_at") or 0)))
+    also = f" (or of {', '.join(others)}, whose create got no answer either)" if others else ""
+    md = intent.get("metadata") or {}
+    what = (
+        f"shard {md['pb_shard']} of run {md['pb_run_id']}"
+        if md.get("pb_run_id") and md.get("pb_shard") is not None
+        else str(intent.get("display_name"))
+    )
+    return SubmitError(
+        f"The create of the batch of {what} ({intent.get('display_name')}, "
+        f"{intent.get('n_requests')} requests) was sent to {provider} at {sent} and got no "
+        f"answer; {provider} now has {len(found)} batches with no record here that could be "
+        f"it: {ids}{also}. {provider.capitalize()} keeps no metadata, so which one it is cannot "
+        "be told while they run, and nothing was sent again. Cancel the one(s) you did not make "
+        "(e.g. another tool's batch of the same size): "
+        f"pb.client(provider={provider!r}).batches.cancel('<batch id>'); the next submit() then "
+        "adopts the one left. Or wait until they have ended: their custom_ids then show which "
+        "is this file's, and the next submit() adopts it."
+    )
 
 
 def _safe(ident: str) -> str:
@@ -202,7 +308,7 @@ class _Batches:
         c = self._c
         path = c.files.path_of(input_file_id)
         meta = c.files.retrieve(input_file_id)
-        requests, model, size = [], None, 0
+        requests, model, size, first, last = [], None, 0, None, None
         limits = c.backend.limits
         id_rule = re.compile(limits.id_pattern)
         with path.open("rb") as fh:
@@ -219,6 +325,7 @@ class _Batches:
                         "this version's build_requests (its ids fit every provider)."
                     )
                 model = model or (line.get("body") or {}).get("model")
+                first, last = first or cid, cid
                 requests.append(c.backend.prepare(line))
         if len(requests) > limits.max_requests or size > limits.max_bytes:
             raise status_error(
@@ -228,9 +335,7 @@ class _Batches:
                 f"{limits.max_bytes:,} bytes. Make smaller shards with to_jsonl(..., "
                 f"max_requests={limits.max_requests}).",
             )
-        state = c.backend.submit(requests, display_name=meta.filename)
         record = {
-            "id": state.id,
             "input_file_id": input_file_id,
             "endpoint": endpoint,
             "model": model,
@@ -238,16 +343,50 @@ class _Batches:
             "completion_window": completion_window,
             "cancel_requested": False,
         }
+        # Written before sending: if the answer is lost, the batch the provider made all the
+        # same is recognised by it (BatchClient._adopt_lost), not sent and paid again.
+        namer = getattr(c.backend, "display_name_for", None)
+        intent_id = f"{int(time.time())}-{secrets.token_hex(6)}"
+        intent = {
+            **record,
+            "id": intent_id,
+            "sha256": input_file_id.removeprefix("file-"),
+            "n_requests": len(requests),
+            "display_name": meta.filename,
+            "shown_name": namer(requests, meta.filename) if namer is not None else None,
+            "first_custom_id": first,
+            "last_custom_id": last,
+            "sent_at": time.time(),
+        }
+        c._store.save_intent(intent)
+        try:
+            state = c.backend.submit(requests, display_name=meta.filename)
+        except BaseException as exc:
+            if _made_nothing(exc):
+                c._store.drop_intent(intent_id)
+            raise
+        record = {"id": state.id, **record}
         c._store.save_record(state.id, record)
+        c._store.drop_intent(intent_id)
         return c._batch(state, record)
 
     def retrieve(self, batch_id: str, **_: Any) -> Batch:
         c = self._c
-        return c._batch(c.backend.status(batch_id), c._store.record(batch_id))
+        state = c.backend.status(batch_id)
+        record = c._store.record(batch_id)
+        if record is None and c._store.intents():
+            c._adopt_lost(c._listed_for_intents()[0], strict=False)
+            record = c._store.record(batch_id)
+        return c._batch(state, record)
 
     def list(self, *, limit: int | None = None, **_: Any) -> Iterator[Batch]:
+        """The provider's batches, newest first. A batch with no record that is the batch of a
+        create whose answer was lost gets its record first (``BatchClient._adopt_lost``), so the
+        creation rule finds it by ``pb_sha256``; ``SubmitError`` when that cannot be told."""
         c = self._c
-        for state in c.backend.list():
+        window, rest = c._listed_for_intents()
+        c._adopt_lost(window, strict=True)
+        for state in itertools.chain(window, rest):
             yield c._batch(state, c._store.record(state.id))
 
     def cancel(self, batch_id: str, **_: Any) -> Batch:
@@ -321,6 +460,8 @@ class BatchClient:
         # discover lists newest first, finer than created_at's seconds: reversed, oldest first
         found = reversed(list(dict.fromkeys(self.backend.discover(run_hash))))
         states = sorted((self.backend.status(i) for i in found), key=lambda st: st.created_at)
+        if self._store.intents():  # a lost create's batch gets the record it was sent with
+            self._adopt_lost(self._listed_for_intents()[0], strict=False)
         out = []
         for shard, state in enumerate(states):
             record = self._store.record(state.id)
@@ -362,6 +503,149 @@ class BatchClient:
                 "last_custom_id": max(ids) if ids else None,
             },
         }
+
+    # -- creates whose answer was lost ------------------------------------------------------------
+    def _listed_for_intents(self) -> tuple[list[BatchState], Iterator[BatchState]]:
+        """The backend's listing split in two: the batches down to the oldest open intent's
+        window (read now; none without an open intent), and an iterator over the rest."""
+        states = iter(self.backend.list())
+        intents = self._store.intents()
+        if not intents:
+            return [], states
+        floor = min(float(i.get("sent_at") or 0) for i in intents) - INTENT_BEFORE_SECONDS
+        window: list[BatchState] = []
+        for state in states:  # newest first: past the floor, none can be an intent's batch
+            window.append(state)
+            if state.created_at < floor:
+                break
+        return window, states
+
+    def _adopt_lost(self, states: list[BatchState], *, strict: bool) -> None:
+        """Write the record of each batch in ``states`` that has none but is the batch of an
+        open intent (a create whose answer was lost), from the intent: its metadata (with
+        ``pb_sha256``), model, endpoint and input file.
+
+        A candidate has no record, is not cancelled or dead, and was created in the intent's
+        window (``INTENT_BEFORE_SECONDS`` before its send to ``INTENT_AFTER_SECONDS`` after);
+        on Gemini it carries the intent's exact display name (content hash and run hash: every
+        candidate is a copy of the same requests, so all are adopted and the creation rule
+        keeps one, cancelling the others). On Anthropic, which keeps no name, it has the
+        intent's number of requests, and once ended its first result's custom_id must be one
+        of the input file's. One candidate claimed by this intent alone, or candidates all
+        confirmed by their custom_ids, are adopted; anything else is ambiguous: with ``strict``
+        a ``SubmitError`` naming the candidates (nothing is sent until a person decides), else
+        left as it is. An intent with no candidate past its window is removed.
+        """
+        intents = self._store.intents()
+        if not intents:
+            return
+        orphans = [
+            s
+            for s in states
+            if s.status not in DEAD
+            and not s.cancel_requested
+            # a provider that keeps metadata (compatible.JobState) shows it on the batch the
+            # lost create made: the creation rule finds that one by it, so none is guessed at
+            and not hasattr(s, "metadata")
+            and self._store.record(s.id) is None
+        ]
+        confirmed: dict[tuple[str, str], bool | None] = {}
+        claims = {i["id"]: self._candidates(i, orphans, confirmed) for i in intents}
+        claimed_by: dict[str, list[dict[str, Any]]] = {}
+        for intent in intents:
+            for state in claims[intent["id"]]:
+                claimed_by.setdefault(state.id, []).append(intent)
+        # past an intent's window by our clock, or by the provider's (a batch listed as made
+        # later): nothing it could still make would fall in its window
+        now = max([time.time(), *(s.created_at for s in states)])
+        for intent in intents:
+            found = claims[intent["id"]]
+            if not found:
+                end = float(intent.get("sent_at") or 0) + INTENT_AFTER_SECONDS
+                if now > end + INTENT_LIST_LAG_SECONDS:
+                    self._store.drop_intent(intent["id"])  # it made nothing
+                continue
+            by_name = bool(intent.get("shown_name")) and found[0].display_name is not None
+            sure = all(confirmed.get((intent["id"], s.id)) for s in found)
+            alone = all(len(claimed_by[s.id]) == 1 for s in found)
+            if by_name or sure or (len(found) == 1 and alone):
+                for state in found:
+                    if _nearest(claimed_by[state.id], state)["id"] == intent["id"]:
+                        self._adopt(intent, state)
+                self._store.drop_intent(intent["id"])
+            elif strict:
+                raise _ambiguous(intent, found, claimed_by, self.backend.name)
+
+    def _candidates(
+        self,
+        intent: dict[str, Any],
+        orphans: list[BatchState],
+        confirmed: dict[tuple[str, str], bool | None],
+    ) -> list[BatchState]:
+        """The batches of ``orphans`` that may be the intent's (see ``_adopt_lost``);
+        ``confirmed`` gets, per (intent, batch) matched by count, what its custom_ids say."""
+        found = []
+        for state in orphans:
+            if not _in_window(intent, state):
+                continue
+            if intent.get("shown_name") and state.display_name is not None:
+                if state.display_name == intent["shown_name"]:
+                    found.append(state)
+                continue
+            if state.total != intent.get("n_requests"):
+                continue
+            ok = self._confirmed(intent, state)
+            if ok is not False:
+                confirmed[intent["id"], state.id] = ok
+                found.append(state)
+        return found
+
+    def _confirmed(self, intent: dict[str, Any], state: BatchState) -> bool | None:
+        """Whether an ended batch's first result's custom_id is one of the intent's input file
+        (None: not ended, results gone, or the input file no longer here)."""
+        path = self._store.data(str(intent.get("input_file_id") or ""))
+        if state.ended_at is None or not path.exists():
+            return None
+        results = self.backend.results(state.id)
+        try:
+            line = next(iter(results), None)
+        except openai.NotFoundError:
+            return None
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()
+        if line is None:
+            return None
+        cid = line.get("custom_id")
+        with path.open("rb") as fh:
+            return any(orjson.loads(raw).get("custom_id") == cid for raw in fh if raw.strip())
+
+    def _adopt(self, intent: dict[str, Any], state: BatchState) -> None:
+        record = {
+            "id": state.id,
+            **{
+                k: intent.get(k)
+                for k in ("input_file_id", "endpoint", "model", "metadata", "completion_window")
+            },
+            "cancel_requested": False,
+            "adopted": {"intent": intent["id"], "sent_at": intent.get("sent_at")},
+        }
+        remember = getattr(self.backend, "remember", None)
+        path = self._store.data(str(intent.get("input_file_id") or ""))
+        if remember is not None and path.exists():
+            with path.open("rb") as fh:
+                keys = [orjson.loads(raw)["custom_id"] for raw in fh if raw.strip()]
+            remember(state.id, keys)
+        self._store.save_record(state.id, record)
+        log.warning(
+            "%s batch %s is the batch of %s whose create got no answer (sent at %s): recorded "
+            "with its metadata, not sent again",
+            self.backend.name,
+            state.id,
+            intent.get("display_name"),
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(intent.get("sent_at") or 0))),
+        )
 
     # -- mapping --------------------------------------------------------------------------------
     def _batch(self, state: BatchState, record: dict[str, Any] | None) -> Batch:

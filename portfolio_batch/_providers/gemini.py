@@ -9,6 +9,9 @@ answers carry no key, and their order is not guaranteed (python-genai #1909).
   ``generationConfig.responseJsonSchema`` (google-genai recommends it over the OpenAPI-subset
   ``responseSchema``, which cannot say ``additionalProperties``), with
   ``responseMimeType: application/json``.
+- names: a job and its input file are named ``pb-<sha256>.run-<run hash>.jsonl``
+  (``job_display_name``), Gemini's only label: a job whose create got no answer is found by it
+  (``_facade``), and a run's jobs by ``discover(run_hash)`` with no record in the home.
 - usage: ``usageMetadata`` in OpenAI's names: ``cachedContentTokenCount`` →
   ``prompt_tokens_details.cached_tokens``, ``thoughtsTokenCount`` → reasoning tokens (part of
   ``completion_tokens``, as on OpenAI).
@@ -24,8 +27,9 @@ import builtins
 import json
 import logging
 import os
+import re
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -46,8 +50,10 @@ __all__ = [
     "GeminiBackend",
     "backend",
     "batch_state",
+    "job_display_name",
     "output_line",
     "prepare",
+    "run_hash_of",
     "state_of",
 ]
 
@@ -411,7 +417,48 @@ def batch_state(operation: Mapping[str, Any], *, cancel_asked: bool = False) -> 
         created_at=_seconds(meta.get("createTime")) or 0,
         ended_at=_seconds(meta.get("endTime")) if status not in _ACTIVE else None,
         cancel_requested=cancel_asked or status in ("cancelling", "cancelled"),
+        display_name=str(meta.get("displayName") or "") or None,
     )
+
+
+# -- names -------------------------------------------------------------------------------------
+# Gemini keeps no metadata on a job, only its display name: the facade's file name (the content
+# hash, ``pb-<sha256>.jsonl``) with the run hash the keys share, so that a job whose create got
+# no answer is found by its exact name (``_facade``) and a run by its hash (``discover``).
+_RUN_TAG = re.compile(r"\.run-(?P<hash>[A-Za-z0-9_]+)\.jsonl$")
+_ID_PART = re.compile(r"[A-Za-z0-9_]+")
+MAX_DISPLAY_NAME = 128
+
+
+def job_display_name(display_name: str, keys: Iterable[str]) -> str:
+    """The display name a job (and its input file) gets: ``display_name`` with the run hash the
+    keys share (each key's last ``-`` part, ``_requests.custom_id_for``); unchanged when they
+    share none, or the name would pass ``MAX_DISPLAY_NAME``.
+
+    >>> job_display_name("pb-ab12.jsonl", ["risk-KO-3f9a1c2e", "risk-BRK_B-0907ab-3f9a1c2e"])
+    'pb-ab12.run-3f9a1c2e.jsonl'
+    >>> job_display_name("pb-ab12.jsonl", ["risk-KO-3f9a1c2e", "risk-KO-77aa"])
+    'pb-ab12.jsonl'
+    """
+    hashes = {str(k).rsplit("-", 1)[-1] for k in keys if "-" in str(k)}
+    if len(hashes) != 1:
+        return display_name
+    run_hash = hashes.pop()
+    name = f"{display_name.removesuffix('.jsonl')}.run-{run_hash}.jsonl"
+    if not _ID_PART.fullmatch(run_hash) or len(name) > MAX_DISPLAY_NAME:
+        return display_name
+    return name
+
+
+def run_hash_of(display_name: str | None) -> str | None:
+    """The run hash a job's display name carries (``job_display_name``), else None (a job made
+    before names carried it: ``pb-<sha256>.jsonl``).
+
+    >>> run_hash_of("pb-ab12.run-3f9a1c2e.jsonl"), run_hash_of("pb-ab12.jsonl")
+    ('3f9a1c2e', None)
+    """
+    found = _RUN_TAG.search(display_name or "")
+    return found.group("hash") if found else None
 
 
 # -- the backend -------------------------------------------------------------------------------
@@ -556,11 +603,23 @@ class GeminiBackend:
     def prepare(self, line: Mapping[str, Any]) -> dict[str, Any]:
         return prepare(line)
 
+    def display_name_for(self, requests: Sequence[Any], display_name: str) -> str:
+        """The name ``submit`` gives the job of these prepared requests (``job_display_name``):
+        the facade matches a job whose create got no answer by it."""
+        return job_display_name(display_name, (r["key"] for r in requests))
+
+    def remember(self, batch_id: str, keys: Sequence[str]) -> None:
+        """Record the keys a job was sent (``submit`` does it on its answer; the facade, for a
+        job whose create got no answer, once it has found it)."""
+        self._keys_path(batch_id).write_text("\n".join(keys) + "\n", encoding="utf-8")
+
     def submit(self, requests: Sequence[Any], *, display_name: str) -> BatchState:
         """Write the requests as JSONL (a temporary file, streamed), upload it, create the job
-        (its ``display_name``; the model is the requests')."""
+        (named by ``display_name_for``: the file's name and the run hash; the model is the
+        requests')."""
         if not requests:
             raise InputError(f"{display_name}: no requests to submit")
+        display_name = self.display_name_for(requests, display_name)
         model = str(requests[0]["model"])
         keys = []
         with tempfile.TemporaryDirectory(prefix="pb-gemini-") as tmp:
@@ -585,7 +644,7 @@ class GeminiBackend:
                 model=model, src=uploaded.name, config={"display_name": display_name}
             )
         batch_id = str(job.name).removeprefix("batches/")
-        self._keys_path(batch_id).write_text("\n".join(keys) + "\n", encoding="utf-8")
+        self.remember(batch_id, keys)
         return self.status(batch_id)
 
     def _rest(self, path: str, what: str) -> dict[str, Any]:
@@ -690,14 +749,26 @@ class GeminiBackend:
             yield state
 
     def discover(self, run_hash: str) -> builtins.list[str]:
-        """Batches whose display name carries ``run_hash`` (Gemini keeps no other label, and
-        its input files cannot be downloaded), or whose keys recorded in this home do."""
+        """Jobs of run ``run_hash``, newest first, running ones too: those whose display name
+        carries it (``run_hash_of``; no record in this home needed), and those made before
+        names carried it (``pb-<sha256>.jsonl``) whose keys recorded in this home end in
+        ``-{run_hash}``. Gemini keeps no other label, and its input files cannot be downloaded.
+
+            >>> backend.discover("3f9a1c2e")                       # doctest: +SKIP
+            ['a1b2c3', '9f8e7d']
+        """
         found = []
         for operation in self._operations():
             meta = operation.get("metadata") or {}
             batch_id = str(meta.get("name") or operation.get("name")).removeprefix("batches/")
+            named = run_hash_of(str(meta.get("displayName") or ""))
+            if named is not None:
+                if named == run_hash:
+                    found.append(batch_id)
+                continue
+            # the run hash is a key's LAST "-" part (_requests.custom_id_for), never a substring
             keys = self._sent_keys(batch_id) or []
-            if run_hash in str(meta.get("displayName") or "") or any(run_hash in k for k in keys):
+            if any(k.rsplit("-", 1)[-1] == run_hash for k in keys):
                 found.append(batch_id)
         return found
 

@@ -33,7 +33,8 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
-from portfolio_batch.local.app import ServerState, State, _json
+from portfolio_batch.local.app import DownloadCut, ServerState, State, _json
+from portfolio_batch.local.config import ServerConfig
 from portfolio_batch.local.dialects import AnthropicError
 from portfolio_batch.local.providers import (
     Outcome,
@@ -440,6 +441,21 @@ def _public(request: Request, sub: ServerState, batch: dict[str, Any]) -> dict[s
     }
 
 
+def _lost_answer(config: ServerConfig, error: ApiError) -> Response:
+    """What a create carried out answers when its answer is lost (``anthropic_lost_creates``): the
+    connection cut once the headers are out (``lost_create_answer="drop"``), or a 500."""
+    if config.lost_create_answer == "500":
+        return _json(error.body(), 500)
+
+    def cut() -> Iterator[bytes]:
+        raise DownloadCut(
+            "a batch create's answer dropped (fault injection: anthropic_lost_creates)"
+        )
+        yield b""  # a generator: the headers go out, then the connection is cut
+
+    return StreamingResponse(cut(), media_type="application/json")
+
+
 # routes ----------------------------------------------------------------------------------------
 @router.post("/v1/messages/batches")
 async def create_message_batch(request: Request, state: State) -> Response:
@@ -459,6 +475,8 @@ async def create_message_batch(request: Request, state: State) -> Response:
         )
 
     batch = await anyio.to_thread.run_sync(start)
+    if sub.config._take("anthropic_lost_creates"):
+        return _lost_answer(sub.config, AnthropicError(500, "Internal server error (injected)"))
     return _json(_public(request, sub, batch))
 
 

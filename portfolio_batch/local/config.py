@@ -80,6 +80,11 @@ class ServerConfig:
     Gemini's batch routes (``local/gemini.py``): ``gemini_shuffle_results`` (a job's responses
     file in shuffled order, not input order), ``gemini_stuck_jobs`` (jobs created while it is on
     stay BATCH_STATE_RUNNING once done, past 24 h, and expire at 48 h with no responses file).
+
+    Lost creates on Anthropic's and Gemini's routes: ``anthropic_lost_creates`` /
+    ``gemini_lost_creates`` (the next that many batch creates are carried out, then their answer
+    is lost), ``lost_create_answer`` (how: ``"drop"``, the connection cut once the headers are
+    sent, as a timeout or a connection lost on the way back; ``"500"``, a server error).
     """
 
     max_upload_bytes: int = 200 * MiB
@@ -106,6 +111,9 @@ class ServerConfig:
     batch_usage_chat_fields: bool = False
     gemini_shuffle_results: bool = False
     gemini_stuck_jobs: bool = False
+    anthropic_lost_creates: int = 0
+    gemini_lost_creates: int = 0
+    lost_create_answer: str = "drop"
     _rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -173,6 +181,14 @@ class ServerConfig:
             raise InputError(
                 "Local server setting max_batches_per_hour must be at least 1, or None for no limit."
             )
+        for key in ("anthropic_lost_creates", "gemini_lost_creates"):
+            if int(getattr(self, key)) < 0:
+                raise InputError(f"Local server setting {key} must be 0 or more.")
+        if self.lost_create_answer not in ("drop", "500"):
+            raise InputError(
+                f"lost_create_answer={self.lost_create_answer!r}: use 'drop' (the connection "
+                "cut) or '500' (a server error)."
+            )
         if int(self.output_file_lag_polls) < 0:
             raise InputError("Local server setting output_file_lag_polls must be 0 or more.")
 
@@ -182,6 +198,15 @@ class ServerConfig:
             return False
         with self._lock:
             return self._rng.random() < rate
+
+    def _take(self, counter: str) -> bool:
+        """Use one of a countdown setting (``anthropic_lost_creates``...): True while it was
+        above 0."""
+        with self._lock:
+            left = int(getattr(self, counter))
+            if left > 0:
+                setattr(self, counter, left - 1)
+            return left > 0
 
     def faults_apply(self, route: str) -> bool:
         return self.fault_endpoints is None or route in self.fault_endpoints

@@ -32,6 +32,7 @@ import base64
 import hashlib
 import secrets
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,10 @@ from typing import Any
 import anyio.to_thread
 import orjson
 from fastapi import APIRouter, Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, Response, StreamingResponse
 
-from portfolio_batch.local.app import ServerState, State, _json
+from portfolio_batch.local.app import DownloadCut, ServerState, State, _json
+from portfolio_batch.local.config import ServerConfig
 from portfolio_batch.local.dialects import GeminiError
 from portfolio_batch.local.providers import (
     drop_batch,
@@ -595,6 +597,19 @@ def _operation(sub: ServerState, batch: dict[str, Any]) -> dict[str, Any]:
     return operation
 
 
+def _lost_answer(config: ServerConfig, error: ApiError) -> Response:
+    """What a create carried out answers when its answer is lost (``gemini_lost_creates``): the
+    connection cut once the headers are out (``lost_create_answer="drop"``), or a 500."""
+    if config.lost_create_answer == "500":
+        return _json(error.body(), 500)
+
+    def cut() -> Iterator[bytes]:
+        raise DownloadCut("a batch create's answer dropped (fault injection: gemini_lost_creates)")
+        yield b""  # a generator: the headers go out, then the connection is cut
+
+    return StreamingResponse(cut(), media_type="application/json")
+
+
 @router.post("/v1beta/models/{model}:batchGenerateContent")
 async def create_batch(model: str, request: Request, state: State) -> Response:
     sub = sub_state(state, NAME)
@@ -640,6 +655,8 @@ async def create_batch(model: str, request: Request, state: State) -> Response:
         )
 
     batch = await anyio.to_thread.run_sync(start)
+    if sub.config._take("gemini_lost_creates"):
+        return _lost_answer(sub.config, GeminiError(500, "Internal error (injected)"))
     return _json(_operation(sub, batch))
 
 
