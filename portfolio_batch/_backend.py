@@ -117,6 +117,8 @@ _PROVIDER_SHOWN = {
     "openai": ("OpenAI", "OPENAI_API_KEY"),
     "anthropic": ("Anthropic", "ANTHROPIC_API_KEY"),
     "gemini": ("Gemini", "GEMINI_API_KEY"),
+    "mistral": ("Mistral", "MISTRAL_API_KEY"),
+    "together": ("Together AI", "TOGETHER_API_KEY"),
 }
 
 
@@ -182,14 +184,14 @@ def engine_of(backend: str | None) -> str | None:
     return None
 
 
-def _announce(engine: str, reason: str | None) -> None:
+def _announce(engine: str, reason: str | None, *, provider: str | None = None) -> None:
     with _lock:
         if engine in _announced:
             return
         _announced.add(engine)
-    warnings.warn(
-        simulated_notice(engine, reason=reason), SimulatedBackendWarning, stacklevel=_user_level()
-    )
+    # the provider's key and name: "No ANTHROPIC_API_KEY found ... Set ANTHROPIC_API_KEY"
+    notice = simulated_notice(engine, reason=reason, provider=provider)
+    warnings.warn(notice, SimulatedBackendWarning, stacklevel=_user_level())
 
 
 def _user_level() -> int:
@@ -428,6 +430,9 @@ def client(
     name) gives an OpenAI-shaped client over that provider's batch API
     (``_providers._facade.BatchClient``); with no ``provider``, a lone ``ANTHROPIC_API_KEY`` or
     ``GEMINI_API_KEY`` (no OpenAI or Azure configured) selects that provider.
+    ``provider="mistral"`` / ``"together"`` give a ``BatchClient`` over their own batch APIs
+    (``MISTRAL_API_KEY`` / ``TOGETHER_API_KEY``, ``*_BASE_URL``; no key: the embedded local
+    server's routes for them), never chosen by a model name or a lone key.
     ``provider="groq"`` (``_providers.compatible.SUPPORTED``) gives ``openai.OpenAI`` at that
     provider's base URL (``GROQ_BASE_URL`` overrides it) with ``GROQ_API_KEY``; only ``provider=``
     selects it, never the model name or a lone key. ``"together"``, ``"mistral"``,
@@ -438,7 +443,7 @@ def client(
     """
     if provider is None and engine is None:
         provider = _lone_provider()
-    if provider in _compatible():
+    if provider in _compatible() and provider not in PROVIDER_KEYS:
         # Groq, Together, Mistral...: only provider= selects them (their model names are open
         # models'); those whose Files + Batches are OpenAI's get openai.OpenAI(base_url=...)
         from portfolio_batch._providers import compatible
@@ -477,14 +482,23 @@ def client(
 PROVIDER_KEYS = {
     "anthropic": ("ANTHROPIC_API_KEY",),
     "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+    "mistral": ("MISTRAL_API_KEY",),
+    "together": ("TOGETHER_API_KEY",),
 }
+# chosen only by provider= (their models are open models others serve too): a lone key of
+# theirs does not select them (_lone_provider), and no model name does (provider_of)
+_ONLY_BY_NAME = frozenset({"mistral", "together"})
 
 
 def _lone_provider() -> str | None:
     """The provider whose key is the only one set (OpenAI and Azure unset), else None."""
     if configured_backend() is not None:
         return None
-    keyed = [p for p, names in PROVIDER_KEYS.items() if any(os.environ.get(v) for v in names)]
+    keyed = [
+        p
+        for p, names in PROVIDER_KEYS.items()
+        if p not in _ONLY_BY_NAME and any(os.environ.get(v) for v in names)
+    ]
     return keyed[0] if len(keyed) == 1 else None
 
 
@@ -528,8 +542,8 @@ def _provider_client(provider: str, *, engine: str | None, **overrides: Any) -> 
     if provider not in PROVIDER_KEYS:
         raise InputError(
             f"provider={provider!r} is not known; use one of openai, "
-            f"{', '.join(PROVIDER_KEYS)}, {', '.join(_compatible())} (or leave it out: the "
-            "model name decides)."
+            f"{', '.join(dict.fromkeys([*PROVIDER_KEYS, *_compatible()]))} (or leave it out: "
+            "the model name decides)."
         )
     extra = sorted(set(overrides) - {"max_retries", "timeout"})
     if extra:
@@ -543,6 +557,8 @@ def _provider_client(provider: str, *, engine: str | None, **overrides: Any) -> 
             raise
         raise InputError(f"The {provider} backend is not available in this version.") from exc
     names = PROVIDER_KEYS[provider]
+    # a provider module may bring its own facade (Mistral/Together: metadata kept there)
+    client_class = getattr(module, "CLIENT", BatchClient)
     key = next((os.environ[v] for v in names if os.environ.get(v)), None)
     if engine is None and key:
         base = os.environ.get(module.BASE_URL_VAR) or None
@@ -550,9 +566,12 @@ def _provider_client(provider: str, *, engine: str | None, **overrides: Any) -> 
         label = provider if base is None else f"{provider}:{base.rstrip('/')}"
         _log_once(label, f"{provider} batches at {backend.base_url}")
         # a local server's answers are marked simulated, as on the OpenAI path
-        return BatchClient(backend, label=label, simulated_engine=_local_engine(base, key))
+        return client_class(backend, label=label, simulated_engine=_local_engine(base, key))
     others = [
-        v for p, vs in PROVIDER_KEYS.items() for v in vs if p != provider and os.environ.get(v)
+        v
+        for p, vs in PROVIDER_KEYS.items()
+        for v in vs
+        if p != provider and p not in _ONLY_BY_NAME and os.environ.get(v)
     ]
     if engine is None and (configured_backend() is not None or others):
         have = "OpenAI" if configured_backend() is not None else ", ".join(others)
@@ -563,12 +582,18 @@ def _provider_client(provider: str, *, engine: str | None, **overrides: Any) -> 
         )
     server = embedded_server(engine)
     chosen = str(getattr(server, "engine", None) or engine or "rules")
-    _announce(chosen, f"No {names[0]} found" if engine is None else f"engine={engine!r} given")
+    _announce(
+        chosen,
+        f"No {names[0]} found" if engine is None else f"engine={engine!r} given",
+        provider=provider,
+    )
     root = str(server.base_url).rstrip("/").removesuffix("/v1")
     backend = module.backend(
-        api_key=getattr(server, "api_key", None) or _LOCAL_KEY, base_url=root, **overrides
+        api_key=getattr(server, "api_key", None) or _LOCAL_KEY,
+        base_url=root + getattr(module, "LOCAL_PATH", ""),  # Mistral's, Together's: a prefix
+        **overrides,
     )
-    return BatchClient(
+    return client_class(
         backend, label=f"{provider}:{_LOCAL_PREFIX}{chosen}", simulated_engine=chosen
     )
 

@@ -95,14 +95,7 @@ def test_engine_with_groq_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         pb.client(provider="groq", engine="rules")
 
 
-@pytest.mark.parametrize(
-    ("provider", "missing"),
-    [
-        ("mistral", "/v1/batch/jobs"),
-        ("together", "carry no metadata"),
-        ("fireworks", "JOB_STATE_"),
-    ],
-)
+@pytest.mark.parametrize(("provider", "missing"), [("fireworks", "JOB_STATE_")])
 def test_providers_without_openais_batch_api_say_what_is_missing(
     provider: str, missing: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -112,9 +105,31 @@ def test_providers_without_openais_batch_api_say_what_is_missing(
         pb.client(provider=provider)
     text = str(info.value)
     assert f"provider={provider!r}" in text and "batch API is not OpenAI's" in text
-    assert missing in text and "'groq'" in text
+    assert missing in text and "'groq', 'together', 'mistral'" in text
+
+
+def test_mistral_and_together_are_supported_through_their_own_backends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from portfolio_batch._providers import compatible
+
+    assert {"groq", "mistral", "together"} <= set(compatible.SUPPORTED)
+    assert "fireworks" not in compatible.SUPPORTED
+    for name, base in (
+        ("mistral", "https://api.mistral.ai/v1/"),
+        ("together", "https://api.together.xyz/v1/"),
+    ):
+        monkeypatch.setenv(f"{name.upper()}_API_KEY", "k-secret")
+        c = pb.client(provider=name)
+        assert str(c.base_url) == base and backend_name(c) == name
+        assert "k-secret" not in backend_name(c)
+        # another endpoint is another backend (part of the idempotency key)
+        monkeypatch.setenv(f"{name.upper()}_BASE_URL", "http://127.0.0.1:9/x/v1")
+        assert backend_name(pb.client(provider=name)) == f"{name}:http://127.0.0.1:9/x/v1"
 
 
 def test_unknown_provider_lists_the_compatible_ones() -> None:
-    with pytest.raises(InputError, match=r"not known; use one of openai, .*groq, together"):
+    with pytest.raises(
+        InputError, match=r"not known; use one of openai, .*mistral, together, groq, fireworks"
+    ):
         pb.client(provider="grok")

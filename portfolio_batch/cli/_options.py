@@ -27,6 +27,8 @@ class Provider(StrEnum):
     anthropic = "anthropic"
     gemini = "gemini"
     groq = "groq"
+    mistral = "mistral"
+    together = "together"
 
 
 ProviderOption = Annotated[
@@ -35,7 +37,8 @@ ProviderOption = Annotated[
         "--provider",
         help="Where the model runs and whose batch prices apply [default: from the model name: "
         "claude-* anthropic, gemini-* gemini, else openai (azure when AZURE_OPENAI_* is set); groq "
-        "only when given (GROQ_API_KEY)].",
+        "(GROQ_API_KEY), mistral (MISTRAL_API_KEY) and together (TOGETHER_API_KEY) only when "
+        "given].",
         show_default=False,
         case_sensitive=False,
     ),

@@ -99,7 +99,8 @@ def make_client(
 
 
 def _provider_client(provider: str, engine: str | None, default_engine: str | None) -> Any:
-    """``pb.client(provider=...)`` for Anthropic or Gemini, saying when answers are simulated."""
+    """``pb.client(provider=...)`` for Anthropic, Gemini, Mistral or Together, saying when
+    answers are simulated."""
     import portfolio_batch as pb
     from portfolio_batch._backend import PROVIDER_KEYS, simulated_notice
 

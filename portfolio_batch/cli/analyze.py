@@ -149,7 +149,7 @@ def analyze_risk(
 
     engine_name = engine
     provider_name = provider_for(provider, model)
-    if not batch and provider_name in ("anthropic", "gemini"):
+    if not batch and provider_name in ("anthropic", "gemini", "mistral", "together"):
         raise InputError(
             f"--sync sends OpenAI chat completions; --model {model} runs on {provider_name}, "
             "whose requests this tool sends as batches only: use --batch (half price)"

@@ -664,9 +664,12 @@ def create_app(state: ServerState) -> FastAPI:
     for router in (_files, _batches, _models):
         app.include_router(router)
     # Anthropic's Message Batches and Gemini's batch routes, run by the same worker and engine
-    from portfolio_batch.local import anthropic, gemini
+    from portfolio_batch.local import anthropic, gemini, mistral, together
 
     app.include_router(anthropic.router)
     app.include_router(gemini.router)
+    # Mistral's and Together's, under /mistral/v1 and /together/v1 (their paths are OpenAI's)
+    app.include_router(mistral.router)
+    app.include_router(together.router)
     app.add_middleware(GatewayMiddleware, state=state)
     return app

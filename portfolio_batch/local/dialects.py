@@ -169,7 +169,24 @@ class _Gemini(Dialect):
         return None
 
 
-_DIALECTS: tuple[Dialect, ...] = (_Anthropic(), _Gemini())
+class _Bearer(Dialect):
+    """Mistral's and Together's routes under their prefix: a bearer key, OpenAI-shaped errors
+    (local/mistral.py, local/together.py)."""
+
+    name = "bearer"
+    prefixes = ("/mistral/", "/together/")
+
+    def refuse(self, scope: MutableMapping[str, Any], expected: str | None) -> ApiError | None:
+        auth = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if not token:
+            return ApiError(401, "An Authorization: Bearer <key> header is required.")
+        if not _matches(token, expected):
+            return ApiError(401, "Invalid API key: use the key this local server was started with.")
+        return None
+
+
+_DIALECTS: tuple[Dialect, ...] = (_Anthropic(), _Gemini(), _Bearer())
 
 
 def dialect_for(scope: MutableMapping[str, Any]) -> Dialect | None:
