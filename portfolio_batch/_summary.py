@@ -82,8 +82,9 @@ class Summary:
     def _cost_metric(self) -> str:
         if not self.simulated:
             return "actual_cost_usd"
-        # not "actual": nothing was paid
-        return f"cost_usd_at_openai_{'sync' if self.mode == 'sync' else 'batch'}_prices"
+        # not "actual": nothing was paid; and at whose prices (a Claude run is not priced at OpenAI's)
+        prices = "sync" if self.mode == "sync" else "batch"
+        return f"cost_usd_at_{self.provider or 'openai'}_{prices}_prices"
 
     def to_frame(self) -> pd.DataFrame:
         """The headline numbers as a two-column frame (metric, value)."""

@@ -1,6 +1,8 @@
 """The notebooks are guides, so what they show is checked here: each runs top to bottom in a real
 kernel on the embedded local server within a minute (01 through papermill, with parameters), and
-its outputs are read back. The committed files carry no outputs and no ``assert``."""
+its outputs are read back. 01 and 02 also run on Claude and Gemini models (the embedded server's
+Anthropic and Gemini routes), 03 prices them. The committed files carry no outputs and no
+``assert``."""
 
 from __future__ import annotations
 
@@ -8,11 +10,15 @@ import json
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import pytest
+
+import portfolio_batch as pb
+from portfolio_batch._backend import simulated_banner
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -20,6 +26,15 @@ WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 BUDGET_S = 60.0
 
 pytestmark = pytest.mark.slow
+
+# provider -> (model, name shown, key variable, batch USD per million input, per million output
+# tokens): the batch rates are half the providers' published synchronous ones, gpt-4o-mini
+# $0.15/$0.60, claude-haiku-4-5 $1/$5, gemini-2.5-flash $0.30/$2.50 per million tokens.
+PROVIDERS = {
+    "openai": ("gpt-4o-mini", "OpenAI", "OPENAI_API_KEY", 0.075, 0.30),
+    "anthropic": ("claude-haiku-4-5", "Anthropic", "ANTHROPIC_API_KEY", 0.50, 2.50),
+    "gemini": ("gemini-2.5-flash", "Gemini", "GEMINI_API_KEY", 0.15, 1.25),
+}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -35,13 +50,39 @@ def test_committed_notebook_is_a_guide_without_outputs(path: Path) -> None:
     assert len(params) == 1 and code.index(params[0]) == 0, "papermill needs a parameters cell"
 
 
+def _workdir(path: Path) -> Path:
+    """notebooks/ and testdata/portfolio.csv side by side, as in the repository."""
+    shutil.copytree(ROOT / "notebooks", path / "notebooks")
+    (path / "testdata").mkdir()
+    shutil.copy(ROOT / "testdata" / "portfolio.csv", path / "testdata")
+    return path
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    """notebooks/ and testdata/portfolio.csv side by side, as in the repository."""
-    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
-    (tmp_path / "testdata").mkdir()
-    shutil.copy(ROOT / "testdata" / "portfolio.csv", tmp_path / "testdata")
-    return tmp_path
+    return _workdir(tmp_path)
+
+
+DashboardRun = tuple[Any, float, Path]  # (executed notebook, seconds, its workdir)
+
+
+@pytest.fixture(scope="module")
+def dashboard_runs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], DashboardRun]:
+    """02_risk_dashboard on a provider's model, run once per module, in the first test that
+    asks (with that test's home and environment): the other providers' tests compare their
+    results with the OpenAI run's, and running it again would add 15 s."""
+    done: dict[str, DashboardRun] = {}
+
+    def run(provider: str) -> DashboardRun:
+        if provider not in done:
+            workdir = _workdir(tmp_path_factory.mktemp(f"dashboard-{provider}"))
+            # OpenAI: the committed parameters as they are; the others: their model only
+            params = {} if provider == "openai" else {"model": PROVIDERS[provider][0]}
+            nb, seconds = execute(workdir, "02_risk_dashboard", **params)
+            done[provider] = nb, seconds, workdir
+        return done[provider]
+
+    return run
 
 
 def execute(workdir: Path, name: str, **parameters: Any) -> tuple[Any, float]:
@@ -104,6 +145,25 @@ def no_errors(nb: Any) -> None:
 
 def images(nb: Any) -> int:
     return sum("image/png" in o.get("data", {}) for _, o in outputs(nb))
+
+
+def html_of(nb: Any) -> str:
+    return "\n".join(str(o.get("data", {}).get("text/html", "")) for _, o in outputs(nb))
+
+
+def cells(row_html: str) -> tuple[str, ...]:
+    """The text of each <td> of a table row."""
+    tds = re.findall(r"<td[^>]*>(.*?)</td>", row_html, flags=re.S)
+    return tuple(re.sub(r"<[^>]+>", "", td).strip() for td in tds)
+
+
+def dashboard_rows(nb: Any) -> dict[str, tuple[str, ...]]:
+    """ticker -> the cells of its row in the dashboard's static table (score, level, drivers,
+    rationale, status...)."""
+    (dash,) = find(nb, "text/html", "pb-dashboard")
+    body = dash["data"]["text/html"].split("<tbody>", 1)[1]
+    rows = [cells(r) for r in body.split("<tr>")[1:]]
+    return {r[0]: r for r in rows}
 
 
 def test_quickstart_runs_with_papermill_parameters(workdir: Path) -> None:
@@ -170,16 +230,22 @@ def test_quickstart_runs_on_the_provider_its_model_names(
     assert batch_id in html
 
 
+@pytest.mark.parametrize("provider", list(PROVIDERS))
 def test_risk_dashboard_starts_with_a_canary_lists_runs_and_shows_the_dashboard(
-    workdir: Path,
+    dashboard_runs: Callable[[str], DashboardRun], provider: str
 ) -> None:
-    nb, seconds = execute(workdir, "02_risk_dashboard")
+    """The same notebook on each provider's model (claude-*, gemini-*: their batch routes of the
+    embedded server): a canary, the runs list, the dashboard and the report, simulated and
+    saying whose key and prices; the rules engine is deterministic, so every position gets the
+    decision the OpenAI run gave it."""
+    model, name, key_var, rate_in, rate_out = PROVIDERS[provider]
+    nb, seconds, workdir = dashboard_runs(provider)
     no_errors(nb)
     assert seconds < BUDGET_S, f"{seconds:.0f} s"
     (card,) = find(nb, "text/html", "pb-run-card")
     plain = card["data"]["text/plain"]
     assert "Canary passed: 2 of 2 answers usable; the other 38 requests were sent" in plain
-    assert plain.count(" canary") == 1 and "[completed]" in plain
+    assert plain.count(" canary") == 1 and f"40 requests on {model} [completed]" in plain
     run_id = plain.split("] ")[1].split()[0]
     (runs,) = find(nb, "text/html", "pb-runs")
     assert run_id in runs["data"]["text/html"]
@@ -192,7 +258,34 @@ def test_risk_dashboard_starts_with_a_canary_lists_runs_and_shows_the_dashboard(
     text = text_of(nb)
     assert "weighted_risk" in text and "positions" in text
     assert any("2 Axes" in o.get("data", {}).get("text/plain", "") for _, o in outputs(nb))
-    assert (workdir / "notebooks" / "out" / "dashboard" / "report.html").is_file()
+    report = (workdir / "notebooks" / "out" / "dashboard" / "report.html").read_text("utf-8")
+    # simulated, naming the provider's key (the warning and the card) and prices (the summary,
+    # the card and the report)
+    (warning,) = [o.text for _, o in outputs(nb) if "SimulatedBackendWarning" in o.get("text", "")]
+    assert f"Set {key_var} to use {name}." in warning
+    assert "Simulated: these batches run on" in plain and f"Set {key_var} to use {name}." in plain
+    banner = simulated_banner("rules", provider=provider)
+    assert banner.endswith(f"at {name} batch prices.")
+    (summary,) = find(nb, "text/html", "portfolio_batch summary")
+    assert banner in summary["data"]["text/html"] and banner in report
+    assert f"<td>cost_usd_at_{provider}_batch_prices</td>" in summary["data"]["text/html"]
+    # the cost billed: the usage the server returns at the provider's batch rates, e.g. on
+    # Anthropic 12,290 prompt tokens x $0.50/M + 3,146 completion tokens x $2.50/M
+    # = $0.006145 + $0.007865 = $0.0140 (Gemini: x $0.15/M + x $1.25/M = $0.0058)
+    usage = re.search(r"prompt_tokens=(\d+), completion_tokens=(\d+)", text)
+    assert usage is not None
+    billed = int(usage[1]) * rate_in / 1e6 + int(usage[2]) * rate_out / 1e6
+    assert f"so far ${billed:.4f} at {name} batch prices (simulated)" in plain
+    assert f"this run would cost ${billed:.4f} at {name} batch prices" in report
+    backend = "local:embedded:rules" if provider == "openai" else f"{provider}:local:embedded:rules"
+    assert f"<td>{backend}</td>" in report
+    if provider != "openai":
+        # nothing points a Claude or Gemini user at OpenAI
+        # (the report's list of libraries names the openai package)
+        assert "openai" not in (text + html_of(nb)).lower()
+        assert "OpenAI" not in report and "OPENAI" not in report
+        # every position has the score, level, drivers and rationale of the OpenAI run
+        assert dashboard_rows(nb) == dashboard_rows(dashboard_runs("openai")[0])
 
 
 def test_cost_planning_prices_each_model_on_its_own(workdir: Path) -> None:
@@ -202,9 +295,55 @@ def test_cost_planning_prices_each_model_on_its_own(workdir: Path) -> None:
     models = ["gpt-4o-mini", "gpt-4.1-mini", "gpt-4.1", "gpt-4o"]
     html = "\n".join(str(o.get("data", {}).get("text/html", "")) for _, o in outputs(nb))
     assert all(m in html for m in models)
+    (per_model,) = find(nb, "text/html", "batch, upper bound")
+    assert "exact" in per_model["data"]["text/html"]  # tiktoken: OpenAI's own tokenizers
+    assert "approx" not in per_model["data"]["text/html"]
     assert "✓" in html and "✗" in html  # some models fit the smallest budget, some do not
     assert images(nb) == 1
     text = text_of(nb)
     assert text.count("50%") == 4  # the Batch API halves every model's price
     assert "gpt-4o-mini fits $0.01" in text  # check_budget on the smallest budget
     json.dumps(nb)  # the executed notebook is still valid JSON throughout
+
+
+def test_cost_planning_prices_claude_and_gemini_models_at_their_providers_batch_rates(
+    workdir: Path,
+) -> None:
+    """Claude and Gemini models side by side (nothing is sent, so one run covers both):
+    each priced at its provider's batch rates, half its synchronous price, its tokens
+    marked approximate."""
+    models = ["claude-haiku-4-5", "gemini-2.5-flash", "claude-sonnet-4-5", "gemini-2.5-pro"]
+    nb, seconds = execute(workdir, "03_cost_planning", models=models)
+    no_errors(nb)
+    assert seconds < BUDGET_S, f"{seconds:.0f} s"
+    (per_model,) = find(nb, "text/html", "batch, upper bound")
+    table = per_model["data"]["text/html"]
+    assert "approx" in table and "exact" not in table  # no offline tokenizer for these
+    # the upper bound by hand: the prompts' tokens (o200k_base, as the notebook counts them)
+    # and every answer at its max_tokens, at the providers' batch rates; on this portfolio
+    # claude-haiku-4-5: 12,370 x $0.50/M + 16,000 x $2.50/M = $0.006185 + $0.04 = $0.0462,
+    # synchronous 12,370 x $1/M + 16,000 x $5/M = $0.0924; gemini-2.5-flash: 12,370 x $0.15/M
+    # + 16,000 x $1.25/M = $0.0219, synchronous x $0.30/M + x $2.50/M = $0.0437
+    requests = pb.build_requests(
+        pb.load_portfolio(ROOT / "testdata" / "portfolio.csv"), model=models[0]
+    )
+    tokens = int(pb.estimate_cost(requests)["input_tokens"].sum())
+    answers = int(sum(body["max_tokens"] for body in requests["body"]))
+    for model in ("claude-haiku-4-5", "gemini-2.5-flash"):
+        provider = "anthropic" if model.startswith("claude") else "gemini"
+        rate_in, rate_out = PROVIDERS[provider][3:]
+        batch = tokens * rate_in / 1e6 + answers * rate_out / 1e6
+        row = next(r for r in table.split("<tr>") if f">{model}</th>" in r)
+        assert cells(row) == (
+            f"${batch:.4f}",  # batch, upper bound
+            f"${(tokens * rate_in / 1e6 + answers / 2 * rate_out / 1e6):.4f}",  # half max_tokens
+            f"${2 * batch:.4f}",  # synchronous
+            "approx",
+        ), model
+    text = text_of(nb)
+    assert text.count("50%") == 4  # the Batch API halves every model's price
+    assert (
+        f"claude-haiku-4-5 on $0.01: The estimated batch cost ${tokens * 0.5e-6 + answers * 2.5e-6:.4f}"
+        in text
+    )
+    assert images(nb) == 1
