@@ -83,7 +83,15 @@ def _strip(model: str) -> str:
 # genai-prices' provider id for each of our providers (``_providers.provider_of``): a claude
 # model is priced at Anthropic's rates, a gemini model at Google's, anything else at OpenAI's
 # (an Azure deployment name included, which you price with prices=).
-_PRICE_PROVIDERS = {"openai": "openai", "anthropic": "anthropic", "gemini": "google"}
+_PRICE_PROVIDERS = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "gemini": "google",
+    "mistral": "mistral",  # genai-prices has Mistral's batch rates (half the sync ones)
+}
+# Providers whose batch rates no maintained table has (genai-prices 0.2 gives Together's sync
+# rates only, the same with processing="batch"): their price is unknown unless prices= gives it.
+_NO_BATCH_PRICES = {"together": "Together AI"}
 # Rates are read off 1,000 tokens, not a million: a million prompt tokens would land in the
 # long-context tier of claude-sonnet-4-5 or gemini-2.5-pro (prompts over 200k tokens cost 2x).
 _RATE_TOKENS = 1_000
@@ -223,9 +231,18 @@ def _genai_price(model: str, provider: str) -> Price:
             "or prices='prices.csv' (columns model,input,output); for Azure, price your deployment "
             "name like this"
         ) from None
+    source = "genai-prices"
+    if fields["batch_input"] == fields["input"] and fields["batch_output"] == fields["output"]:
+        # The table has this model's standard rates but not its batch ones (claude-opus-4-1,
+        # gemini-2.0-flash, ...): it answers the standard rates for processing="batch". Every
+        # provider we send to bills batches at half its standard rates (shared/providers.md),
+        # so halve them rather than estimate a batch at twice its price.
+        for name in ("input", "output", "cached_input", "cache_write_input"):
+            fields[f"batch_{name}"] = fields[name] / 2
+        source = "genai-prices (batch rates: half its standard ones)"
     return Price(
         model=model,
-        source="genai-prices",
+        source=source,
         version=f"genai-prices {genai_prices.__version__}",
         **fields,
     )
@@ -255,10 +272,17 @@ def _price_provider(model: str, provider: str | None) -> str:
     name = provider or _provider(model)
     if name == "azure":
         return "openai"  # Azure's batch prices are OpenAI's (price a deployment with prices=)
+    if name in _NO_BATCH_PRICES:
+        raise PricingError(
+            f"No batch price is known for model {model!r} at {_NO_BATCH_PRICES[name]}: no "
+            "maintained price table (genai-prices) has its batch rates, and none is guessed. "
+            f'Pass them, in USD per million tokens: prices={{"{model}": {{"batch_input": ..., '
+            '"batch_output": ..., "input": ..., "output": ...}} or prices=\'prices.csv\''
+        )
     if name not in _PRICE_PROVIDERS:
         raise InputError(
-            f"provider={name!r} is not known; use openai, azure, anthropic or gemini "
-            "(or leave it out: the model name decides)"
+            f"provider={name!r} is not known; use openai, azure, anthropic, gemini, mistral "
+            "or together (or leave it out: the model name decides)"
         )
     return _PRICE_PROVIDERS[name]
 

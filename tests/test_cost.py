@@ -259,6 +259,27 @@ def test_claude_and_gemini_are_priced_at_their_providers_batch_rates() -> None:
     assert price_for("claude-haiku-4-5").source == "genai-prices"
 
 
+# Models genai-prices 0.2.3 prices at standard rates only (it answers them for
+# processing="batch" too): claude-opus-4-1 $15/$75 per M, gemini-2.0-flash $0.10/$0.40.
+OPUS_41 = {"input": 15.00, "output": 75.00, "cache_read": 1.50}
+FLASH_20 = {"input": 0.10, "output": 0.40}
+
+
+def test_a_model_without_batch_rates_in_the_table_is_priced_at_half_its_standard_ones() -> None:
+    o, f = OPUS_41, FLASH_20
+    # 1,000 prompt tokens and 200 answer tokens: (1000 x 15 + 200 x 75) / 1e6 = $0.030 sync,
+    # $0.015 in a batch (not $0.030: that would show batch saving nothing)
+    assert cost_usd("claude-opus-4-1", 1000, 200, batch=False) == pytest.approx(0.030)
+    assert cost_usd("claude-opus-4-1", 1000, 200) == pytest.approx(0.015)
+    # 400 cached: (600 x 15 + 400 x 1.5 + 200 x 75) / 2 / 1e6 = $0.0123
+    assert cost_usd("claude-opus-4-1", 1000, 200, 400) == pytest.approx(0.0123)
+    assert price_for("gemini-2.0-flash").batch_output == f["output"] / 2 == 0.20
+    assert price_for("claude-opus-4-1").batch_input == o["input"] / 2
+    assert "half its standard" in price_for("claude-opus-4-1").source
+    # a model the table has batch rates for keeps them, and says so plainly
+    assert price_for("gpt-4o-mini").source == "genai-prices"
+
+
 def test_estimate_cost_of_a_claude_run_is_marked_approximate(requests: pd.DataFrame) -> None:
     portfolio = requests.drop(columns=["custom_id", "method", "url", "body"]).reset_index(drop=True)
     claude = build_requests(portfolio, model="claude-haiku-4-5")
