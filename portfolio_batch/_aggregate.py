@@ -331,7 +331,9 @@ class Collector:
         typed.update((name, _int_column(arr)) for name, arr in tokens.items())
         put["requested_model"][:] = _request_models(requests)
         engine, priced = _provenance(put["model"], put["requested_model"], backend)
-        typed["cost_usd"] = _cost(priced, tokens, prices=prices, batch=batch)
+        typed["cost_usd"] = _cost(
+            priced, tokens, prices=prices, batch=batch, provider=_pricing_at(backend)
+        )
         for c in requests.columns:
             if c not in _NOT_DATA:
                 typed[c] = requests[c].array
@@ -747,8 +749,23 @@ def _typed(values: Any, dtype: str) -> Any:
         return values
 
 
+def _pricing_at(backend: str | None) -> str | None:
+    """The ``provider=`` the answers of ``backend`` (one name, or several joined by ", ") are
+    priced at: its provider's when all ran at one that has its own price table entries."""
+    from portfolio_batch._backend import provider_of_backend
+    from portfolio_batch._cost import pricing_provider
+
+    found = {pricing_provider(provider_of_backend(b)) for b in (backend or "").split(", ")}
+    return found.pop() if len(found) == 1 else None
+
+
 def _cost(
-    models: np.ndarray, tokens: dict[str, np.ndarray], *, prices: Any, batch: bool
+    models: np.ndarray,
+    tokens: dict[str, np.ndarray],
+    *,
+    prices: Any,
+    batch: bool,
+    provider: str | None = None,
 ) -> np.ndarray:
     """Actual cost per row: priced once per model, over whole token arrays. Reasoning tokens are
     inside completion_tokens (OpenAI's usage), so they are priced as output once, not added."""
@@ -759,7 +776,16 @@ def _cost(
     billed = (prompt > 0) | (completion > 0)
     names = set(models[billed].tolist())
     if len(names) == 1:  # the usual case: one model; rows without usage cost 0 anyway
-        return _priced(names.pop(), prompt, completion, cached, written, prices=prices, batch=batch)
+        return _priced(
+            names.pop(),
+            prompt,
+            completion,
+            cached,
+            written,
+            prices=prices,
+            batch=batch,
+            provider=provider,
+        )
     cost = np.zeros(len(models))
     for model in names:
         mask = billed & (models == model)
@@ -771,6 +797,7 @@ def _cost(
             written[mask],
             prices=prices,
             batch=batch,
+            provider=provider,
         )
     return cost
 
@@ -784,6 +811,7 @@ def _priced(
     *,
     prices: Any,
     batch: bool,
+    provider: str | None = None,
 ) -> np.ndarray:
     from portfolio_batch._cost import cost_usd
 
@@ -801,6 +829,7 @@ def _priced(
                 cache_write_tokens=written,
                 batch=batch,
                 prices=prices,
+                provider=provider,
             ),
             dtype=float,
         )

@@ -171,6 +171,20 @@ def simulated_banner(
     )
 
 
+def banner_of(attrs: Mapping[Any, Any]) -> str:
+    """``simulated_banner`` for a results frame's ``attrs``: its engine, mode and provider
+    (from the backend name), so every place that shows results says the same line.
+
+    >>> banner_of({"engine": "rules", "backend": "anthropic:local:embedded:rules"})[-31:]
+    'cost at Anthropic batch prices.'
+    """
+    return simulated_banner(
+        attrs.get("engine"),
+        mode=attrs.get("mode", "batch"),
+        provider=provider_of_backend(attrs.get("backend")),
+    )
+
+
 def engine_of(backend: str | None) -> str | None:
     """The engine of an embedded-server backend name (``local:embedded:rules`` → ``rules``).
 

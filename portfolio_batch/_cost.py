@@ -88,6 +88,7 @@ _PRICE_PROVIDERS = {
     "anthropic": "anthropic",
     "gemini": "google",
     "mistral": "mistral",  # genai-prices has Mistral's batch rates (half the sync ones)
+    "groq": "groq",  # some batch rates (openai/gpt-oss-*); the others are halved (_genai_price)
 }
 # Providers whose batch rates no maintained table has (genai-prices 0.2 gives Together's sync
 # rates only, the same with processing="batch"): their price is unknown unless prices= gives it.
@@ -208,7 +209,9 @@ def _genai_price(model: str, provider: str) -> Price:
     def rate(usage: Usage, batch: bool) -> float:
         context: Any = {"processing": "batch"} if batch else None
         # No request timestamp: an old one silently drops the batch rates (shared/choices.md).
-        result = calc_price(usage, _strip(model), provider_id=provider, price_context=context)
+        # Groq's model ids keep their "openai/" (openai/gpt-oss-120b is Groq's name for it)
+        ref = model if provider == "groq" else _strip(model)
+        result = calc_price(usage, ref, provider_id=provider, price_context=context)
         return float(result.total_price * (_PER // n))  # Decimal: exact per-million rates
 
     try:
@@ -267,6 +270,26 @@ def price_for(model: str, *, prices: PricesArg = None, provider: str | None = No
     return _genai_price(model, _price_provider(model, provider))
 
 
+def _exact_tokens(model: str, provider: str | None) -> bool:
+    """Whether ``model``'s prompt tokens are counted exactly: only OpenAI's (and Azure's)
+    tokenizers ship offline; Claude, Gemini and the open models of Groq, Mistral and Together
+    are counted with o200k_base, approximately."""
+    return (provider or _provider(model)) in ("openai", "azure")
+
+
+def pricing_provider(provider: str | None) -> str | None:
+    """The ``provider=`` to price answers with, from the provider they ran at
+    (``_backend.provider_of_backend``): its own rates where a price table has the provider
+    (a Mistral model is not priced as an OpenAI one), else None, the model name deciding (OpenAI,
+    Azure, Groq: their models' names are what genai-prices knows them by).
+
+    >>> pricing_provider("mistral"), pricing_provider("groq"), pricing_provider(None)
+    ('mistral', None, None)
+    """
+    known = provider in _PRICE_PROVIDERS or provider in _NO_BATCH_PRICES
+    return provider if known and provider != "openai" else None
+
+
 def _price_provider(model: str, provider: str | None) -> str:
     """genai-prices' provider id for ``model`` on ``provider`` (None: from the model name)."""
     name = provider or _provider(model)
@@ -281,8 +304,8 @@ def _price_provider(model: str, provider: str | None) -> str:
         )
     if name not in _PRICE_PROVIDERS:
         raise InputError(
-            f"provider={name!r} is not known; use openai, azure, anthropic, gemini, mistral "
-            "or together (or leave it out: the model name decides)"
+            f"provider={name!r} is not known; use openai, azure, anthropic, gemini, mistral, "
+            "groq or together (or leave it out: the model name decides)"
         )
     return _PRICE_PROVIDERS[name]
 
@@ -297,6 +320,7 @@ def cost_usd(
     cache_write_tokens: int = 0,
     batch: bool = True,
     prices: PricesArg = None,
+    provider: str | None = None,
 ) -> float: ...
 
 
@@ -310,6 +334,7 @@ def cost_usd(
     cache_write_tokens: Any = 0,
     batch: bool = True,
     prices: PricesArg = None,
+    provider: str | None = None,
 ) -> Any: ...
 
 
@@ -322,16 +347,18 @@ def cost_usd(
     cache_write_tokens: Any = 0,
     batch: bool = True,
     prices: PricesArg = None,
+    provider: str | None = None,
 ) -> Any:
     """USD for actual usage: ``input_tokens`` (the API's prompt_tokens, cached and cache-written
     ones included), ``output_tokens`` (completion_tokens, reasoning included), ``cached_tokens``
-    and ``cache_write_tokens``. Scalars give a float; arrays/Series give an array.
+    and ``cache_write_tokens``, at ``provider``'s rates (default: from the model name, see
+    :func:`price_for`). Scalars give a float; arrays/Series give an array.
 
         >>> round(cost_usd("gpt-4o-mini", 1_000_000, 1_000_000), 6)
         0.375
     """
     return _cost(
-        price_for(model, prices=prices),
+        price_for(model, prices=prices, provider=provider),
         input_tokens,
         output_tokens,
         cached_tokens,
@@ -494,7 +521,7 @@ def estimate_cost(
         batch[sel] = _cost(price, in_tokens[sel], out_est[sel], batch=True)
         sync[sel] = _cost(price, in_tokens[sel], out_est[sel], batch=False)
     # no offline tokenizer for these
-    approx = [m for m in unique if _price_provider(m, provider) != "openai"]
+    approx = [m for m in unique if not _exact_tokens(m, provider)]
     index = pd.Index(ids, name="custom_id", dtype=object)
     costs = pd.DataFrame(
         {
@@ -591,9 +618,7 @@ def compare_models(
                 "sync_cost_usd": sync,
                 "savings_usd": sync - batch,
                 "price_source": price.version,
-                "token_count": "exact"
-                if _price_provider(model, provider) == "openai"
-                else "approx",
+                "token_count": "exact" if _exact_tokens(model, provider) else "approx",
                 # the bodies say so only for the model they were written for
                 "output_includes_reasoning": _reasoning(
                     model, bodies[0] if bodies and bodies[0].get("model") == model else None

@@ -44,13 +44,9 @@ def csv_notice(results: pd.DataFrame) -> str | None:
     """
     if not results.attrs.get("simulated"):
         return None
-    from portfolio_batch._backend import provider_of_backend, simulated_banner
+    from portfolio_batch._backend import banner_of
 
-    banner = simulated_banner(
-        results.attrs.get("engine"),
-        mode=results.attrs.get("mode", "batch"),
-        provider=provider_of_backend(results.attrs.get("backend")),
-    )
+    banner = banner_of(results.attrs)
     return (
         f"# {banner.replace(', ', ' - ').replace(',', ' ')} "
         "Skip this line to read the table (pandas: skiprows=1)."
@@ -154,11 +150,9 @@ def _sheets(
             summary.append((f"share of gross weight: {rec['risk_level']}", rec["share"]))
     summary += [("definitions", DEFINITIONS), ("disclaimer", "LLM opinion, not investment advice.")]
     if results.attrs.get("simulated"):
-        from portfolio_batch._backend import provider_of_backend, simulated_banner
+        from portfolio_batch._backend import banner_of
 
-        provider = provider_of_backend(results.attrs.get("backend"))
-        banner = simulated_banner(results.attrs.get("engine"), provider=provider)
-        summary.insert(0, ("simulated", banner))
+        summary.insert(0, ("simulated", banner_of(results.attrs)))
     sheets: dict[str, pd.DataFrame] = {
         "Summary": pd.DataFrame(summary, columns=["item", "value"]),
     }

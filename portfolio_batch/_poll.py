@@ -213,12 +213,15 @@ def batch_usage(batch: dict[str, Any]) -> dict[str, Any] | None:
     return scheme("input_tokens", "output_tokens") or scheme("prompt_tokens", "completion_tokens")
 
 
-def _actual_cost(usage: dict[str, Any] | None, model: str, *, prices: Any = None) -> float | None:
+def _actual_cost(
+    usage: dict[str, Any] | None, model: str, *, prices: Any = None, backend: str | None = None
+) -> float | None:
     """The batch price of a Batch's usage (``batch_usage``); reasoning tokens are inside the
     output tokens, priced once."""
     if not usage or not model:
         return None
-    from portfolio_batch._cost import cost_usd
+    from portfolio_batch._backend import provider_of_backend
+    from portfolio_batch._cost import cost_usd, pricing_provider
 
     details = usage["input_tokens_details"]
     try:
@@ -231,6 +234,7 @@ def _actual_cost(usage: dict[str, Any] | None, model: str, *, prices: Any = None
                 cache_write_tokens=details["cache_write_tokens"],
                 batch=True,
                 prices=prices,
+                provider=pricing_provider(provider_of_backend(backend)),
             )
         )
     except PricingError:
@@ -294,7 +298,9 @@ def _refresh(
             log.warning("checking batch %s failed (%s); trying again", row["batch_id"], exc)
             continue
         terminal = batch["status"] in TERMINAL
-        cost = _actual_cost(batch["usage"], batch.get("model") or row["model"])
+        cost = _actual_cost(
+            batch["usage"], batch.get("model") or row["model"], backend=row.get("backend")
+        )
         reg.update_batch(batch, actual_cost_usd=cost if terminal else None)
         run = reg.run(row["run_id"]) or {}
         if (

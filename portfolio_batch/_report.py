@@ -277,7 +277,7 @@ def _header(
     run_id: str | None,
     money: Money,
 ) -> dict[str, Any]:
-    from portfolio_batch._backend import provider_of_backend, simulated_banner
+    from portfolio_batch._backend import banner_of
 
     simulated = bool(results.attrs.get("simulated"))
     engine = results.attrs.get("engine")
@@ -320,13 +320,7 @@ def _header(
         "portfolio": portfolio or "Unnamed portfolio",
         "as_of": as_of,
         "run_id": run_id or "not recorded",
-        "simulated": simulated_banner(
-            engine,
-            mode=results.attrs.get("mode", "batch"),
-            provider=provider_of_backend(results.attrs.get("backend")),
-        )
-        if simulated
-        else "",
+        "simulated": banner_of(results.attrs) if simulated else "",
         "degenerate": headline(flags) or "",
         "facts": [{"note": "", "cls": "", **f} for f in facts],
     }

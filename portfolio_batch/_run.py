@@ -242,13 +242,15 @@ def _canary_rows(n: int, size: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, size).round().astype(int))
 
 
-def _with_costs(manifest: pd.DataFrame, prices: PricesArg, *, required: bool) -> pd.DataFrame:
+def _with_costs(
+    manifest: pd.DataFrame, prices: PricesArg, *, required: bool, provider: str | None = None
+) -> pd.DataFrame:
     """The manifest with each shard's estimated batch cost (``est_cost_usd``), which ``submit``
     then takes as is: the watcher sends without needing ``prices=`` again."""
     from portfolio_batch._submit import _shard_costs
 
     out = manifest.copy()
-    out["est_cost_usd"] = _shard_costs(manifest, prices, required=required)
+    out["est_cost_usd"] = _shard_costs(manifest, prices, required=required, provider=provider)
     out.attrs = dict(manifest.attrs)
     return out
 
@@ -1186,7 +1188,14 @@ def start(
         }
     else:
         manifests = [("all", manifest)]
-    manifests = [(n, _with_costs(m, prices, required=budget_usd is not None)) for n, m in manifests]
+    from portfolio_batch._backend import provider_of_backend
+    from portfolio_batch._cost import pricing_provider
+
+    at = pricing_provider(provider_of_backend(backend_name(c)))  # Mistral's rates on Mistral
+    manifests = [
+        (n, _with_costs(m, prices, required=budget_usd is not None, provider=at))
+        for n, m in manifests
+    ]
     estimates = [_sum_known(m["est_cost_usd"]) for _, m in manifests]
     total = sum(e for e in estimates if e is not None)
     if budget_usd is not None and total > budget_usd:

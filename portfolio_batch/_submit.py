@@ -22,10 +22,10 @@ from typing import Any
 import openai
 import pandas as pd
 
-from portfolio_batch._backend import backend_name, client_for
+from portfolio_batch._backend import backend_name, client_for, provider_of_backend
 from portfolio_batch._backend import client as default_client
 from portfolio_batch._contract import CANCELLING, DEAD, MANIFEST_REQUIRED, TERMINAL
-from portfolio_batch._cost import PricesArg
+from portfolio_batch._cost import PricesArg, pricing_provider
 from portfolio_batch._create import (
     ServerIndex,
     adopt,
@@ -138,7 +138,7 @@ def _user_metadata(metadata: dict[str, Any] | None) -> dict[str, str]:
 
 
 def _shard_costs(
-    manifest: pd.DataFrame, prices: PricesArg, *, required: bool
+    manifest: pd.DataFrame, prices: PricesArg, *, required: bool, provider: str | None = None
 ) -> list[float | None]:
     """Estimated batch cost per shard: the manifest's ``est_cost_usd`` if it has one, else its
     tokens at batch prices with every request using its whole ``max_tokens`` (an upper bound)."""
@@ -158,6 +158,7 @@ def _shard_costs(
                         0 if pd.isna(output) else int(output),
                         batch=True,
                         prices=prices,
+                        provider=provider,
                     )
                 )
             )
@@ -200,7 +201,10 @@ def submit(
     excluded = _excluded(manifest_or_requests, exclude_batches)
     manifest = _as_manifest(manifest_or_requests, out_dir)
     user_md = _user_metadata(metadata)
-    costs = _shard_costs(manifest, prices, required=budget_usd is not None)
+    # priced at the rates of where it will run: a Mistral model at Mistral's (a client given);
+    # with none, the model name picks both the provider and its prices
+    at = pricing_provider(provider_of_backend(backend_name(client))) if client else None
+    costs = _shard_costs(manifest, prices, required=budget_usd is not None, provider=at)
     if budget_usd is not None:
         total = sum(c for c in costs if c is not None)
         if total > budget_usd:

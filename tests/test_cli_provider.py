@@ -65,6 +65,12 @@ def test_a_claude_model_runs_on_anthropic_end_to_end(tmp_path: Path, local_serve
 
     jobs = pb.jobs()
     assert len(jobs) == 1 and str(jobs["backend"].iloc[0]).startswith("anthropic")
+    # `report` of the run later says the simulated costs are Anthropic's, as the run did
+    again = run_cli("report", str(jobs["run_id"].iloc[0]), "--out", tmp_path / "rep",
+                    cwd=tmp_path, env=env)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    flat = " ".join(again.stdout.split())
+    assert "at Anthropic batch prices" in flat and "OpenAI batch prices" not in flat
     pd.testing.assert_frame_equal(answers(out), openai_answers(tmp_path, local_server))
 
 
@@ -147,3 +153,32 @@ def test_estimate_prices_each_provider_and_marks_approximate_counts(tmp_path: Pa
         cwd=tmp_path, env=cli_env(),
     )  # fmt: skip
     assert wrong.returncode == 2 and "claude-haiku-4-5" in wrong.stderr and "openai" in wrong.stderr
+
+
+@pytest.mark.slow
+def test_together_runs_from_the_cli_with_a_prices_file(tmp_path: Path, local_server: Any) -> None:
+    """No price table has Together's batch rates: without --prices the run stops before sending
+    anything and says so; with a --prices CSV it runs end to end, priced at those rates."""
+    env = cli_env(
+        TOGETHER_API_KEY=local_server.api_key,
+        TOGETHER_BASE_URL=local_server.base_url.removesuffix("/v1") + "/together/v1",
+    )
+    model = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
+    args = ("analyze-risk", PORTFOLIO, "--batch", "--provider", "together", "--model", model,
+            "--yes")  # fmt: skip
+    refused = run_cli(*args, "--out", tmp_path / "no", cwd=tmp_path, env=env)
+    assert refused.returncode == 2, refused.stderr
+    assert "Together" in error_lines(refused.stderr)[-1]
+    assert "--prices" in refused.stderr
+
+    prices = tmp_path / "prices.csv"
+    prices.write_text(f"model,input,output,batch_input,batch_output\n{model},0.88,0.88,0.44,0.44\n")
+    out = tmp_path / "out"
+    proc = run_cli(*args, "--prices", prices, "--out", out, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    csv = read_results(out / "results.csv")
+    assert len(csv) == N_POSITIONS and set(csv["status"]) == {"succeeded"}
+    # every answer at $0.44 per million tokens in and out, from the usage returned
+    tokens = csv["prompt_tokens"] + csv["completion_tokens"]
+    assert csv["cost_usd"].to_numpy() == pytest.approx((tokens * 0.44 / 1e6).to_numpy())
+    assert "at Together AI batch prices" in (out / "report.html").read_text()

@@ -49,6 +49,12 @@ def test_groq_run_end_to_end(
     assert jobs["status"].eq("completed").all()
     out = pb.aggregate_df(jobs, requests)
     assert out["status"].eq("succeeded").all() and len(out) == len(portfolio)
+    # priced at Groq's rates for the model (genai-prices: llama-3.3-70b-versatile $0.59 in,
+    # $0.79 out per M, no batch rate there, so half: Groq's batch discount), never left unknown
+    assert (out["cached_tokens"] == 0).all()
+    billed = (out["prompt_tokens"] * 0.295 + out["completion_tokens"] * 0.395) / 1e6
+    assert out["cost_usd"].to_numpy() == pytest.approx(billed.to_numpy())
+    assert jobs["est_cost_usd"].notna().all()
     assert sorted(out["ticker"]) == sorted(portfolio["ticker"])
     # the batches are on the server the base URL names, with our metadata (creation rule)
     on_server = {b.id: b for b in openai_client.batches.list(limit=100)}

@@ -76,6 +76,16 @@ def test_mistral_run_gives_the_openai_paths_results(
     assert mistral["status"].eq("succeeded").all()
     assert mistral.attrs["simulated"] is True
     assert (mistral["prompt_tokens"] > 0).all() and (mistral["completion_tokens"] > 0).all()
+    # priced at Mistral's batch rates (genai-prices: mistral-small-latest $0.15 in, $0.60 out,
+    # $0.015 cached per M; batch half), from the usage returned, not left unknown as an
+    # unknown OpenAI model would be
+    fresh = mistral["prompt_tokens"] - mistral["cached_tokens"]
+    billed = (fresh * 0.075 + mistral["cached_tokens"] * 0.0075
+              + mistral["completion_tokens"] * 0.30) / 1e6  # fmt: skip
+    assert mistral["cost_usd"].to_numpy() == pytest.approx(billed.to_numpy())
+    # the jobs' estimate: each shard's input tokens and its whole max_tokens, at those rates
+    upper = (manifest["est_input_tokens"] * 0.075 + manifest["max_output_tokens"] * 0.30) / 1e6
+    assert jobs.set_index("shard")["est_cost_usd"].to_numpy() == pytest.approx(upper.to_numpy())
     # submitting again creates nothing
     again = pb.submit(manifest, client=pb.client(provider="mistral"))
     assert sorted(again["batch_id"]) == sorted(jobs["batch_id"])

@@ -4,6 +4,7 @@ date (shown in the report, and how its previous run is found)."""
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -14,6 +15,7 @@ __all__ = [
     "FxDate",
     "FxRate",
     "Name",
+    "Prices",
     "Provider",
     "ProviderOption",
     "money_options",
@@ -56,6 +58,20 @@ def provider_for(flag: Provider | str | None, model: str) -> str:
     from portfolio_batch._providers import provider_of
 
     return provider_of(model)
+
+
+Prices = Annotated[
+    Path | None,
+    typer.Option(
+        "--prices",
+        help="A CSV of prices in USD per million tokens for models no price table has (Together's, "
+        "an Azure deployment's): columns model,input,output, and batch_input,batch_output when "
+        "the batch rates are not half of those.",
+        exists=True,
+        dir_okay=False,
+        show_default=False,
+    ),
+]
 
 
 Currency = Annotated[

@@ -201,6 +201,13 @@ def aggregate_run(
     paths = [str(p) for p in jobs.sort_values("shard")["path"].tolist()]
     info = load_run_info(Path(paths[0]).parent)
     requests = requests_from_shards(paths, info=info)
-    costs = pb.estimate_cost(requests)
-    results = pb.aggregate_df(jobs, requests, client=client)
+    from portfolio_batch._aggregate import _jobs_backend
+    from portfolio_batch._backend import provider_of_backend
+    from portfolio_batch._cost import pricing_provider
+
+    # priced as the run was: at the rates of where it ran, with its --prices file if it had one
+    prices = info.get("prices")
+    provider = pricing_provider(provider_of_backend(_jobs_backend(jobs, client, default=False)))
+    costs = pb.estimate_cost(requests, prices=prices, provider=provider)
+    results = pb.aggregate_df(jobs, requests, client=client, prices=prices)
     return results, requests, costs, info

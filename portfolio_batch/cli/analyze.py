@@ -16,10 +16,11 @@ from portfolio_batch.cli._options import (
     FxDate,
     FxRate,
     Name,
+    Prices,
     ProviderOption,
     provider_for,
 )
-from portfolio_batch.errors import BudgetExceededError, InputError
+from portfolio_batch.errors import BudgetExceededError, InputError, PricingError
 
 __all__ = ["Engine", "analyze_risk", "engine_option"]
 
@@ -75,6 +76,7 @@ def analyze_risk(
     ] = True,
     model: Annotated[str, typer.Option("--model", "-m", help="The model to ask.")] = "gpt-4o-mini",
     provider: ProviderOption = None,
+    prices: Prices = None,
     budget: Annotated[
         float | None,
         typer.Option(
@@ -164,11 +166,21 @@ def analyze_risk(
         "as_of": as_of,
         "portfolio_sha256": file_sha256(portfolio),
         **money,
+        # what the costs are priced at later (report, resume): the file, read again then
+        **({"prices": str(prices.resolve())} if prices is not None else {}),
     }
+    priced = str(prices) if prices is not None else None
     # Before the work and the money: a --out that is a file or read-only is one line, exit 2.
     out_dir = writable_dir(out_dir, what="--out").resolve()
     requests = pb.build_requests(frame, model=model, max_tokens=max_tokens)
-    costs = pb.estimate_cost(requests, provider=provider_name, **money)
+    try:
+        costs = pb.estimate_cost(requests, provider=provider_name, prices=priced, **money)
+    except PricingError as exc:  # the Python advice (prices=...) in the CLI's terms
+        raise PricingError(
+            f"{str(exc).split(' Pass ')[0]} Give the prices in USD per million tokens with "
+            f"--prices prices.csv (columns model,input,output,batch_input,batch_output; a row "
+            f"for {model}); nothing was sent."
+        ) from None
     # The run id is chosen here so the shards go to their own directory: a later run into the
     # same --out must not rewrite the files this run's results are matched against.
     run_id = new_run_id() if batch else "sync-" + new_run_id().removeprefix("run-")
@@ -199,7 +211,7 @@ def analyze_risk(
             review=review,
         )
         err.print(f"Sending {len(requests)} requests synchronously...")
-        results = pb.run_sync(requests, client=client, progress=err.is_terminal)
+        results = pb.run_sync(requests, client=client, progress=err.is_terminal, prices=priced)
         raise typer.Exit(
             finish(
                 results,
@@ -223,7 +235,7 @@ def analyze_risk(
         out_dir=out_dir,
         review=review,
     )
-    jobs = pb.submit(manifest, client=client, budget_usd=budget, run_id=run_id)
+    jobs = pb.submit(manifest, client=client, budget_usd=budget, run_id=run_id, prices=priced)
     if str(jobs["run_id"].iloc[0]) != run_id:
         # Shards submitted before come back as that earlier run's batches.
         run_id = str(jobs["run_id"].iloc[0])
@@ -238,7 +250,7 @@ def analyze_risk(
         )
     err.print(Text.assemble("Run ", (run_id, "bold"), f": {len(jobs)} batch(es) submitted."))
     jobs = poll_run(jobs, client=client, out_dir=out_dir)
-    results = pb.aggregate_df(jobs, requests, client=client)
+    results = pb.aggregate_df(jobs, requests, client=client, prices=priced)
     raise typer.Exit(
         finish(
             results,

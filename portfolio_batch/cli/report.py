@@ -182,9 +182,9 @@ def report(
         err.print(Text(f"No results.xlsx: {exc}", style="yellow"))
 
     if results.attrs.get("simulated"):
-        from portfolio_batch._backend import simulated_banner
+        from portfolio_batch._backend import banner_of
 
-        out.print(Text(simulated_banner(results.attrs.get("engine")), style="bold yellow"))
+        out.print(Text(banner_of(results.attrs), style="bold yellow"))
     out.print(
         Text(f"Run {run_id} · {found.portfolio or 'unnamed portfolio'} · as of {found.as_of}")
     )
