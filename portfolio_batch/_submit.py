@@ -170,6 +170,25 @@ def _shard_costs(
     return out
 
 
+def _within_limits(manifest: pd.DataFrame, c: Any) -> None:
+    """Refuse, before any upload, a shard bigger than one batch of the provider may be (Groq
+    and Together take 100 MB, to_jsonl's default shard is OpenAI's 200 MiB): one InputError
+    naming the shard and the to_jsonl limits that fit, instead of a rejected upload."""
+    limits = backend_of(c).limits
+    for row in manifest.to_dict("records"):
+        n, size = int(row["n_requests"]), row.get("n_bytes")
+        big = not pd.isna(size) and int(size) > limits.max_bytes
+        if n > limits.max_requests or big:
+            raise InputError(
+                f"Shard {row['shard']} ({row['path']}) has {n:,} requests"
+                + (f" and {int(size):,} bytes" if not pd.isna(size) else "")
+                + f"; a batch at {backend_of(c).name} takes at most {limits.max_requests:,} "
+                f"requests and {limits.max_bytes:,} bytes. Nothing was uploaded. Write smaller "
+                f"shards: to_jsonl(requests, out_dir, max_requests={limits.max_requests}, "
+                f"max_bytes={limits.max_bytes})."
+            )
+
+
 # -- public API ------------------------------------------------------------------------------------
 def submit(
     manifest_or_requests: pd.DataFrame,
@@ -226,6 +245,7 @@ def submit(
                 f"max_input_tokens={max_enqueued_tokens})."
             )
     c = client if client is not None else default_client(provider=_provider(manifest))
+    _within_limits(manifest, c)
     backend = backend_name(c)
     run_id = run_id or new_run_id()
     index = ServerIndex(c)

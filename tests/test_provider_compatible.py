@@ -139,3 +139,23 @@ def test_unknown_provider_lists_the_compatible_ones() -> None:
         InputError, match=r"not known; use one of openai, .*mistral, together, groq, fireworks"
     ):
         pb.client(provider="grok")
+
+
+def test_a_shard_over_groqs_100_mb_is_refused_before_any_upload(
+    on_groq: str, openai_client: Any, portfolio: pd.DataFrame, tmp_path: Path
+) -> None:
+    """to_jsonl's default shard is OpenAI's 200 MiB; Groq takes 100 MB per file. A shard over
+    that is refused by submit, naming it and the to_jsonl limits that fit, before any upload
+    (the manifest's n_bytes stands in for a 150 MB file)."""
+    requests = pb.build_requests(portfolio, model=MODEL)
+    manifest = pb.to_jsonl(requests, tmp_path / "big", max_requests=4)
+    files_before = len(list(openai_client.files.list()))
+    manifest.loc[manifest.index[1], "n_bytes"] = 150_000_000
+    with pytest.raises(InputError) as info:
+        pb.submit(manifest, client=pb.client(provider="groq"))
+    message = str(info.value)
+    assert "Shard 1" in message and "150,000,000 bytes" in message and "groq" in message
+    assert "max_bytes=100000000" in message and "Nothing was uploaded" in message
+    assert len(list(openai_client.files.list())) == files_before
+    # the same shards fit OpenAI's limits: the check is Groq's, not a general one
+    assert len(pb.submit(manifest, client=openai_client)) == len(manifest)
