@@ -74,7 +74,7 @@ _embedded_urls: dict[str, str] = {}  # base_url -> engine
 _logged: set[str] = set()
 # Engines whose SimulatedBackendWarning this process has shown; reset_client() keeps it, as the
 # user has been told.
-_announced: set[str] = set()
+_announced: set[tuple[str, str | None]] = set()
 # Spellings of OPENAI_API_KEY seen in the wild, compared in upper case without "_"/"-": with one
 # of them set, the user meant OpenAI and silently got simulated answers.
 _KEY_TYPOS = frozenset(
@@ -200,9 +200,11 @@ def engine_of(backend: str | None) -> str | None:
 
 def _announce(engine: str, reason: str | None, *, provider: str | None = None) -> None:
     with _lock:
-        if engine in _announced:
+        # once per engine and provider: a simulated OpenAI run, then a Claude one in the same
+        # kernel, each say which key would make it real
+        if (engine, provider) in _announced:
             return
-        _announced.add(engine)
+        _announced.add((engine, provider))
     # the provider's key and name: "No ANTHROPIC_API_KEY found ... Set ANTHROPIC_API_KEY"
     notice = simulated_notice(engine, reason=reason, provider=provider)
     warnings.warn(notice, SimulatedBackendWarning, stacklevel=_user_level())

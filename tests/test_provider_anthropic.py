@@ -5,6 +5,7 @@ by the real ``anthropic`` SDK through the facade (``portfolio_batch._providers``
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -246,10 +247,15 @@ def test_a_claude_model_without_its_key_names_the_variable(
 def test_no_key_at_all_runs_claude_on_the_embedded_server_marked_simulated(
     portfolio: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    with warnings.catch_warnings():  # the embedded server started (its imports may warn)
+        warnings.simplefilter("ignore")
+        pb.client()
     monkeypatch.setattr(pb._backend, "_announced", set())  # as in a new process
     requests = pb.build_requests(portfolio.head(3), model=MODEL)
-    with pytest.warns(SimulatedBackendWarning):
-        c = pb.client(provider="anthropic")
+    with pytest.warns(SimulatedBackendWarning, match="OPENAI_API_KEY"):
+        pb.client()  # a simulated OpenAI run first, in the same process
+    with pytest.warns(SimulatedBackendWarning, match="ANTHROPIC_API_KEY"):
+        c = pb.client(provider="anthropic")  # still says which key makes a Claude run real
     jobs = pb.poll(pb.submit(pb.to_jsonl(requests, tmp_path / "e")), timeout=60)
     assert jobs["backend"].eq("anthropic:local:embedded:rules").all()
     assert pb._backend.backend_name(c) == "anthropic:local:embedded:rules"
