@@ -119,7 +119,25 @@ _PROVIDER_SHOWN = {
     "gemini": ("Gemini", "GEMINI_API_KEY"),
     "mistral": ("Mistral", "MISTRAL_API_KEY"),
     "together": ("Together AI", "TOGETHER_API_KEY"),
+    "groq": ("Groq", "GROQ_API_KEY"),
 }
+# provider -> the batch API the requests went to, when it is not OpenAI's /v1/batches: the
+# report's provenance says where they were sent, not only the line format they were written in
+_PROVIDER_API = {
+    "anthropic": "Anthropic Message Batches (/v1/messages/batches)",
+    "gemini": "Gemini batch mode (batchGenerateContent, file mode)",
+    "mistral": "Mistral batch jobs (/v1/batch/jobs)",
+    "together": "Together batches (/v1/batches)",
+}
+
+
+def provider_api(provider: str | None) -> str | None:
+    """The batch API of a provider whose API is not OpenAI's, else None.
+
+    >>> provider_api("anthropic"), provider_api("groq")
+    ('Anthropic Message Batches (/v1/messages/batches)', None)
+    """
+    return _PROVIDER_API.get(provider or "")
 
 
 def provider_shown(provider: str | None) -> tuple[str, str]:

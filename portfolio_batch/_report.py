@@ -645,7 +645,12 @@ def _provenance(
         rows.append(("requested model", ", ".join(requested)))
     endpoints = _unique(_col(jobs, "endpoint"))
     if endpoints:
-        rows.append(("endpoint", ", ".join(endpoints)))
+        from portfolio_batch._backend import provider_api, provider_of_backend
+
+        # the lines are written for OpenAI's endpoint and translated for another provider's API
+        apis = _unique(pd.Series([provider_api(provider_of_backend(b)) for b in backends]))
+        sent = f"; sent to {', '.join(apis)}" if apis else ""
+        rows.append(("endpoint", ", ".join(endpoints) + sent))
     rows.append(("prompt version", prompt_version(results)))
     rows.append(
         (

@@ -71,6 +71,11 @@ def test_a_claude_model_runs_on_anthropic_end_to_end(tmp_path: Path, local_serve
     assert again.returncode == 0, again.stderr
     flat = " ".join(again.stdout.split())
     assert "at Anthropic batch prices" in flat and "OpenAI batch prices" not in flat
+    # its provenance says where the requests went, not only the line format they were written in
+    report = (out / "report.html").read_text()
+    assert (
+        "/v1/chat/completions; sent to Anthropic Message Batches (/v1/messages/batches)" in report
+    )
     pd.testing.assert_frame_equal(answers(out), openai_answers(tmp_path, local_server))
 
 
