@@ -45,6 +45,7 @@ from typing import Any
 import openai
 import orjson
 
+from portfolio_batch._contract import TERMINAL
 from portfolio_batch._providers.compatible import (
     PROVIDERS,
     JobState,
@@ -87,7 +88,6 @@ _STATUS = {
 }
 _NAME = re.compile(r"^pbrun-(?P<run>[^-]+)-(?P<rest>.*)$")
 _SHA = re.compile(r"pb-(?P<sha>[0-9a-f]{64})\.jsonl$")
-_ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
 # per process, keyed by (base url, id): file names, input line counts, ended batches' tallies
 _cache: dict[tuple[str, str, str], Any] = {}
 _cache_lock = threading.Lock()
@@ -268,7 +268,7 @@ class TogetherBackend:
     def _counts(self, job: Mapping[str, Any], status: str) -> tuple[int, int, int, int, int]:
         """(succeeded, errored, expired, cancelled, processing) of a batch (see the module)."""
         batch_id, input_id = str(job["id"]), str(job.get("input_file_id") or "")
-        if status not in _ENDED:
+        if status not in TERMINAL:
             total = self._recall("lines", input_id)
             if total is None and input_id:
                 total = sum(1 for _ in self._rest.lines(f"/files/{input_id}/content"))
@@ -314,7 +314,7 @@ class TogetherBackend:
             cancelled=cancelled,
             processing=processing,
             created_at=created,
-            ended_at=_seconds(job.get("completed_at")) if status in _ENDED else None,
+            ended_at=_seconds(job.get("completed_at")) if status in TERMINAL else None,
             expires_at=_seconds(job.get("job_deadline")),
             cancel_requested=status in ("cancelling", "cancelled"),
             metadata=metadata,
