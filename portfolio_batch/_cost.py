@@ -280,11 +280,11 @@ def _exact_tokens(model: str, provider: str | None) -> bool:
 def pricing_provider(provider: str | None) -> str | None:
     """The ``provider=`` to price answers with, from the provider they ran at
     (``_backend.provider_of_backend``): its own rates where a price table has the provider
-    (a Mistral model is not priced as an OpenAI one), else None, the model name deciding (OpenAI,
-    Azure, Groq: their models' names are what genai-prices knows them by).
+    (a Mistral model is not priced as an OpenAI one, nor Groq's llama), else None, the model name
+    deciding (OpenAI, Azure, the OpenAI-compatible local server; Fireworks, which no table has).
 
     >>> pricing_provider("mistral"), pricing_provider("groq"), pricing_provider(None)
-    ('mistral', None, None)
+    ('mistral', 'groq', None)
     """
     known = provider in _PRICE_PROVIDERS or provider in _NO_BATCH_PRICES
     return provider if known and provider != "openai" else None

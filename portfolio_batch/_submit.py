@@ -173,8 +173,13 @@ def _shard_costs(
 def _within_limits(manifest: pd.DataFrame, c: Any) -> None:
     """Refuse, before any upload, a shard bigger than one batch of the provider may be (Groq
     and Together take 100 MB, to_jsonl's default shard is OpenAI's 200 MiB): one InputError
-    naming the shard and the to_jsonl limits that fit, instead of a rejected upload."""
-    limits = backend_of(c).limits
+    naming the shard and the to_jsonl limits that fit, instead of a rejected upload. OpenAI's
+    own path is left as it was: the server says (Azure takes 100,000 requests a file, a
+    self-hosted server what it likes)."""
+    backend = backend_of(c)
+    if backend.name in ("openai", "azure"):
+        return
+    limits = backend.limits
     for row in manifest.to_dict("records"):
         n, size = int(row["n_requests"]), row.get("n_bytes")
         big = not pd.isna(size) and int(size) > limits.max_bytes
@@ -182,7 +187,7 @@ def _within_limits(manifest: pd.DataFrame, c: Any) -> None:
             raise InputError(
                 f"Shard {row['shard']} ({row['path']}) has {n:,} requests"
                 + (f" and {int(size):,} bytes" if not pd.isna(size) else "")
-                + f"; a batch at {backend_of(c).name} takes at most {limits.max_requests:,} "
+                + f"; a batch at {backend.name} takes at most {limits.max_requests:,} "
                 f"requests and {limits.max_bytes:,} bytes. Nothing was uploaded. Write smaller "
                 f"shards: to_jsonl(requests, out_dir, max_requests={limits.max_requests}, "
                 f"max_bytes={limits.max_bytes})."
