@@ -26,6 +26,7 @@ import contextlib
 import html
 import logging
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -799,10 +800,23 @@ class Run:
         from portfolio_batch._report import report
 
         target = Path(path) if path is not None else Path("reports") / f"{self.run_id}.html"
-        out = report(self.results(), path=target, jobs=self.jobs)
+        out = report(self.results(), costs=self.cost_estimate(), path=target, jobs=self.jobs)
         with self._lock:
             self._plan["report_path"] = str(out)
         return out
+
+    def cost_estimate(self) -> pd.DataFrame | None:
+        """The ``estimate_cost`` frame of the run's requests at the batch prices of the provider
+        it ran at (and its ``prices=``): the estimate the card shows, which ``run.report()``
+        sets against the actual cost. None if no price is known for its model.
+
+            >>> run.cost_estimate()["batch_cost_usd"].sum()   # doctest: +SKIP
+        """
+        from portfolio_batch._backend import backend_name, provider_of_backend
+        from portfolio_batch._cost import pricing_provider
+
+        at = pricing_provider(provider_of_backend(backend_name(self._client)))
+        return _run_costs(self.requests, self._plan.get("prices"), provider=at)
 
     def _after_action(self) -> None:
         if not self.done and not self.watching and self._card is not None:
@@ -1179,6 +1193,7 @@ def start(
         rest = to_jsonl(requests[~mask], base / "rest", **limits)
         rest["shard"] = rest["shard"] + len(first)
         manifests = [("canary", first), ("rest", rest)]
+        pieces = [mask, ~mask]
         canary_plan = {
             "n": int(mask.sum()),
             "ids": [str(i) for i in requests.index[mask]],
@@ -1188,10 +1203,14 @@ def start(
         }
     else:
         manifests = [("all", manifest)]
+        pieces = None
     from portfolio_batch._backend import provider_of_backend
     from portfolio_batch._cost import pricing_provider
 
     at = pricing_provider(provider_of_backend(backend_name(c)))  # Mistral's rates on Mistral
+    # the card, pb.runs(), the budget check and run.report() then show estimate_cost's figure,
+    # not to_jsonl's ~4-characters-a-token approximation of the input
+    manifests = _exactly_priced(manifests, requests, pieces, prices, provider=at)
     manifests = [
         (n, _with_costs(m, prices, required=budget_usd is not None, provider=at))
         for n, m in manifests
@@ -1247,6 +1266,7 @@ def start(
         "out_dir": str(base),
         "budget_usd": budget_usd,
         "est_cost_usd": total if any(e is not None for e in estimates) else None,
+        "prices": _plan_prices(prices),
         "metadata": metadata,
         "max_enqueued_tokens": max_enqueued_tokens,
         "stall_after": stall_after,
@@ -1278,6 +1298,70 @@ def _show(run: Run) -> None:
     except ImportError:  # no IPython: nothing can show it
         return
     display(run)
+
+
+def _exactly_priced(
+    manifests: list[tuple[str, pd.DataFrame]],
+    requests: pd.DataFrame | None,
+    pieces: list[np.ndarray] | None,
+    prices: PricesArg,
+    *,
+    provider: str | None,
+) -> list[tuple[str, pd.DataFrame]]:
+    """``manifests`` with ``estimate_cost``'s token counts and costs per shard (``pieces``: each
+    manifest's rows of ``requests``, None for all of them in one)."""
+    costs = _run_costs(requests, prices, provider=provider) if requests is not None else None
+    if costs is None:
+        return manifests
+    masks = pieces or [np.ones(len(costs), dtype=bool)]
+    return [(n, _exact_estimates(m, costs[k])) for (n, m), k in zip(manifests, masks, strict=True)]
+
+
+def _run_costs(
+    requests: pd.DataFrame, prices: PricesArg, *, provider: str | None
+) -> pd.DataFrame | None:
+    """``estimate_cost`` of a run's requests at ``provider``'s batch prices (each answer at its
+    ``max_tokens``); None where it cannot price them, and the manifest's estimate stands (or
+    ``budget_usd`` refuses the run, naming the model without a price)."""
+    from portfolio_batch._cost import estimate_cost
+    from portfolio_batch.errors import PricingError
+
+    try:
+        return estimate_cost(requests, prices=prices, provider=provider)
+    except (PricingError, InputError):  # no price, or a body without max_tokens
+        return None
+
+
+def _exact_estimates(manifest: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
+    """The manifest with each shard's ``est_input_tokens`` and ``est_cost_usd`` summed from
+    ``costs``, the ``estimate_cost`` rows of the requests it holds in the order to_jsonl wrote
+    them; unchanged if they do not line up."""
+    n = manifest["n_requests"].to_numpy(dtype=np.int64)
+    if not len(costs) or int(n.sum()) != len(costs):
+        return manifest
+    starts = np.concatenate([[0], np.cumsum(n)[:-1]])
+    ids = costs["custom_id"].astype(str).to_numpy()
+    if [str(i) for i in ids[starts]] != [str(i) for i in manifest["first_custom_id"]]:
+        return manifest
+    out = manifest.copy()
+    out["est_input_tokens"] = np.add.reduceat(costs["input_tokens"].to_numpy(np.int64), starts)
+    out["est_cost_usd"] = np.add.reduceat(costs["batch_cost_usd"].to_numpy(np.float64), starts)
+    out.attrs = dict(manifest.attrs)
+    return out
+
+
+def _plan_prices(prices: PricesArg) -> Any:
+    """``prices=`` as the plan stores it (plain JSON), so that ``run.report()`` prices the
+    estimate as ``start`` did; None if it is not plain JSON."""
+    if prices is None:
+        return None
+    if isinstance(prices, str | os.PathLike):
+        return os.fspath(prices)
+    try:
+        plain = {str(m): dict(fields) for m, fields in prices.items()}
+        return orjson.loads(orjson.dumps(plain, option=orjson.OPT_SERIALIZE_NUMPY))
+    except (TypeError, ValueError, AttributeError):
+        return None
 
 
 def _sum_known(values: Iterable[Any]) -> float | None:

@@ -714,7 +714,13 @@ class RunView:
         return "as of " + time.strftime("%H:%M:%S", time.localtime(self.as_of))
 
     def cost_text(self) -> str:
-        est = f"${self.est_cost_usd:,.4f}" if self.est_cost_usd is not None else "–"
+        # estimate_cost's default figure: what a user planned with, and what run.report() shows.
+        # Every answer counts its whole max_tokens, so the billed cost usually ends below it.
+        est = (
+            f"${self.est_cost_usd:,.4f} (answers at max_tokens)"
+            if self.est_cost_usd is not None
+            else "–"
+        )
         billed = f"${self.billed_usd:,.4f}" if self.billed_usd is not None else "$0"
         if self.simulated:  # nothing is billed: what OpenAI would charge for the answers so far
             return f"estimated {est} · so far {billed} at {self.prices_of} batch prices (simulated)"

@@ -363,3 +363,51 @@ def test_card_buttons_write_the_report_and_retry_under_the_card(
     assert child.status == "completed" and set(child.results()["attempt"]) == {2}
     card.cancel_button.click()  # on a finished run: nothing to cancel, and no error either
     assert "Error" not in card.message.value
+
+
+def test_claude_run_card_runs_and_report_show_estimate_costs_figure(
+    local_server, testdata, monkeypatch, tmp_path
+):
+    """The run's estimate is estimate_cost's, at Anthropic's batch rates, on the card, in pb.runs()
+    and in run.report() (which said "no estimate" before)."""
+    root = local_server.base_url.removesuffix("/v1")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", local_server.api_key)
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", root)
+    portfolio = pb.load_portfolio(testdata / "portfolio.csv")  # notebooks/02's portfolio
+    requests = pb.build_requests(portfolio, model="claude-haiku-4-5")
+    run = pb.start(requests, canary=0.05, display=False, watch=False).wait()
+    assert run.plan["backend"].startswith("anthropic:")
+    # By hand: 40 requests; their prompts are 12,370 tokens (o200k_base, estimate_cost's count;
+    # to_jsonl's ~4-characters-a-token guess said 12,482) and each answer counts its
+    # max_tokens=400, 16,000 in all. claude-haiku-4-5 batch rates are $0.50 and $2.50 per
+    # million tokens (half of $1/$5): 12,370 * 0.5e-6 + 16,000 * 2.5e-6 = 0.006185 + 0.04 =
+    # $0.046185 (the card said $0.046241: 12,482 * 0.5e-6 + 0.04, the guess, not estimate_cost).
+    costs = run.cost_estimate()
+    assert costs is not None
+    assert (int(costs["input_tokens"].sum()), int(costs["output_tokens_est"].sum())) == (
+        12_370,
+        16_000,
+    )
+    assert costs["batch_cost_usd"].sum() == pytest.approx(0.046185, abs=1e-9)
+    assert run.plan["est_cost_usd"] == pytest.approx(0.046185, abs=1e-9)  # canary + rest
+    assert pb.runs()["est_cost_usd"].iloc[0] == pytest.approx(0.046185, abs=1e-9)
+    assert "estimated $0.0462 (answers at max_tokens)" in run.view().cost_text()
+    page = run.report(path=tmp_path / "report.html").read_text()
+    assert "estimated $0.0462 · this run would cost $" in page
+    assert "no estimate" not in page and "no cost estimate given" not in page
+    assert "the estimate counts max_tokens of output per answer" in page
+
+
+def test_run_report_prices_the_estimate_with_the_runs_prices(local_server, requests, tmp_path):
+    """start(prices=...) is kept with the run: run.report() sets the same estimate against the
+    actual cost, even after pb.attach in a new kernel."""
+    model = requests["body"].iloc[0]["model"]
+    # By hand: input free, output $100 per million tokens, so $50 at batch prices (half);
+    # 10 answers at max_tokens=400 are 4,000 tokens: 4,000 * 50e-6 = $0.2000.
+    prices = {model: {"input": 0, "output": 100}}
+    run = pb.start(requests.head(10), client=local_server.client(), prices=prices).wait()
+    assert run.plan["est_cost_usd"] == pytest.approx(0.2, abs=1e-12)
+    assert "estimated $0.2000 (answers at max_tokens)" in run.view().cost_text()
+    again = pb.attach(run.run_id, client=local_server.client(), display=False, watch=False)
+    page = again.report(path=tmp_path / "report.html").read_text()
+    assert "estimated $0.2000 · this run would cost $" in page

@@ -275,7 +275,7 @@ def test_run_card_shows_shards_canary_reasons_costs_eta_and_the_first_answers():
     assert (card.overall_bar.value, card.overall_bar.max) == (15, 40)
     assert "12 done, 3 failed of 40 requests · ETA 1:15" in card.summary.value
     assert (
-        "estimated $0.0057 · so far $0.0004 at OpenAI batch prices (simulated)"
+        "estimated $0.0057 (answers at max_tokens) · so far $0.0004 at OpenAI batch prices (simulated)"
         in card.summary.value
     )
     assert "Canary passed" in card.flags.value and "trying again" in card.flags.value
