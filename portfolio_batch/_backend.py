@@ -597,8 +597,11 @@ def _provider_client(provider: str, *, engine: str | None, **overrides: Any) -> 
     if engine is None and key:
         base = os.environ.get(module.BASE_URL_VAR) or None
         backend = module.backend(api_key=key, base_url=base, **overrides)
-        label = provider if base is None else f"{provider}:{base.rstrip('/')}"
-        _log_once(label, f"{provider} batches at {backend.base_url}")
+        from portfolio_batch._providers.compatible import shown_url
+
+        # the label is kept in the registry and logged: never a user:password@ of the url
+        label = provider if base is None else f"{provider}:{shown_url(base.rstrip('/'))}"
+        _log_once(label, f"{provider} batches at {shown_url(backend.base_url)}")
         # a local server's answers are marked simulated, as on the OpenAI path
         return client_class(backend, label=label, simulated_engine=_local_engine(base, key))
     others = [

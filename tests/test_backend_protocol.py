@@ -1,6 +1,7 @@
 """One conformance suite for every ``Backend`` (``portfolio_batch._providers._protocol``):
 OpenAI, Azure OpenAI and Groq (``_providers.openai.OpenAIBackend`` over the ``openai`` client),
-Anthropic and Gemini, each through its real SDK against the local server on 127.0.0.1."""
+Anthropic and Gemini, each through its real SDK, and Mistral and Together over their REST APIs,
+against the local server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -26,10 +27,20 @@ from portfolio_batch._providers._facade import BatchClient
 from portfolio_batch._providers.openai import OpenAIBackend
 from portfolio_batch.errors import InputError
 
-BACKENDS = ("openai", "azure", "groq", "anthropic", "gemini")
+BACKENDS = ("openai", "azure", "groq", "anthropic", "gemini", "mistral", "together")
 # the model each provider's requests name (the local server answers every one)
-MODEL = {"anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash"}
-OTHER_MODEL = {"anthropic": "claude-sonnet-4-5", "gemini": "gemini-2.5-pro"}
+MODEL = {
+    "anthropic": "claude-haiku-4-5",
+    "gemini": "gemini-2.5-flash",
+    "mistral": "mistral-small-latest",
+    "together": "meta-llama/Llama-3.3-70B-Instruct-Turbo",
+}
+OTHER_MODEL = {
+    "anthropic": "claude-sonnet-4-5",
+    "gemini": "gemini-2.5-pro",
+    "mistral": "mistral-large-latest",
+    "together": "Qwen/Qwen2.5-72B-Instruct-Turbo",
+}
 
 
 def _without_api_version(request: Any) -> None:
@@ -65,6 +76,13 @@ def _make(name: str, server: Any) -> Backend:
         from portfolio_batch._providers import anthropic
 
         return anthropic.backend(api_key=server.api_key, base_url=root, max_retries=0)
+    if name in ("mistral", "together"):
+        import importlib
+
+        module = importlib.import_module(f"portfolio_batch._providers.{name}")
+        return module.backend(  # type: ignore[no-any-return]
+            api_key=server.api_key, base_url=root + module.LOCAL_PATH, max_retries=0
+        )
     pytest.importorskip("google.genai")
     from portfolio_batch._providers import gemini
 

@@ -5,7 +5,10 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sqlite3
 import warnings
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +18,10 @@ import pytest
 
 import portfolio_batch as pb
 from portfolio_batch._backend import backend_name
+from portfolio_batch._home import home
 from portfolio_batch._providers import compatible
 from portfolio_batch._providers.mistral import batch_status
+from portfolio_batch._registry import registry_path
 from portfolio_batch.errors import InputError
 
 MODEL = "mistral-small-latest"
@@ -203,8 +208,8 @@ def test_statuses_map_to_ours() -> None:
         "cancelling",
         "cancelled",
     ]
-    with pytest.raises(ValueError, match="unknown Mistral"):
-        batch_status("PAUSED")
+    with pytest.raises(pb.PortfolioBatchError, match=r"Mistral batch b-1 .*'PAUSED'.*Upgrade"):
+        batch_status("PAUSED", batch_id="b-1")
 
 
 def test_no_key_runs_on_the_embedded_server(
@@ -260,5 +265,164 @@ def test_mistral_is_priced_at_its_batch_rates() -> None:
     from portfolio_batch._cost import price_for
 
     price = price_for(MODEL, provider="mistral")
+    # Mistral's own rates from genai-prices, not the half-of-standard fallback for an unknown one
+    assert price.source == "genai-prices"
     assert price.batch_input == pytest.approx(price.input / 2) and price.batch_input > 0
     assert price.batch_output == pytest.approx(price.output / 2)
+
+
+def test_submit_after_resume_with_no_home_records_creates_nothing_again(
+    on_mistral: httpx2.Client, portfolio: pd.DataFrame, tmp_path: Path
+) -> None:
+    """The home lost (registry and the facade's records): resume rebuilds the records, and a
+    submit of the same manifest still finds each shard's job by the pb_sha256 Mistral kept
+    instead of paying for it twice."""
+    requests = pb.build_requests(portfolio.head(4), model=MODEL)
+    manifest = pb.to_jsonl(requests, tmp_path / "again", max_requests=2)
+    jobs = pb.poll(pb.submit(manifest, client=pb.client(provider="mistral")), timeout=60)
+    registry_path().unlink()
+    shutil.rmtree(home() / "providers")
+    run_hash = requests["custom_id"].iloc[0].rsplit("-", 1)[-1]
+    found = pb.resume(run_hash, client=pb.client(provider="mistral"))
+    assert sorted(found["batch_id"]) == sorted(jobs["batch_id"])
+    again = pb.submit(manifest, client=pb.client(provider="mistral"))
+    assert sorted(again["batch_id"]) == sorted(jobs["batch_id"])
+    assert len(_jobs(on_mistral)) == len(manifest)
+
+
+def test_a_success_job_without_its_output_file_yet_caches_no_failed_rows(
+    on_mistral: httpx2.Client,
+    portfolio: pd.DataFrame,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SUCCESS before its output file is attached: nothing is kept as failed, and a later
+    aggregate_df reads the answers."""
+    requests = pb.build_requests(portfolio.head(3), model=MODEL)
+    c = pb.client(provider="mistral")
+    jobs = pb.poll(pb.submit(pb.to_jsonl(requests, tmp_path / "u"), client=c), timeout=60)
+    real = compatible.Rest.json
+
+    def unattached(self: Any, method: str, path: str, **kwargs: Any) -> Any:
+        answer = real(self, method, path, **kwargs)
+        if method == "GET" and path.startswith("/batch/jobs/"):
+            answer = {**answer, "output_file": None}
+        return answer
+
+    with monkeypatch.context() as patch:
+        patch.setattr(compatible.Rest, "json", unattached)
+        early = pb.aggregate_df(jobs, requests)
+    assert not early["status"].isin(["failed", "succeeded"]).any()
+    assert not early["error_code"].eq("batch_failed").any()
+    later = pb.aggregate_df(jobs, requests)
+    assert later["status"].eq("succeeded").all()
+
+
+def test_the_upload_streams_through_a_temporary_file(
+    on_mistral: httpx2.Client,
+    portfolio: pd.DataFrame,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lines go to a temporary file (closed after), not one bytes object of the whole
+    upload held in memory; every request arrives."""
+    from portfolio_batch._providers import mistral
+
+    real, made = mistral.tempfile.TemporaryFile, []
+
+    def recorded() -> Any:
+        made.append(real())
+        return made[-1]
+
+    requests = pb.build_requests(portfolio.head(3), model=MODEL)
+    with monkeypatch.context() as patch:
+        patch.setattr(mistral.tempfile, "TemporaryFile", recorded)
+        c = pb.client(provider="mistral")
+        jobs = pb.submit(pb.to_jsonl(requests, tmp_path / "t"), client=c)
+    assert len(made) == 1 and made[0].closed
+    out = pb.aggregate_df(pb.poll(jobs, timeout=60), requests)
+    assert out["status"].eq("succeeded").all() and len(out) == len(requests)
+
+
+def test_an_unknown_status_stops_poll_naming_the_batch_and_what_to_do(
+    on_mistral: httpx2.Client,
+    portfolio: pd.DataFrame,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    requests = pb.build_requests(portfolio.head(2), model=MODEL)
+    jobs = pb.submit(pb.to_jsonl(requests, tmp_path / "s"), client=pb.client(provider="mistral"))
+    real = compatible.Rest.json
+
+    def paused(self: Any, method: str, path: str, **kwargs: Any) -> Any:
+        answer = real(self, method, path, **kwargs)
+        if method == "GET" and path.startswith("/batch/jobs/"):
+            answer = {**answer, "status": "PAUSED"}
+        return answer
+
+    monkeypatch.setattr(compatible.Rest, "json", paused)
+    batch_id = jobs["batch_id"].iloc[0]
+    with pytest.raises(
+        pb.PortfolioBatchError, match=rf"Mistral batch {batch_id} .*'PAUSED'.*Upgrade"
+    ):
+        pb.poll(jobs, timeout=30, progress=False)
+
+
+@pytest.mark.parametrize("provider", ["mistral", "together"])
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        (httpx2.Response(301, headers={"location": "https://api.example/v1/x"}), "redirect"),
+        (httpx2.Response(200, html="<html>proxy login</html>"), "not JSON"),
+    ],
+)
+def test_an_answer_that_is_not_the_api_names_the_url_and_the_variable(
+    provider: str, answer: httpx2.Response, said: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A redirect (``http://`` for ``https://``) or a proxy's HTML page: an error saying to set
+    <PROVIDER>_BASE_URL to the API root, not a bare JSONDecodeError."""
+    import importlib
+
+    module = importlib.import_module(f"portfolio_batch._providers.{provider}")
+    monkeypatch.setattr(compatible, "TRANSPORT", httpx2.MockTransport(lambda request: answer))
+    b = module.backend(api_key="k", base_url="http://api.example/v1", max_retries=0)
+    var = f"{provider.upper()}_BASE_URL"
+    with pytest.raises(
+        InputError, match=rf"http://api\.example/v1/.*{said}.*{var} to the API root"
+    ):
+        b.status("b-1")
+
+
+def test_a_password_in_the_base_url_stays_out_of_the_registry_and_the_logs(
+    on_mistral: httpx2.Client,
+    local_server: Any,
+    portfolio: pd.DataFrame,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A gateway that takes a user:password (and adds the key itself): the url with them is
+    used, the backend name kept in the registry and logged is without them."""
+
+    class Gateway(httpx2.HTTPTransport):
+        def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+            assert request.headers["authorization"].startswith("Basic ")
+            request.headers["authorization"] = f"Bearer {local_server.api_key}"
+            return super().handle_request(request)
+
+    monkeypatch.setattr(compatible, "TRANSPORT", Gateway())
+    base = local_server.base_url.removesuffix("/v1") + "/mistral/v1"
+    monkeypatch.setenv("MISTRAL_BASE_URL", base.replace("http://", "http://me:s3cret@"))
+    caplog.set_level("DEBUG", logger="portfolio_batch")
+    c = pb.client(provider="mistral")
+    assert "s3cret" in c.backend.base_url  # the url used keeps it
+    assert backend_name(c) == f"mistral:{base}"
+    requests = pb.build_requests(portfolio.head(2), model=MODEL)
+    jobs = pb.submit(pb.to_jsonl(requests, tmp_path / "p"), client=c)
+    assert jobs["backend"].eq(f"mistral:{base}").all()
+    with closing(sqlite3.connect(registry_path())) as db:
+        kept = "\n".join(db.iterdump())
+    assert f"mistral:{base}" in kept and "s3cret" not in kept
+    assert "s3cret" not in caplog.text
+    groq = compatible.client("groq", api_key="k", base_url="https://me:s3cret@gw.example/v1")
+    assert backend_name(groq) == "groq:https://gw.example/v1" and "s3cret" in str(groq.base_url)

@@ -7,6 +7,7 @@ batch's files."""
 from __future__ import annotations
 
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,10 @@ import pytest
 
 import portfolio_batch as pb
 from portfolio_batch._backend import backend_name
+from portfolio_batch._home import home
 from portfolio_batch._providers import compatible
 from portfolio_batch._providers.together import batch_status
+from portfolio_batch._registry import registry_path
 from portfolio_batch.errors import InputError
 
 MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
@@ -198,8 +201,8 @@ def test_statuses_map_to_ours() -> None:
         "cancelling",
         "cancelled",
     ]
-    with pytest.raises(ValueError, match="unknown Together"):
-        batch_status("PAUSED")
+    with pytest.raises(pb.PortfolioBatchError, match=r"Together batch b-1 .*'PAUSED'.*Upgrade"):
+        batch_status("PAUSED", batch_id="b-1")
 
 
 def test_no_key_runs_on_the_embedded_server(
@@ -248,3 +251,100 @@ def test_together_batch_price_is_unknown_never_guessed() -> None:
         price_for(MODEL, provider="together")
     given = price_for(MODEL, provider="together", prices={MODEL: {"input": 0.8, "output": 0.8}})
     assert given.batch_input == pytest.approx(0.4)
+
+
+def test_submit_after_resume_with_no_home_records_creates_nothing_again(
+    on_together: httpx2.Client, portfolio: pd.DataFrame, tmp_path: Path
+) -> None:
+    """The home lost (registry and the facade's records): resume rebuilds the records, and a
+    submit of the same manifest still finds each shard's batch by the sha256 its input file's
+    name carries instead of paying for it twice."""
+    requests = pb.build_requests(portfolio.head(4), model=MODEL)
+    manifest = pb.to_jsonl(requests, tmp_path / "again", max_requests=2)
+    jobs = pb.poll(pb.submit(manifest, client=pb.client(provider="together")), timeout=60)
+    registry_path().unlink()
+    shutil.rmtree(home() / "providers")
+    run_hash = requests["custom_id"].iloc[0].rsplit("-", 1)[-1]
+    found = pb.resume(run_hash, client=pb.client(provider="together"))
+    assert sorted(found["batch_id"]) == sorted(jobs["batch_id"])
+    again = pb.submit(manifest, client=pb.client(provider="together"))
+    assert sorted(again["batch_id"]) == sorted(jobs["batch_id"])
+    assert len(_jobs(on_together)) == len(manifest)
+
+
+def test_a_completed_batch_without_its_files_yet_caches_no_failed_rows(
+    on_together: httpx2.Client,
+    portfolio: pd.DataFrame,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """COMPLETED before its files are attached: nothing is kept as failed (nor counted), and a
+    later aggregate_df reads the answers."""
+    requests = pb.build_requests(portfolio.head(3), model=MODEL)
+    c = pb.client(provider="together")
+    jobs = pb.poll(pb.submit(pb.to_jsonl(requests, tmp_path / "u"), client=c), timeout=60)
+    real = compatible.Rest.json
+
+    def unattached(self: Any, method: str, path: str, **kwargs: Any) -> Any:
+        answer = real(self, method, path, **kwargs)
+        if method == "GET" and path.startswith("/batches/"):
+            answer = {**answer, "output_file_id": None, "error_file_id": None}
+        return answer
+
+    with monkeypatch.context() as patch:
+        patch.setattr(compatible.Rest, "json", unattached)
+        early = pb.aggregate_df(jobs, requests)
+    assert not early["status"].isin(["failed", "succeeded"]).any()
+    assert not early["error_code"].eq("batch_failed").any()
+    later = pb.aggregate_df(jobs, requests)
+    assert later["status"].eq("succeeded").all()
+
+
+def test_the_upload_streams_through_a_temporary_file(
+    on_together: httpx2.Client,
+    portfolio: pd.DataFrame,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lines go to a temporary file (closed after), not one bytes object of the whole
+    upload held in memory; every request arrives."""
+    from portfolio_batch._providers import together
+
+    real, made = together.tempfile.TemporaryFile, []
+
+    def recorded() -> Any:
+        made.append(real())
+        return made[-1]
+
+    requests = pb.build_requests(portfolio.head(3), model=MODEL)
+    with monkeypatch.context() as patch:
+        patch.setattr(together.tempfile, "TemporaryFile", recorded)
+        c = pb.client(provider="together")
+        jobs = pb.submit(pb.to_jsonl(requests, tmp_path / "t"), client=c)
+    assert len(made) == 1 and made[0].closed
+    out = pb.aggregate_df(pb.poll(jobs, timeout=60), requests)
+    assert out["status"].eq("succeeded").all() and len(out) == len(requests)
+
+
+def test_an_unknown_status_stops_poll_naming_the_batch_and_what_to_do(
+    on_together: httpx2.Client,
+    portfolio: pd.DataFrame,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    requests = pb.build_requests(portfolio.head(2), model=MODEL)
+    jobs = pb.submit(pb.to_jsonl(requests, tmp_path / "s"), client=pb.client(provider="together"))
+    real = compatible.Rest.json
+
+    def paused(self: Any, method: str, path: str, **kwargs: Any) -> Any:
+        answer = real(self, method, path, **kwargs)
+        if method == "GET" and path.startswith("/batches/"):
+            answer = {**answer, "status": "PAUSED"}
+        return answer
+
+    monkeypatch.setattr(compatible.Rest, "json", paused)
+    batch_id = jobs["batch_id"].iloc[0]
+    with pytest.raises(
+        pb.PortfolioBatchError, match=rf"Together batch {batch_id} .*'PAUSED'.*Upgrade"
+    ):
+        pb.poll(jobs, timeout=30, progress=False)

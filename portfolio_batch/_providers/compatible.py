@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Self
@@ -40,9 +41,16 @@ import orjson
 
 from portfolio_batch._providers._facade import BatchClient, _Batches
 from portfolio_batch._providers._protocol import PORTABLE_ID, BatchState, Limits
-from portfolio_batch.errors import InputError
+from portfolio_batch.errors import InputError, PortfolioBatchError
 
-__all__ = ["PROVIDERS", "SUPPORTED", "Compatible", "CompatibleClient", "client"]
+__all__ = [
+    "PROVIDERS",
+    "SUPPORTED",
+    "Compatible",
+    "CompatibleClient",
+    "UnknownStatusError",
+    "client",
+]
 
 _MB = 1_000_000
 
@@ -195,6 +203,19 @@ class CompatibleClient(openai.OpenAI):
         return PROVIDERS[self.label.split(":", 1)[0]]
 
 
+def shown_url(url: str) -> str:
+    """``url`` without its ``user:password@`` part, for backend names and logs (which are kept
+    in the registry); the requests still use the whole url.
+
+    >>> shown_url("https://me:secret@proxy.example/v1")
+    'https://proxy.example/v1'
+    """
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
 def client(name: str, *, engine: str | None = None, **overrides: Any) -> CompatibleClient:
     """A client for the OpenAI-compatible provider ``name``, key and base URL from the
     environment (``overrides`` go to ``openai.OpenAI``: ``max_retries=``, ``timeout=`` ...).
@@ -244,7 +265,7 @@ def client(name: str, *, engine: str | None = None, **overrides: Any) -> Compati
         overrides.pop("base_url", None) or os.environ.get(spec.base_url_var) or spec.base_url
     ).rstrip("/")
     # another endpoint is another place for batches: its url is part of the name (never the key)
-    label = name if base == spec.base_url else f"{name}:{base}"
+    label = name if base == spec.base_url else f"{name}:{shown_url(base)}"
     return CompatibleClient(label=label, base_url=base, api_key=key, **overrides)
 
 
@@ -265,11 +286,18 @@ class Rest:
     """
 
     def __init__(
-        self, *, api_key: str, base_url: str, max_retries: int = 2, timeout: float | None = None
+        self,
+        *,
+        api_key: str,
+        base_url: str,
+        max_retries: int = 2,
+        timeout: float | None = None,
+        spec: Compatible | None = None,
     ) -> None:
         import httpx2
 
         self.base_url = base_url.rstrip("/")
+        self.spec = spec  # names the provider's base URL variable in a misrouted answer's error
         self.max_retries = max_retries
         self._httpx = httpx2
         self._client = httpx2.Client(
@@ -298,8 +326,10 @@ class Rest:
             except httpx2.TransportError as exc:  # a timeout, a connection lost after sending
                 error, cause = connection_error(str(exc), sent=True, url=url), exc
             else:
-                if answer.status_code < 400:
+                if 200 <= answer.status_code < 300:
                     return answer
+                if answer.status_code < 400:  # a redirect (http:// for https://, a moved root)
+                    raise self._not_the_api(url, answer)
                 headers = {
                     k: v for k, v in answer.headers.items() if k.lower().startswith("retry-after")
                 }
@@ -313,7 +343,27 @@ class Rest:
             time.sleep(min(8.0, 0.5 * 2 ** (attempt - 1)))
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self.call(method, path, **kwargs).json()
+        answer = self.call(method, path, **kwargs)
+        try:
+            return orjson.loads(answer.content)
+        except orjson.JSONDecodeError:  # a proxy's or a login page's HTML, not the API
+            raise self._not_the_api(self.url(path), answer) from None
+
+    def _not_the_api(self, url: str, answer: Any) -> InputError:
+        """The error for an answer that is not the API's: a redirect, or a 2xx that is not JSON."""
+        spec = self.spec
+        var = spec.base_url_var if spec else "the provider's *_BASE_URL"
+        what = (
+            f"HTTP {answer.status_code}, a redirect to {answer.headers.get('location')!r}"
+            if 300 <= answer.status_code < 400
+            else f"HTTP {answer.status_code} with a body that is not JSON "
+            f"({answer.headers.get('content-type') or 'no content type'})"
+        )
+        example = f" (e.g. {spec.base_url})" if spec else ""
+        return InputError(
+            f"{url} answered {what}: this is not the {spec.title if spec else 'provider'} API. "
+            f"Set {var} to the API root, https and with /v1{example}."
+        )
 
     def lines(self, path: str) -> Iterator[dict[str, Any]]:
         """The JSON lines of a downloaded file, streamed."""
@@ -327,6 +377,8 @@ class Rest:
                     from portfolio_batch._providers._protocol import status_error
 
                     raise status_error(answer.status_code, _message(answer), url=url)
+                if answer.status_code >= 300:
+                    raise self._not_the_api(url, answer)
                 for raw in answer.iter_lines():
                     if raw.strip():
                         yield orjson.loads(raw)
@@ -349,6 +401,26 @@ def _message(answer: Any) -> str:
             if body.get(key):
                 return str(body[key])
     return str(body)[:500]
+
+
+class UnknownStatusError(PortfolioBatchError, ValueError):
+    """A provider reported a batch status this version of portfolio_batch does not know.
+
+    >>> raise UnknownStatusError("Mistral", "job-1", "PAUSED")
+    Traceback (most recent call last):
+    ...
+    portfolio_batch._providers.compatible.UnknownStatusError: Mistral batch job-1 reports status 'PAUSED', which this version of portfolio_batch does not know. ...
+    """
+
+    def __init__(self, provider: str, batch_id: str | None, status: str) -> None:
+        which = f"batch {batch_id}" if batch_id else "a batch"
+        super().__init__(
+            f"{provider} {which} reports status {status!r}, which this version of "
+            "portfolio_batch does not know. Upgrade portfolio_batch (pip install -U "
+            "portfolio-batch), or report it at the project's issue tracker with this message; "
+            "the batch itself is untouched on the provider."
+        )
+        self.provider, self.batch_id, self.status = provider, batch_id, status
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -382,11 +454,13 @@ class MetadataBatchClient(BatchClient):
         )
 
     def _batch(self, state: BatchState, record: dict[str, Any] | None) -> Any:
-        if isinstance(state, JobState) and state.metadata and not (record or {}).get("metadata"):
+        if isinstance(state, JobState) and state.metadata:
             kept = {k: v for k, v in state.metadata.items() if k != "pb_run_hash"}
+            # under the record's: a record rebuilt by recover() has pb_run_id/pb_shard but no
+            # pb_sha256, and without the provider's the same manifest would be created again
             record = {
                 **(record or {}),
-                "metadata": kept,
+                "metadata": {**kept, **((record or {}).get("metadata") or {})},
                 "model": (record or {}).get("model") or state.model,
                 "endpoint": (record or {}).get("endpoint") or state.endpoint,
             }

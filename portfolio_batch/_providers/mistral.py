@@ -26,17 +26,19 @@ run's jobs by ``pb_run_hash``, running or ended, without reading any results.
 from __future__ import annotations
 
 import builtins
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
 
-from portfolio_batch._providers._protocol import PORTABLE_ID, Limits
+from portfolio_batch._providers._protocol import PORTABLE_ID, Limits, status_error
 from portfolio_batch._providers.compatible import (
     PROVIDERS,
     JobState,
     MetadataBatchClient,
     Rest,
+    UnknownStatusError,
     result_line,
     unrun_line,
 )
@@ -113,7 +115,7 @@ def backend(
     )
 
 
-def batch_status(status: str) -> str:
+def batch_status(status: str, *, batch_id: str | None = None) -> str:
     """Our batch status of a Mistral job status.
 
     >>> batch_status("TIMEOUT_EXCEEDED"), batch_status("CANCELLATION_REQUESTED")
@@ -122,7 +124,7 @@ def batch_status(status: str) -> str:
     try:
         return _STATUS[status]
     except KeyError:
-        raise ValueError(f"unknown Mistral batch job status {status!r}") from None
+        raise UnknownStatusError("Mistral", batch_id, status) from None
 
 
 class MistralBackend:
@@ -143,7 +145,11 @@ class MistralBackend:
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self.max_retries = max_retries
         self._rest = Rest(
-            api_key=api_key, base_url=self.base_url, max_retries=max_retries, timeout=timeout
+            api_key=api_key,
+            base_url=self.base_url,
+            max_retries=max_retries,
+            timeout=timeout,
+            spec=SPEC,
         )
         # set by MetadataBatchClient.batches.create for the one submit it makes
         self.pending_metadata: dict[str, str] = {}
@@ -191,13 +197,17 @@ class MistralBackend:
     # -- batches -------------------------------------------------------------------------------
     def submit(self, requests: Sequence[Any], *, display_name: str) -> JobState:
         """Upload the lines as ``display_name`` and create one job with pb's metadata."""
-        data = b"".join(orjson.dumps(r) + b"\n" for r in requests)
-        uploaded = self._rest.json(
-            "POST",
-            "/files",
-            files={"file": (display_name, data, "application/jsonl")},
-            data={"purpose": "batch"},
-        )
+        # streamed through a temporary file, not held whole in memory (a retry re-reads it)
+        with tempfile.TemporaryFile() as fh:
+            for r in requests:
+                fh.write(orjson.dumps(r) + b"\n")
+            fh.seek(0)
+            uploaded = self._rest.json(
+                "POST",
+                "/files",
+                files={"file": (display_name, fh, "application/jsonl")},
+                data={"purpose": "batch"},
+            )
         metadata = dict(self.pending_metadata)
         if requests:
             # the run hash is the custom_id's LAST "-" part (_requests.custom_id_for)
@@ -238,7 +248,19 @@ class MistralBackend:
         """The ended job's output and error lines, then one line for each request that has
         neither (not run: ``batch_cancelled`` / ``batch_expired``), from its input file."""
         job = self._rest.json("GET", f"/batch/jobs/{batch_id}")
-        status = batch_status(job["status"])
+        status = batch_status(str(job["status"]), batch_id=batch_id)
+        if (
+            status == "completed"
+            and int(job.get("succeeded_requests") or 0)
+            and not job.get("output_file")
+        ):
+            # ended before its output file is attached (OpenAI does this): a 404, as for a job
+            # still running, so the facade caches nothing and a later read gets the answers
+            raise status_error(
+                404,
+                f"Mistral job {batch_id} is SUCCESS with {job['succeeded_requests']} succeeded "
+                "request(s) but no output file yet; read its results again in a few minutes.",
+            )
         seen: set[str] = set()
         for key in ("output_file", "error_file"):
             if job.get(key):
@@ -263,7 +285,7 @@ class MistralBackend:
 
     # -- helpers -------------------------------------------------------------------------------
     def _state(self, job: Mapping[str, Any]) -> JobState:
-        status = batch_status(str(job["status"]))
+        status = batch_status(str(job["status"]), batch_id=str(job.get("id")))
         total = int(job.get("total_requests") or 0)
         done = int(job.get("completed_requests") or 0)
         succeeded = int(job.get("succeeded_requests") or 0)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import builtins
 import re
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
@@ -46,11 +47,13 @@ import openai
 import orjson
 
 from portfolio_batch._contract import TERMINAL
+from portfolio_batch._providers._protocol import status_error
 from portfolio_batch._providers.compatible import (
     PROVIDERS,
     JobState,
     MetadataBatchClient,
     Rest,
+    UnknownStatusError,
     result_line,
     unrun_line,
 )
@@ -107,7 +110,7 @@ def backend(
     )
 
 
-def batch_status(status: str) -> str:
+def batch_status(status: str, *, batch_id: str | None = None) -> str:
     """Our batch status of a Together batch status.
 
     >>> batch_status("CANCELING"), batch_status("COMPLETED")
@@ -116,15 +119,30 @@ def batch_status(status: str) -> str:
     try:
         return _STATUS[status]
     except KeyError:
-        raise ValueError(f"unknown Together batch status {status!r}") from None
+        raise UnknownStatusError("Together", batch_id, status) from None
 
 
-def _seconds(value: Any) -> int | None:
+def _unattached(job: Mapping[str, Any]) -> bool:
+    """Whether the batch says COMPLETED before its files are attached (OpenAI does this).
+    Together shows no counts, so a batch whose every request failed (an error file alone) is
+    told apart only by having neither file."""
+    return str(job.get("status")) == "COMPLETED" and not (
+        job.get("output_file_id") or job.get("error_file_id")
+    )
+
+
+def _instant(value: Any) -> float | None:
+    """A time Together writes (RFC 3339, or epoch seconds) as epoch seconds, to the microsecond."""
     if value in (None, ""):
         return None
     if isinstance(value, int | float):
-        return int(value)
-    return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp())
+        return float(value)
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+def _seconds(value: Any) -> int | None:
+    instant = _instant(value)
+    return None if instant is None else int(instant)
 
 
 class TogetherBackend:
@@ -145,7 +163,11 @@ class TogetherBackend:
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self.max_retries = max_retries
         self._rest = Rest(
-            api_key=api_key, base_url=self.base_url, max_retries=max_retries, timeout=timeout
+            api_key=api_key,
+            base_url=self.base_url,
+            max_retries=max_retries,
+            timeout=timeout,
+            spec=SPEC,
         )
         self.pending_metadata: dict[str, str] = {}  # Together keeps none (see the module)
 
@@ -181,13 +203,17 @@ class TogetherBackend:
         create the batch."""
         run_hash = str(requests[0]["custom_id"]).rsplit("-", 1)[-1] if requests else "none"
         name = f"pbrun-{run_hash}-{display_name}"
-        data = b"".join(orjson.dumps(r) + b"\n" for r in requests)
-        uploaded = self._rest.json(
-            "POST",
-            "/files/upload",
-            files={"file": (name, data, "application/jsonl")},
-            data={"purpose": "batch-api", "file_name": name, "file_type": "jsonl"},
-        )
+        # streamed through a temporary file, not held whole in memory (a retry re-reads it)
+        with tempfile.TemporaryFile() as fh:
+            for r in requests:
+                fh.write(orjson.dumps(r) + b"\n")
+            fh.seek(0)
+            uploaded = self._rest.json(
+                "POST",
+                "/files/upload",
+                files={"file": (name, fh, "application/jsonl")},
+                data={"purpose": "batch-api", "file_name": name, "file_type": "jsonl"},
+            )
         self._remember("name", uploaded["id"], name)
         self._remember("lines", uploaded["id"], len(requests))
         answer = self._rest.json(
@@ -214,15 +240,30 @@ class TogetherBackend:
         """The key's batches, newest first (Together answers one array; sorted here)."""
         answer = self._rest.json("GET", "/batches")
         jobs = answer.get("data", []) if isinstance(answer, Mapping) else answer or []
+        # by the creation time to the microsecond (created_at in whole seconds ties batches
+        # made in one second); a tie: the later in Together's array first (assumed: its
+        # array is in creation order, as the local server's)
+        newest = sorted(
+            enumerate(jobs),
+            key=lambda p: (_instant(p[1].get("created_at")) or 0.0, p[0]),
+            reverse=True,
+        )
         # no counts here (they cost a download per batch, and a listing is for finding
         # batches): status() gives them
-        states = [self._state(job, counted=False) for job in jobs]
-        yield from sorted(states, key=lambda s: -s.created_at)
+        for _, job in newest:
+            yield self._state(job, counted=False)
 
     def results(self, batch_id: str) -> Iterator[dict[str, Any]]:
         """The ended batch's output and error lines, then one line for each request that has
         neither (not run), from its input file."""
         job = self._rest.json("GET", f"/batches/{batch_id}")
+        if _unattached(job):
+            # a 404, as for a batch still running: the facade caches nothing, a later read works
+            raise status_error(
+                404,
+                f"Together batch {batch_id} is COMPLETED but has no result file yet; read its "
+                "results again in a few minutes.",
+            )
         yield from self._lines(job)
 
     def discover(self, run_hash: str) -> builtins.list[str]:
@@ -232,7 +273,7 @@ class TogetherBackend:
     # -- helpers -------------------------------------------------------------------------------
     def _lines(self, job: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         batch_id = str(job["id"])
-        status = batch_status(str(job["status"]))
+        status = batch_status(str(job["status"]), batch_id=batch_id)
         seen: set[str] = set()
         for key in ("output_file_id", "error_file_id"):
             if job.get(key):
@@ -268,7 +309,7 @@ class TogetherBackend:
     def _counts(self, job: Mapping[str, Any], status: str) -> tuple[int, int, int, int, int]:
         """(succeeded, errored, expired, cancelled, processing) of a batch (see the module)."""
         batch_id, input_id = str(job["id"]), str(job.get("input_file_id") or "")
-        if status not in TERMINAL:
+        if status not in TERMINAL or _unattached(job):  # not counted (nor cached) before then
             total = self._recall("lines", input_id)
             if total is None and input_id:
                 total = sum(1 for _ in self._rest.lines(f"/files/{input_id}/content"))
@@ -292,7 +333,7 @@ class TogetherBackend:
         return tally  # type: ignore[no-any-return]
 
     def _state(self, job: Mapping[str, Any], *, counted: bool = True) -> JobState:
-        status = batch_status(str(job["status"]))
+        status = batch_status(str(job["status"]), batch_id=str(job.get("id")))
         ok, errored, expired, cancelled, processing = (
             self._counts(job, status) if counted else (0, 0, 0, 0, 0)
         )
