@@ -7,19 +7,23 @@ record in the home."""
 
 from __future__ import annotations
 
+import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pandas as pd
 import pytest
 
 import portfolio_batch as pb
 from portfolio_batch._backend import client as provider_client
 from portfolio_batch._home import home
-from portfolio_batch._providers._protocol import connection_error
+from portfolio_batch._providers import _facade
+from portfolio_batch._providers._protocol import connection_error, status_error
 from portfolio_batch._registry import registry_path
-from portfolio_batch.errors import SubmitError
+from portfolio_batch.errors import BatchFailedError, SubmitError
 
 anthropic = pytest.importorskip("anthropic")
 pytest.importorskip("google.genai")
@@ -79,13 +83,18 @@ def _intents(provider: str) -> list[Path]:
     return sorted((home() / "providers" / provider / "files").glob("intent-*.json"))
 
 
+def _record(provider: str, batch_id: str) -> Path:
+    return home() / "providers" / provider / "files" / f"batch-{batch_id}.json"
+
+
 @pytest.mark.parametrize("answer", ["drop", "500"])
 def test_anthropic_create_that_lost_its_answer_is_adopted_not_sent_again(
     on_anthropic: Any, local_server: Any, portfolio: pd.DataFrame, tmp_path: Path, answer: str
 ) -> None:
     requests = pb.build_requests(portfolio, model=CLAUDE)
     manifest = pb.to_jsonl(requests, tmp_path / "a", max_requests=4)
-    local_server.configure(anthropic_lost_creates=2, lost_create_answer=answer)
+    # still running when adopted: no custom_ids to read yet
+    local_server.configure(anthropic_lost_creates=2, lost_create_answer=answer, request_delay=0.3)
     c = provider_client(provider="anthropic")
     jobs = pb.submit(manifest, client=c)
     # every create lost its answer, yet one batch per shard, each the job's
@@ -95,6 +104,10 @@ def test_anthropic_create_that_lost_its_answer_is_adopted_not_sent_again(
     assert _intents("anthropic") == []
     results = pb.aggregate_df(pb.poll(jobs, client=c, timeout=60), requests, client=c)
     assert results["status"].eq("succeeded").all()
+    # once ended, their custom_ids confirmed them as ours
+    for batch_id in jobs["batch_id"]:
+        record = orjson.loads(_record("anthropic", batch_id).read_bytes())
+        assert record["adopted"]["confirmed"] is True
     # submitting again finds them by content: still no second batch
     pb.submit(manifest, client=c)
     assert _claude_batches(on_anthropic) == sorted(jobs["batch_id"])
@@ -272,3 +285,164 @@ def test_gemini_jobs_named_the_old_way_are_found_by_the_keys_the_home_recorded(
     assert backend.discover(run_hash[:-1]) == []  # the last "-" part, not a substring
     shutil.rmtree(tmp_path / "keys")  # the home's record gone: only the new name tells
     assert backend.discover(run_hash) == [new.id]
+
+
+def _adopted_foreign(
+    sdk: Any, manifest: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> tuple[pd.DataFrame, str]:
+    """Submit ``manifest`` as a create that never reaches Anthropic while another user of the
+    key makes a batch of the same size that same minute: that batch is taken for ours."""
+    from portfolio_batch._providers.anthropic import AnthropicBackend
+
+    theirs: list[str] = []
+
+    def lost(self: Any, reqs: Any, *, display_name: str) -> Any:
+        theirs.append(_unrelated_claude_batch(sdk, n=len(reqs)))
+        raise connection_error("timed out", sent=True)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(AnthropicBackend, "submit", lost)
+        jobs = pb.submit(manifest, client=provider_client(provider="anthropic"))
+    [other] = theirs
+    assert jobs["batch_id"].tolist() == [other]  # size and creation time fit
+    assert orjson.loads(_record("anthropic", other).read_bytes())["adopted"]["confirmed"] is False
+    return jobs, other
+
+
+def test_another_runs_batch_of_the_same_size_is_disowned_once_its_custom_ids_show(
+    on_anthropic: Any,
+    local_server: Any,
+    portfolio: pd.DataFrame,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    requests = pb.build_requests(portfolio.head(3), model=CLAUDE)
+    manifest = pb.to_jsonl(requests, tmp_path / "foreign")
+    local_server.configure(request_delay=1.0)  # running when submit looks: no custom_ids yet
+    jobs, other = _adopted_foreign(on_anthropic, manifest, monkeypatch)
+
+    c = provider_client(provider="anthropic")
+    with pytest.raises(BatchFailedError) as caught:
+        pb.poll(jobs, client=c, interval=0.2, timeout=60, progress=False)
+    # once it ended, its custom_ids showed it is not ours: said, record gone, shard not live
+    said = str(caught.value)
+    assert other in said and "not ours" in said and "submit() the manifest again" in said
+    assert "shard 0 of run" in said and f"file-{manifest['sha256'].iloc[0]}" in said
+    assert not _record("anthropic", other).exists()
+    # and never read as this shard's results
+    with pytest.raises(SubmitError, match="not ours"):
+        c.files.path_of(f"file-out-{other}")
+    # nothing of the other run's batch was touched
+    seen = on_anthropic.messages.batches.retrieve(other)
+    assert seen.request_counts.succeeded == 3 and seen.request_counts.canceled == 0
+    # submit() again sends the shard, and it is ours
+    local_server.configure(request_delay=0.0)
+    again = pb.submit(manifest, client=c)
+    ours = again["batch_id"].iloc[0]
+    assert ours != other and _claude_batches(on_anthropic) == sorted([other, ours])
+    results = pb.aggregate_df(pb.poll(again, client=c, timeout=60), requests, client=c)
+    assert results["status"].eq("succeeded").all()
+
+
+class _Clock:
+    """This machine's clock as the facade reads it, ``shift`` seconds off."""
+
+    def __init__(self, shift: float) -> None:
+        self.shift = shift
+
+    def time(self) -> float:
+        return time.time() + self.shift
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+@pytest.mark.parametrize(
+    ("provider", "sent", "given_up"),
+    [
+        ("anthropic", -30 * 60, 0.0),  # within 15 min of giving up: adopted
+        ("gemini", -60 * 60, -30 * 60),  # its exact name: adopted however late
+    ],
+)
+def test_a_create_whose_upload_took_long_is_adopted_not_sent_again(
+    local_server: Any,
+    portfolio: pd.DataFrame,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    provider: str,
+    sent: float,
+    given_up: float,
+) -> None:
+    sdk = request.getfixturevalue(f"on_{provider}")
+    requests = pb.build_requests(
+        portfolio.head(3), model=CLAUDE if provider == "anthropic" else GEMINI
+    )
+    manifest = pb.to_jsonl(requests, tmp_path / "slow")
+    from portfolio_batch._providers.anthropic import AnthropicBackend
+    from portfolio_batch._providers.gemini import GeminiBackend
+
+    backend = AnthropicBackend if provider == "anthropic" else GeminiBackend
+    real = backend.submit
+    clock = _Clock(sent)
+
+    def slow(self: Any, reqs: Any, *, display_name: str) -> Any:
+        clock.shift = given_up  # the upload took that long; then the answer is lost
+        real(self, reqs, display_name=display_name)
+        raise connection_error("timed out", sent=True)
+
+    monkeypatch.setattr(_facade, "time", clock)
+    with monkeypatch.context() as patch:
+        patch.setattr(backend, "submit", slow)
+        jobs = pb.submit(manifest, client=provider_client(provider=provider))
+    made = _claude_batches(sdk) if provider == "anthropic" else sorted(_gemini_jobs(sdk))
+    assert made == jobs["batch_id"].tolist() and len(made) == 1  # made once, paid once
+    assert _intents(provider) == []
+
+
+@pytest.mark.parametrize(
+    "refused",
+    [status_error(400, "invalid request"), connection_error("refused", sent=False)],
+    ids=["4xx", "connection refused"],
+)
+def test_an_intent_is_dropped_when_the_create_surely_made_nothing(
+    on_anthropic: Any,
+    local_server: Any,
+    portfolio: pd.DataFrame,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    refused: Exception,
+) -> None:
+    requests = pb.build_requests(portfolio.head(3), model=CLAUDE)
+    manifest = pb.to_jsonl(requests, tmp_path / "none")
+    from portfolio_batch._providers.anthropic import AnthropicBackend
+
+    def refuse(self: Any, reqs: Any, *, display_name: str) -> Any:
+        raise refused
+
+    with monkeypatch.context() as patch:
+        patch.setattr(AnthropicBackend, "submit", refuse)
+        with pytest.raises(Exception):  # noqa: B017 - whatever submit makes of it
+            pb.submit(manifest, client=provider_client(provider="anthropic"))
+    # nothing can have been made: no intent left to adopt a later batch of the same size
+    assert _intents("anthropic") == [] and _claude_batches(on_anthropic) == []
+    jobs = pb.submit(manifest, client=provider_client(provider="anthropic"))
+    assert _claude_batches(on_anthropic) == jobs["batch_id"].tolist()
+    assert _intents("anthropic") == []
+
+
+def test_cancelling_a_batch_adopted_by_size_alone_says_it_may_be_another_runs(
+    on_anthropic: Any,
+    local_server: Any,
+    portfolio: pd.DataFrame,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    manifest = pb.to_jsonl(pb.build_requests(portfolio.head(3), model=CLAUDE), tmp_path / "c")
+    local_server.configure(request_delay=3.0)
+    jobs, other = _adopted_foreign(on_anthropic, manifest, monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="portfolio_batch"):
+        pb.cancel(jobs, client=provider_client(provider="anthropic"))
+    assert f"cancelling anthropic batch {other}" in caplog.text
+    assert "another run's batch" in caplog.text

@@ -10,12 +10,16 @@ What a provider does not keep, the facade keeps in the home, under
 - one ``batch-<id>.json`` record per batch: its input file, endpoint, model and metadata (which
   Anthropic has no room for), so the creation rule's look-up by ``pb_sha256`` works there too;
 - one ``intent-<id>.json`` per create in flight, written before it is sent (input file, sha256,
-  request count, display name, metadata, model, endpoint, time sent) and removed once its batch
-  is recorded: when the create's answer is lost but the provider made the batch, ``list``
-  recognises that batch by it (``BatchClient._adopt_lost``: Gemini by its exact display name,
-  Anthropic by request count and creation time) and records it, so the creation rule adopts it
-  instead of sending (and paying) again; several Anthropic candidates raise a ``SubmitError``
-  naming them;
+  request count, display name, metadata, model, endpoint, time sent; time given up once the
+  answer is lost) and removed once its batch is recorded: when the create's answer is lost but
+  the provider made the batch, ``list`` recognises that batch by it (``BatchClient._adopt_lost``:
+  Gemini by its exact display name, Anthropic by request count and creation time) and records
+  it, so the creation rule adopts it instead of sending (and paying) again; several Anthropic
+  candidates raise a ``SubmitError`` naming them. An Anthropic batch adopted while it runs (no
+  custom_ids to read yet) is recorded unconfirmed and checked once it has ended
+  (``BatchClient._check_adopted``): without the file's custom_ids it is disowned
+  (``foreign-<id>.json``, never cancelled from here) and shows as ``failed``, so ``submit``
+  sends the shard again;
 - the result files, made from ``Backend.results`` on the first download: the answers to
   ``file-out-<batch id>``, everything else (errored, expired, cancelled) to
   ``file-err-<batch id>``, as OpenAI splits them.
@@ -43,7 +47,8 @@ from typing import IO, Any
 import httpx2
 import openai
 import orjson
-from openai.types import Batch, BatchRequestCounts, FileObject
+from openai.types import Batch, BatchError, BatchRequestCounts, FileObject
+from openai.types.batch import Errors
 
 from portfolio_batch._contract import DEAD, TERMINAL
 from portfolio_batch._home import home
@@ -61,8 +66,10 @@ _lock = threading.Lock()
 # made its batch all the same. Its intent (written before sending) is matched to a listed batch
 # that has no record and was created, by the provider's clock, from INTENT_BEFORE_SECONDS before
 # the send by ours (our clock ahead of the provider's: NTP keeps them within a second, a minute
-# covers a badly set machine) to INTENT_AFTER_SECONDS after it (a 256 MB create still uploading,
-# a provider acting on a request late, our clock behind). Wider would only make more ambiguous
+# covers a badly set machine) to INTENT_AFTER_SECONDS after the create was given up (a provider
+# acting on a request late, our clock behind; from the give-up, not the send, because a 256 MB
+# body or a 2 GB Gemini upload can take longer than that to send). A Gemini job with the
+# intent's exact name has no upper bound: the name (content and run hash) is the proof. Wider would only make more ambiguous
 # candidates, never a wrong adoption: several candidates raise rather than guess.
 INTENT_BEFORE_SECONDS = 60
 INTENT_AFTER_SECONDS = 15 * 60
@@ -105,6 +112,22 @@ class _Store:
     def save_record(self, batch_id: str, record: dict[str, Any]) -> None:
         _write_private(self.dir / f"batch-{_safe(batch_id)}.json", orjson.dumps(record))
 
+    # A batch adopted after a lost create that its custom_ids then showed was another's: its
+    # record is removed and this says why, so it is never adopted again nor taken for ours.
+    def foreign(self, batch_id: str) -> dict[str, Any] | None:
+        try:
+            value = orjson.loads((self.dir / f"foreign-{_safe(batch_id)}.json").read_bytes())
+        except FileNotFoundError:
+            return None
+        return value if isinstance(value, dict) else None
+
+    def disown(self, batch_id: str, why: str) -> None:
+        _write_private(
+            self.dir / f"foreign-{_safe(batch_id)}.json",
+            orjson.dumps({"id": batch_id, "message": why}),
+        )
+        (self.dir / f"batch-{_safe(batch_id)}.json").unlink(missing_ok=True)
+
     # A create's intent: written before the create is sent, removed once its answer is recorded.
     def _intent_path(self, intent_id: str) -> Path:
         return self.dir / f"intent-{_safe(intent_id)}.json"
@@ -145,9 +168,16 @@ def _made_nothing(exc: BaseException) -> bool:
     )
 
 
-def _in_window(intent: dict[str, Any], state: BatchState) -> bool:
-    sent = float(intent.get("sent_at") or 0)
-    return sent - INTENT_BEFORE_SECONDS <= state.created_at <= sent + INTENT_AFTER_SECONDS
+def _window_end(intent: dict[str, Any]) -> float:
+    """The latest creation time of the intent's batch: ``INTENT_AFTER_SECONDS`` after the create
+    was given up (``answered_at``; a create still uploading hundreds of MB makes its batch long
+    after it was sent), or after it was sent for an intent that has no such time."""
+    return float(intent.get("answered_at") or intent.get("sent_at") or 0) + INTENT_AFTER_SECONDS
+
+
+def _in_window(intent: dict[str, Any], state: BatchState, *, bounded: bool = True) -> bool:
+    start = float(intent.get("sent_at") or 0) - INTENT_BEFORE_SECONDS
+    return start <= state.created_at and (not bounded or state.created_at <= _window_end(intent))
 
 
 def _nearest(intents: list[dict[str, Any]], state: BatchState) -> dict[str, Any]:
@@ -364,6 +394,8 @@ class _Batches:
         except BaseException as exc:
             if _made_nothing(exc):
                 c._store.drop_intent(intent_id)
+            else:  # a slow upload makes its batch late: the window runs from when we gave up
+                c._store.save_intent({**intent, "answered_at": time.time()})
             raise
         record = {"id": state.id, **record}
         c._store.save_record(state.id, record)
@@ -373,11 +405,14 @@ class _Batches:
     def retrieve(self, batch_id: str, **_: Any) -> Batch:
         c = self._c
         state = c.backend.status(batch_id)
+        foreign = c._store.foreign(batch_id)
+        if foreign is not None:
+            return c._foreign_batch(state, foreign)
         record = c._store.record(batch_id)
         if record is None and c._store.intents():
             c._adopt_lost(c._listed_for_intents()[0], strict=False)
             record = c._store.record(batch_id)
-        return c._batch(state, record)
+        return c._batch(state, c._check_adopted(state, record))
 
     def list(self, *, limit: int | None = None, **_: Any) -> Iterator[Batch]:
         """The provider's batches, newest first. A batch with no record that is the batch of a
@@ -387,13 +422,27 @@ class _Batches:
         window, rest = c._listed_for_intents()
         c._adopt_lost(window, strict=True)
         for state in itertools.chain(window, rest):
-            yield c._batch(state, c._store.record(state.id))
+            yield c._batch(state, c._check_adopted(state, c._store.record(state.id)))
 
     def cancel(self, batch_id: str, **_: Any) -> Batch:
         c = self._c
+        foreign = c._store.foreign(batch_id)
+        if foreign is not None:  # another's batch, once taken for ours: never cancelled from here
+            log.warning("not cancelling batch %s: %s", batch_id, foreign["message"])
+            return c._foreign_batch(c.backend.status(batch_id), foreign)
         record = c._store.record(batch_id)
         if record is not None:
             c._store.save_record(batch_id, {**record, "cancel_requested": True})
+            if (record.get("adopted") or {}).get("confirmed") is False:
+                log.warning(
+                    "cancelling %s batch %s, taken for the batch of %s whose create got no "
+                    "answer by its size and creation time alone (its custom_ids cannot be read "
+                    "before it ends): if it is another run's batch of the same size on this "
+                    "key, that run is cancelled too",
+                    c.backend.name,
+                    batch_id,
+                    (record.get("adopted") or {}).get("display_name"),
+                )
         state = c.backend.cancel(batch_id)
         return c._batch(state, c._store.record(batch_id))
 
@@ -525,16 +574,18 @@ class BatchClient:
         open intent (a create whose answer was lost), from the intent: its metadata (with
         ``pb_sha256``), model, endpoint and input file.
 
-        A candidate has no record, is not cancelled or dead, and was created in the intent's
-        window (``INTENT_BEFORE_SECONDS`` before its send to ``INTENT_AFTER_SECONDS`` after);
-        on Gemini it carries the intent's exact display name (content hash and run hash: every
-        candidate is a copy of the same requests, so all are adopted and the creation rule
-        keeps one, cancelling the others). On Anthropic, which keeps no name, it has the
-        intent's number of requests, and once ended its first result's custom_id must be one
-        of the input file's. One candidate claimed by this intent alone, or candidates all
-        confirmed by their custom_ids, are adopted; anything else is ambiguous: with ``strict``
-        a ``SubmitError`` naming the candidates (nothing is sent until a person decides), else
-        left as it is. An intent with no candidate past its window is removed.
+        A candidate has no record, is not cancelled, dead or disowned, and was created from
+        ``INTENT_BEFORE_SECONDS`` before the intent's send; on Gemini it carries the intent's
+        exact display name (content hash and run hash: every candidate is a copy of the same
+        requests, so all are adopted and the creation rule keeps one, cancelling the others).
+        On Anthropic, which keeps no name, it was created at most ``INTENT_AFTER_SECONDS``
+        after the create was given up (``_window_end``), has the intent's number of requests,
+        and once ended its first result's custom_id must be one of the input file's. One
+        candidate claimed by this intent alone, or candidates all confirmed by their
+        custom_ids, are adopted (the first unconfirmed while it runs: ``_check_adopted``);
+        anything else is ambiguous: with ``strict`` a ``SubmitError`` naming the candidates
+        (nothing is sent until a person decides), else left as it is. An intent with no
+        candidate past its window is removed.
         """
         intents = self._store.intents()
         if not intents:
@@ -548,6 +599,7 @@ class BatchClient:
             # lost create made: the creation rule finds that one by it, so none is guessed at
             and not hasattr(s, "metadata")
             and self._store.record(s.id) is None
+            and self._store.foreign(s.id) is None
         ]
         confirmed: dict[tuple[str, str], bool | None] = {}
         claims = {i["id"]: self._candidates(i, orphans, confirmed) for i in intents}
@@ -561,8 +613,7 @@ class BatchClient:
         for intent in intents:
             found = claims[intent["id"]]
             if not found:
-                end = float(intent.get("sent_at") or 0) + INTENT_AFTER_SECONDS
-                if now > end + INTENT_LIST_LAG_SECONDS:
+                if now > _window_end(intent) + INTENT_LIST_LAG_SECONDS:
                     self._store.drop_intent(intent["id"])  # it made nothing
                 continue
             by_name = bool(intent.get("shown_name")) and found[0].display_name is not None
@@ -571,7 +622,7 @@ class BatchClient:
             if by_name or sure or (len(found) == 1 and alone):
                 for state in found:
                     if _nearest(claimed_by[state.id], state)["id"] == intent["id"]:
-                        self._adopt(intent, state)
+                        self._adopt(intent, state, confirmed=by_name or sure)
                 self._store.drop_intent(intent["id"])
             elif strict:
                 raise _ambiguous(intent, found, claimed_by, self.backend.name)
@@ -586,11 +637,14 @@ class BatchClient:
         ``confirmed`` gets, per (intent, batch) matched by count, what its custom_ids say."""
         found = []
         for state in orphans:
-            if not _in_window(intent, state):
-                continue
             if intent.get("shown_name") and state.display_name is not None:
-                if state.display_name == intent["shown_name"]:
+                # the exact name (content and run hash) is the proof: no upper bound
+                if state.display_name == intent["shown_name"] and _in_window(
+                    intent, state, bounded=False
+                ):
                     found.append(state)
+                continue
+            if not _in_window(intent, state):
                 continue
             if state.total != intent.get("n_requests"):
                 continue
@@ -621,7 +675,9 @@ class BatchClient:
         with path.open("rb") as fh:
             return any(orjson.loads(raw).get("custom_id") == cid for raw in fh if raw.strip())
 
-    def _adopt(self, intent: dict[str, Any], state: BatchState) -> None:
+    def _adopt(self, intent: dict[str, Any], state: BatchState, *, confirmed: bool) -> None:
+        """Record ``state`` as the intent's batch; ``confirmed`` False when only its size and
+        creation time say so (``_check_adopted`` reads its custom_ids once it has ended)."""
         record = {
             "id": state.id,
             **{
@@ -629,7 +685,13 @@ class BatchClient:
                 for k in ("input_file_id", "endpoint", "model", "metadata", "completion_window")
             },
             "cancel_requested": False,
-            "adopted": {"intent": intent["id"], "sent_at": intent.get("sent_at")},
+            "adopted": {
+                "intent": intent["id"],
+                "sent_at": intent.get("sent_at"),
+                "confirmed": confirmed,
+                "n_requests": intent.get("n_requests"),
+                "display_name": intent.get("display_name"),
+            },
         }
         remember = getattr(self.backend, "remember", None)
         path = self._store.data(str(intent.get("input_file_id") or ""))
@@ -645,6 +707,65 @@ class BatchClient:
             state.id,
             intent.get("display_name"),
             time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(intent.get("sent_at") or 0))),
+        )
+
+    def _check_adopted(
+        self, state: BatchState, record: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """The record of ``state``, its adoption confirmed once it has ended when only its size
+        and creation time made it ours (Anthropic, while it ran: another run on the same key
+        can make a batch of the same size in the same minutes): its request count and first
+        result's custom_id must be its input file's. If they are not, it is another's batch:
+        its record is removed (``_Store.disown``) and ``SubmitError`` says so."""
+        adopted = (record or {}).get("adopted") or {}
+        if record is None or adopted.get("confirmed", True) or state.status not in TERMINAL:
+            return record
+        ok = state.total == adopted.get("n_requests") and self._confirmed(record, state)
+        if ok is None:  # results or input file gone: nothing to read, still unconfirmed
+            return record
+        if ok:
+            record = {**record, "adopted": {**adopted, "confirmed": True}}
+            self._store.save_record(state.id, record)
+            return record
+        md = record.get("metadata") or {}
+        what = (
+            f"shard {md['pb_shard']} of run {md['pb_run_id']}"
+            if md.get("pb_run_id") and md.get("pb_shard") is not None
+            else "the shard"
+        )
+        touched = (
+            "it was cancelled from here while taken for ours: tell whoever made it"
+            if record.get("cancel_requested")
+            else "nothing of it was touched"
+        )
+        why = (
+            f"{self.backend.name} batch {state.id} was taken for the batch of {what} "
+            f"({adopted.get('display_name')}, input file {record.get('input_file_id')}) whose "
+            "create got no answer, by its size and creation time alone; now it has ended, its "
+            "custom_ids are not that file's: it is another run's batch on this key, not ours. "
+            f"Its record here is removed and {touched}. The shard's requests were never sent: "
+            "submit() the manifest again to send them."
+        )
+        self._store.disown(state.id, why)
+        raise SubmitError(why)
+
+    def _foreign_batch(self, state: BatchState, foreign: dict[str, Any]) -> Batch:
+        """A disowned batch (``_check_adopted``) as a failed ``Batch`` with no result files,
+        so the shard that took it is no longer live and ``submit`` sends it again."""
+        return self._batch(state, None).model_copy(
+            update={
+                "status": "failed",
+                "failed_at": state.ended_at or state.created_at,
+                "completed_at": None,
+                "cancelled_at": None,
+                "expired_at": None,
+                "output_file_id": None,
+                "error_file_id": None,
+                "errors": Errors(
+                    object="list",
+                    data=[BatchError(code="not_this_shards_batch", message=foreign["message"])],
+                ),
+            }
         )
 
     # -- mapping --------------------------------------------------------------------------------
@@ -691,6 +812,10 @@ class BatchClient:
                 raise status_error(
                     404, f"Batch {batch_id} is still {state.status}: no result files yet."
                 )
+            foreign = store.foreign(batch_id)
+            if foreign is not None:
+                raise SubmitError(foreign["message"])
+            self._check_adopted(state, store.record(batch_id))
             fingerprint = f"fp_local_{self.simulated_engine}" if self.simulated_engine else None
             tmps = [store.dir / f".{i}.{secrets.token_hex(4)}.tmp" for i in ids]
             outs = [
