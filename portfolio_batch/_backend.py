@@ -203,6 +203,19 @@ def banner_of(attrs: Mapping[Any, Any]) -> str:
     )
 
 
+def is_local_backend(backend: str | None) -> bool:
+    """Whether a backend name is a portfolio_batch local server's (the embedded one, a
+    ``serve`` one, with or without a provider in front): its answers are simulated.
+
+    >>> is_local_backend("anthropic:local:http://127.0.0.1:8000"), is_local_backend("anthropic")
+    (True, False)
+    """
+    name = backend or ""
+    if provider_of_backend(name) is not None:
+        name = name.split(":", 1)[1] if ":" in name else ""
+    return name.startswith("local:")
+
+
 def engine_of(backend: str | None) -> str | None:
     """The engine of an embedded-server backend name (``local:embedded:rules`` → ``rules``).
 
@@ -599,11 +612,14 @@ def _provider_client(provider: str, *, engine: str | None, **overrides: Any) -> 
         backend = module.backend(api_key=key, base_url=base, **overrides)
         from portfolio_batch._providers.compatible import shown_url
 
+        # a local server's answers are marked simulated, as on the OpenAI path, and its name says
+        # local (anthropic:local:<url>), so a run card reads it as simulated before any answer
+        local = _local_engine(base, key)
         # the label is kept in the registry and logged: never a user:password@ of the url
-        label = provider if base is None else f"{provider}:{shown_url(base.rstrip('/'))}"
+        where = "" if base is None else shown_url(base.rstrip("/"))
+        label = provider if base is None else f"{provider}:{'local:' if local else ''}{where}"
         _log_once(label, f"{provider} batches at {shown_url(backend.base_url)}")
-        # a local server's answers are marked simulated, as on the OpenAI path
-        return client_class(backend, label=label, simulated_engine=_local_engine(base, key))
+        return client_class(backend, label=label, simulated_engine=local)
     others = [
         v
         for p, vs in PROVIDER_KEYS.items()

@@ -917,11 +917,9 @@ class Run:
             )
 
     def _billed(self, frame: pd.DataFrame) -> tuple[float | None, bool]:
-        from portfolio_batch._backend import engine_of
+        from portfolio_batch._backend import is_local_backend
 
-        simulated = any(
-            engine_of(b) is not None or str(b).startswith("local:") for b in frame["backend"]
-        )
+        simulated = any(is_local_backend(str(b)) for b in frame["backend"])
         ids = [b for b in frame["batch_id"] if b]
         if not ids:
             return None, simulated

@@ -187,7 +187,12 @@ def backend_banner(jobs: pd.DataFrame) -> str | None:
     >>> print(backend_banner(pd.DataFrame({"backend": ["local:embedded:rules"]})))  # doctest: +ELLIPSIS
     Simulated: these batches run on the offline local server (engine rules); answers are ...
     """
-    from portfolio_batch._backend import engine_of, provider_of_backend, provider_shown
+    from portfolio_batch._backend import (
+        engine_of,
+        is_local_backend,
+        provider_of_backend,
+        provider_shown,
+    )
 
     if "backend" not in jobs.columns:
         return None
@@ -200,10 +205,13 @@ def backend_banner(jobs: pd.DataFrame) -> str | None:
             f"{', '.join(engines)}); answers are simulated, not an LLM's judgement. Set "
             f"{key} to use {name}."
         )
-    others = [b.removeprefix("local:") for b in names if b.startswith("local:")]
+    # a `serve` server, reached by OPENAI_BASE_URL (local:<url>) or a provider's base URL
+    # (anthropic:local:<url>)
+    others = [b.split("local:", 1)[1] for b in names if is_local_backend(b)]
     if others:
+        name = provider_shown(provider_of_backend(names[0]))[0]
         return (
-            f"Not OpenAI: these batches run on the server at {', '.join(others)} (a "
+            f"Not {name}: these batches run on the server at {', '.join(others)} (a "
             "`portfolio-batch serve` server simulates its answers)."
         )
     return None

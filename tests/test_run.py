@@ -392,6 +392,10 @@ def test_claude_run_card_runs_and_report_show_estimate_costs_figure(
     assert run.plan["est_cost_usd"] == pytest.approx(0.046185, abs=1e-9)  # canary + rest
     assert pb.runs()["est_cost_usd"].iloc[0] == pytest.approx(0.046185, abs=1e-9)
     assert "estimated $0.0462 (answers at max_tokens)" in run.view().cost_text()
+    # ANTHROPIC_BASE_URL is this project's local server: the card says simulated, not billed
+    assert run.plan["backend"] == f"anthropic:local:{root}"
+    assert "at Anthropic batch prices (simulated)" in run.view().cost_text()
+    assert f"Not Anthropic: these batches run on the server at {root}" in (run.view().banner or "")
     page = run.report(path=tmp_path / "report.html").read_text()
     assert "estimated $0.0462 · this run would cost $" in page
     assert "no estimate" not in page and "no cost estimate given" not in page
